@@ -1,0 +1,363 @@
+// banzhaf_interaction on the CPU: forward and backward of the exact, paired and msr estimators,
+// parallel over pairs. The backward pass redraws the coalitions from the seed instead of storing them.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <string>
+#include <vector>
+
+#include "banzhaf/banzhaf_game.h"
+#include "philox.h"
+
+namespace hbi {
+namespace {
+
+constexpr int kMaxExactPlayers = 24;
+enum class Estimator { kExact, kPaired, kMsr };
+
+struct Settings {
+  bool reference;
+  Estimator estimator;
+  int64_t num_samples;
+  uint64_t seed;
+};
+
+Settings parse_settings(c10::string_view definition, c10::string_view estimator, int64_t num_samples,
+                        int64_t seed) {
+  Settings s;
+  TORCH_CHECK(definition == "textbook" || definition == "reference",
+              "banzhaf_interaction: definition must be 'textbook' or 'reference', got '",
+              std::string(definition), "'");
+  s.reference = definition == "reference";
+  if (estimator == "exact") s.estimator = Estimator::kExact;
+  else if (estimator == "paired") s.estimator = Estimator::kPaired;
+  else if (estimator == "msr") s.estimator = Estimator::kMsr;
+  else TORCH_CHECK(false, "banzhaf_interaction: estimator must be 'exact', 'paired' or 'msr', got '",
+                   std::string(estimator), "'");
+  TORCH_CHECK(!(s.reference && s.estimator == Estimator::kMsr),
+              "banzhaf_interaction: estimator='msr' is not defined for definition='reference'");
+  TORCH_CHECK(num_samples >= 1 && num_samples <= INT32_MAX,
+              "banzhaf_interaction: num_samples must be in [1, 2^31 - 1], got ", num_samples);
+  s.num_samples = num_samples;
+  s.seed = static_cast<uint64_t>(seed);
+  return s;
+}
+
+void check_inputs(const at::Tensor& sim, const at::Tensor& text_mask, const at::Tensor& video_mask,
+                  const at::Tensor& text_weight, const at::Tensor& video_weight) {
+  TORCH_CHECK(sim.dim() == 3, "banzhaf_interaction: sim must be [B, T, V], got ", sim.sizes());
+  TORCH_CHECK(at::isFloatingType(sim.scalar_type()), "banzhaf_interaction: sim must be floating point");
+  const auto B = sim.size(0), T = sim.size(1), V = sim.size(2);
+  TORCH_CHECK(text_mask.sizes() == at::IntArrayRef({B, T}), "banzhaf_interaction: text_mask must be [",
+              B, ", ", T, "], got ", text_mask.sizes());
+  TORCH_CHECK(video_mask.sizes() == at::IntArrayRef({B, V}), "banzhaf_interaction: video_mask must be [",
+              B, ", ", V, "], got ", video_mask.sizes());
+  TORCH_CHECK(text_weight.sizes() == at::IntArrayRef({B, T}),
+              "banzhaf_interaction: text_weight must be [", B, ", ", T, "], got ", text_weight.sizes());
+  TORCH_CHECK(video_weight.sizes() == at::IntArrayRef({B, V}),
+              "banzhaf_interaction: video_weight must be [", B, ", ", V, "], got ", video_weight.sizes());
+  TORCH_CHECK(text_weight.scalar_type() == sim.scalar_type() &&
+                  video_weight.scalar_type() == sim.scalar_type(),
+              "banzhaf_interaction: text_weight and video_weight must have sim's dtype");
+  for (const auto* t : {&sim, &text_mask, &video_mask, &text_weight, &video_weight})
+    TORCH_CHECK(t->device().is_cpu(), "banzhaf_interaction: every input must be a CPU tensor");
+}
+
+void check_exact_players(const at::Tensor& text_mask, const at::Tensor& video_mask) {
+  if (text_mask.size(0) == 0) return;
+  const auto players = text_mask.sum(1) + video_mask.sum(1);
+  const int64_t worst = players.max().item<int64_t>();
+  TORCH_CHECK(worst <= kMaxExactPlayers, "banzhaf_interaction: estimator='exact' takes at most ",
+              kMaxExactPlayers, " players per pair, got a pair with ", worst,
+              "; use estimator='paired' or 'msr'");
+}
+
+template <typename acc_t>
+using Game = PairGame<acc_t>;
+
+// Sets the game's coalition to subset `code` of its real players (words first, then frames).
+template <typename acc_t>
+void set_subset(Game<acc_t>& game, const std::vector<int>& player_of_position, uint32_t code) {
+  game.set_coalition([&](int position) {
+    const int player = player_of_position[position];
+    return player >= 0 && ((code >> player) & 1u);
+  });
+}
+
+template <typename acc_t>
+std::vector<int> players_by_position(const Game<acc_t>& game, int T, int V) {
+  std::vector<int> player(T + V, -1);
+  int next = 0;
+  for (int t : game.real_words()) player[t] = next++;
+  for (int v : game.real_frames()) player[T + v] = next++;
+  return player;
+}
+
+// Stratum counts of the msr estimator: how often word i, frame j, and both, were in.
+struct MsrCounts {
+  std::vector<double> word, frame, both;
+};
+
+template <typename acc_t>
+MsrCounts msr_counts(Game<acc_t>& game, const Settings& s, uint32_t pair, int T, int V,
+                     std::vector<uint32_t>& bits) {
+  MsrCounts c{std::vector<double>(T, 0), std::vector<double>(V, 0), std::vector<double>(T * V, 0)};
+  for (int64_t sample = 0; sample < s.num_samples; ++sample) {
+    coalition_bits(s.seed, static_cast<uint32_t>(sample), pair, T + V, bits.data());
+    game.set_coalition_bits(bits.data());
+    for (int i : game.real_words()) {
+      if (!game.word_in(i)) continue;
+      c.word[i] += 1;
+      for (int j : game.real_frames())
+        if (game.frame_in(j)) c.both[i * V + j] += 1;
+    }
+    for (int j : game.real_frames())
+      if (game.frame_in(j)) c.frame[j] += 1;
+  }
+  return c;
+}
+
+// Weight of one sample's value in cell (i, j) of the msr estimate: +-1 / (size of its stratum).
+inline double msr_weight(const MsrCounts& c, double num_samples, bool word_in, bool frame_in, int i,
+                         int j, int V) {
+  const double both = c.both[i * V + j];
+  double count;
+  if (word_in && frame_in) count = both;
+  else if (word_in) count = c.word[i] - both;
+  else if (frame_in) count = c.frame[j] - both;
+  else count = num_samples - c.word[i] - c.frame[j] + both;
+  return (word_in == frame_in ? 1.0 : -1.0) / count;
+}
+
+template <typename acc_t>
+void forward_pair(Game<acc_t>& game, const Settings& s, uint32_t pair, int T, int V, double* out) {
+  const auto& words = game.real_words();
+  const auto& frames = game.real_frames();
+  std::fill(out, out + T * V, 0.0);
+  if (words.empty() || frames.empty()) return;
+  std::vector<uint32_t> bits((T + V + 127) / 128 * 4);
+  if (s.estimator == Estimator::kPaired) {
+    for (int64_t sample = 0; sample < s.num_samples; ++sample) {
+      coalition_bits(s.seed, static_cast<uint32_t>(sample), pair, T + V, bits.data());
+      game.set_coalition_bits(bits.data());
+      if (s.reference) {
+        for (int i : words)
+          for (int j : frames) out[i * V + j] += game.template cell_delta<false>(i, j, true);
+      } else {
+        game.prepare_cells();
+        for (int i : words)
+          for (int j : frames) out[i * V + j] += game.cell_delta_fast(i, j);
+      }
+    }
+    for (int k = 0; k < T * V; ++k) out[k] /= static_cast<double>(s.num_samples);
+  } else if (s.estimator == Estimator::kMsr) {
+    std::vector<double> sum_word(T, 0), sum_frame(V, 0), sum_both(T * V, 0);
+    double sum_all = 0;
+    for (int64_t sample = 0; sample < s.num_samples; ++sample) {
+      coalition_bits(s.seed, static_cast<uint32_t>(sample), pair, T + V, bits.data());
+      game.set_coalition_bits(bits.data());
+      const double f = game.template value_of<false>(-1, -1, false, false, false);
+      sum_all += f;
+      for (int i : words) {
+        if (!game.word_in(i)) continue;
+        sum_word[i] += f;
+        for (int j : frames)
+          if (game.frame_in(j)) sum_both[i * V + j] += f;
+      }
+      for (int j : frames)
+        if (game.frame_in(j)) sum_frame[j] += f;
+    }
+    const MsrCounts c = msr_counts(game, s, pair, T, V, bits);
+    const double n = static_cast<double>(s.num_samples);
+    auto mean = [](double total, double count) { return count > 0 ? total / count : 0.0; };
+    for (int i : words)
+      for (int j : frames) {
+        const double both = sum_both[i * V + j], count_both = c.both[i * V + j];
+        out[i * V + j] = mean(both, count_both) -
+                         mean(sum_word[i] - both, c.word[i] - count_both) -
+                         mean(sum_frame[j] - both, c.frame[j] - count_both) +
+                         mean(sum_all - sum_word[i] - sum_frame[j] + both,
+                              n - c.word[i] - c.frame[j] + count_both);
+      }
+  } else {
+    const int n = game.num_players();
+    const auto player_of_position = players_by_position(game, T, V);
+    const uint32_t num_subsets = 1u << n;
+    for (uint32_t code = 0; code < num_subsets; ++code) {
+      set_subset(game, player_of_position, code);
+      if (s.reference) {  // every c of N \ {i, j} once
+        for (int i : words) {
+          if (game.word_in(i)) continue;
+          for (int j : frames)
+            if (!game.frame_in(j)) out[i * V + j] += game.template cell_delta<false>(i, j, true);
+        }
+      } else {  // I(i, j) = 4 / 2^n sum_S f(S) s_i s_j
+        const double f = game.template value_of<false>(-1, -1, false, false, false);
+        for (int i : words) {
+          const double fi = game.word_in(i) ? f : -f;
+          for (int j : frames) out[i * V + j] += game.frame_in(j) ? fi : -fi;
+        }
+      }
+    }
+    const double scale = s.reference ? 1.0 / (num_subsets >> 2) : 4.0 / num_subsets;
+    for (int k = 0; k < T * V; ++k) out[k] *= scale;
+  }
+}
+
+template <typename acc_t>
+void backward_pair(Game<acc_t>& game, const Settings& s, uint32_t pair, int T, int V,
+                   const acc_t* grad, GameGrads<acc_t>* grads) {
+  const auto& words = game.real_words();
+  const auto& frames = game.real_frames();
+  if (words.empty() || frames.empty()) return;
+  std::vector<uint32_t> bits((T + V + 127) / 128 * 4);
+  if (s.estimator == Estimator::kPaired) {
+    const acc_t per_sample = acc_t(1) / static_cast<acc_t>(s.num_samples);
+    for (int64_t sample = 0; sample < s.num_samples; ++sample) {
+      coalition_bits(s.seed, static_cast<uint32_t>(sample), pair, T + V, bits.data());
+      game.set_coalition_bits(bits.data());
+      for (int i : words)
+        for (int j : frames) {
+          const acc_t g = grad[i * V + j] * per_sample;
+          if (g != acc_t(0)) game.template cell_delta<true>(i, j, s.reference, g, grads);
+        }
+    }
+  } else if (s.estimator == Estimator::kMsr) {
+    const MsrCounts c = msr_counts(game, s, pair, T, V, bits);
+    const double n = static_cast<double>(s.num_samples);
+    for (int64_t sample = 0; sample < s.num_samples; ++sample) {
+      coalition_bits(s.seed, static_cast<uint32_t>(sample), pair, T + V, bits.data());
+      game.set_coalition_bits(bits.data());
+      double scale = 0;  // d estimate / d f(S_sample), contracted with the incoming gradient
+      for (int i : words)
+        for (int j : frames)
+          scale += grad[i * V + j] * msr_weight(c, n, game.word_in(i), game.frame_in(j), i, j, V);
+      game.template value_of<true>(-1, -1, false, false, false, static_cast<acc_t>(scale), grads);
+    }
+  } else {
+    const int n = game.num_players();
+    const auto player_of_position = players_by_position(game, T, V);
+    const uint32_t num_subsets = 1u << n;
+    for (uint32_t code = 0; code < num_subsets; ++code) {
+      set_subset(game, player_of_position, code);
+      if (s.reference) {
+        const acc_t per_c = acc_t(1) / static_cast<acc_t>(num_subsets >> 2);
+        for (int i : words) {
+          if (game.word_in(i)) continue;
+          for (int j : frames) {
+            const acc_t g = grad[i * V + j] * per_c;
+            if (!game.frame_in(j) && g != acc_t(0))
+              game.template cell_delta<true>(i, j, true, g, grads);
+          }
+        }
+      } else {
+        double scale = 0;
+        for (int i : words)
+          for (int j : frames) {
+            const bool same = game.word_in(i) == game.frame_in(j);
+            scale += same ? grad[i * V + j] : -grad[i * V + j];
+          }
+        scale *= 4.0 / num_subsets;
+        game.template value_of<true>(-1, -1, false, false, false, static_cast<acc_t>(scale), grads);
+      }
+    }
+  }
+}
+
+at::Tensor banzhaf_interaction_cpu(const at::Tensor& sim_in, const at::Tensor& text_mask_in,
+                                   const at::Tensor& video_mask_in, const at::Tensor& text_weight_in,
+                                   const at::Tensor& video_weight_in, c10::string_view definition,
+                                   c10::string_view estimator, int64_t num_samples, int64_t seed) {
+  check_inputs(sim_in, text_mask_in, video_mask_in, text_weight_in, video_weight_in);
+  const Settings s = parse_settings(definition, estimator, num_samples, seed);
+  const auto sim = sim_in.contiguous();
+  const auto text_mask = text_mask_in.to(at::kBool).contiguous();
+  const auto video_mask = video_mask_in.to(at::kBool).contiguous();
+  const auto text_weight = text_weight_in.contiguous(), video_weight = video_weight_in.contiguous();
+  if (s.estimator == Estimator::kExact) check_exact_players(text_mask, video_mask);
+  const int64_t B = sim.size(0);
+  const int T = static_cast<int>(sim.size(1)), V = static_cast<int>(sim.size(2));
+  auto out = at::zeros_like(sim);
+  if (B == 0 || T == 0 || V == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sim.scalar_type(), "banzhaf_interaction_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* sim_p = sim.data_ptr<scalar_t>();
+    const scalar_t* wt_p = text_weight.data_ptr<scalar_t>();
+    const scalar_t* wv_p = video_weight.data_ptr<scalar_t>();
+    const bool* tm_p = text_mask.data_ptr<bool>();
+    const bool* vm_p = video_mask.data_ptr<bool>();
+    scalar_t* out_p = out.data_ptr<scalar_t>();
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      Game<acc_t> game(T, V);
+      std::vector<double> pair_out(T * V);
+      for (int64_t b = begin; b < end; ++b) {
+        game.load(sim_p + b * T * V, wt_p + b * T, wv_p + b * V, tm_p + b * T, vm_p + b * V);
+        forward_pair(game, s, static_cast<uint32_t>(b), T, V, pair_out.data());
+        for (int k = 0; k < T * V; ++k) out_p[b * T * V + k] = static_cast<scalar_t>(pair_out[k]);
+      }
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> banzhaf_interaction_backward_cpu(
+    const at::Tensor& grad_in, const at::Tensor& sim_in, const at::Tensor& text_mask_in,
+    const at::Tensor& video_mask_in, const at::Tensor& text_weight_in, const at::Tensor& video_weight_in,
+    c10::string_view definition, c10::string_view estimator, int64_t num_samples, int64_t seed) {
+  check_inputs(sim_in, text_mask_in, video_mask_in, text_weight_in, video_weight_in);
+  TORCH_CHECK(grad_in.sizes() == sim_in.sizes(), "banzhaf_interaction_backward: grad must be ",
+              sim_in.sizes(), ", got ", grad_in.sizes());
+  const Settings s = parse_settings(definition, estimator, num_samples, seed);
+  const auto sim = sim_in.contiguous();
+  const auto grad = grad_in.to(sim.scalar_type()).contiguous();
+  const auto text_mask = text_mask_in.to(at::kBool).contiguous();
+  const auto video_mask = video_mask_in.to(at::kBool).contiguous();
+  const auto text_weight = text_weight_in.contiguous(), video_weight = video_weight_in.contiguous();
+  if (s.estimator == Estimator::kExact) check_exact_players(text_mask, video_mask);
+  const int64_t B = sim.size(0);
+  const int T = static_cast<int>(sim.size(1)), V = static_cast<int>(sim.size(2));
+  auto grad_sim = at::zeros_like(sim);
+  auto grad_wt = at::zeros_like(text_weight);
+  auto grad_wv = at::zeros_like(video_weight);
+  if (B == 0 || T == 0 || V == 0) return {grad_sim, grad_wt, grad_wv};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sim.scalar_type(), "banzhaf_interaction_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* sim_p = sim.data_ptr<scalar_t>();
+    const scalar_t* grad_p = grad.data_ptr<scalar_t>();
+    const scalar_t* wt_p = text_weight.data_ptr<scalar_t>();
+    const scalar_t* wv_p = video_weight.data_ptr<scalar_t>();
+    const bool* tm_p = text_mask.data_ptr<bool>();
+    const bool* vm_p = video_mask.data_ptr<bool>();
+    scalar_t* gs_p = grad_sim.data_ptr<scalar_t>();
+    scalar_t* gt_p = grad_wt.data_ptr<scalar_t>();
+    scalar_t* gv_p = grad_wv.data_ptr<scalar_t>();
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      Game<acc_t> game(T, V);
+      std::vector<acc_t> g_in(T * V), g_sim(T * V), g_wt(T), g_wv(V);
+      for (int64_t b = begin; b < end; ++b) {
+        game.load(sim_p + b * T * V, wt_p + b * T, wv_p + b * V, tm_p + b * T, vm_p + b * V);
+        for (int k = 0; k < T * V; ++k) g_in[k] = static_cast<acc_t>(grad_p[b * T * V + k]);
+        std::fill(g_sim.begin(), g_sim.end(), acc_t(0));
+        std::fill(g_wt.begin(), g_wt.end(), acc_t(0));
+        std::fill(g_wv.begin(), g_wv.end(), acc_t(0));
+        GameGrads<acc_t> grads{g_sim.data(), g_wt.data(), g_wv.data()};
+        backward_pair(game, s, static_cast<uint32_t>(b), T, V, g_in.data(), &grads);
+        for (int k = 0; k < T * V; ++k) gs_p[b * T * V + k] = static_cast<scalar_t>(g_sim[k]);
+        for (int t = 0; t < T; ++t) gt_p[b * T + t] = static_cast<scalar_t>(g_wt[t]);
+        for (int v = 0; v < V; ++v) gv_p[b * V + v] = static_cast<scalar_t>(g_wv[v]);
+      }
+    });
+  });
+  return {grad_sim, grad_wt, grad_wv};
+}
+
+}  // namespace
+}  // namespace hbi
+
+TORCH_LIBRARY_IMPL(hbi_ops, CPU, m) {
+  m.impl("banzhaf_interaction", &hbi::banzhaf_interaction_cpu);
+  m.impl("banzhaf_interaction_backward", &hbi::banzhaf_interaction_backward_cpu);
+}

@@ -1,0 +1,356 @@
+// The WTI game of one text-video pair (SPEC 1.2) and the values the Banzhaf estimators need.
+//
+// A coalition S is set once per sample; for each cell (i, j) the estimators need values of
+// c = S \ {i, j} plus i and/or j. Keeping, for every row and column, the two largest entries over S
+// makes removing i or j O(1), so one coalition value costs O(T + V) (the "slow path", used by the
+// reference definition and every backward pass), and per-row/per-column partial sums make a whole
+// textbook cell O(1) after O(T * V) per sample (the "fast path" of the forward pass).
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+namespace hbi {
+
+template <typename acc_t>
+struct GameGrads {
+  acc_t* sim;           // [T * V]
+  acc_t* text_weight;   // [T]
+  acc_t* video_weight;  // [V]
+};
+
+template <typename acc_t>
+class PairGame {
+ public:
+  static constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
+
+  PairGame(int num_words, int num_frames)
+      : T(num_words), V(num_frames), R(num_words * num_frames), wt(num_words), wv(num_frames),
+        Ew(num_words), Fw(num_frames), in_t(num_words), in_v(num_frames), r1(num_words),
+        r2(num_words), ra(num_words), rb(num_words), k1(num_frames), k2(num_frames),
+        ka(num_frames), kb(num_frames), P(num_frames), Q(num_frames), G(num_words), H(num_words) {}
+
+  // Loads pair b. sim: [T * V], weights [T] / [V], masks [T] / [V] (nonzero = real).
+  template <typename scalar_t>
+  void load(const scalar_t* sim, const scalar_t* text_weight, const scalar_t* video_weight,
+            const bool* text_mask, const bool* video_mask) {
+    words.clear();
+    frames.clear();
+    for (int t = 0; t < T; ++t)
+      if (text_mask[t]) words.push_back(t);
+    for (int v = 0; v < V; ++v)
+      if (video_mask[v]) frames.push_back(v);
+    for (int k = 0; k < T * V; ++k) R[k] = static_cast<acc_t>(sim[k]);
+    // Softmax is shift-invariant: exp(w - max over real tokens) never overflows.
+    acc_t wmax = kNegInf;
+    for (int t = 0; t < T; ++t) wt[t] = static_cast<acc_t>(text_weight[t]);
+    for (int v = 0; v < V; ++v) wv[v] = static_cast<acc_t>(video_weight[v]);
+    for (int t : words) wmax = std::max(wmax, wt[t]);
+    for (int t = 0; t < T; ++t) Ew[t] = text_mask[t] ? std::exp(wt[t] - wmax) : acc_t(0);
+    wmax = kNegInf;
+    for (int v : frames) wmax = std::max(wmax, wv[v]);
+    for (int v = 0; v < V; ++v) Fw[v] = video_mask[v] ? std::exp(wv[v] - wmax) : acc_t(0);
+  }
+
+  int num_players() const { return static_cast<int>(words.size() + frames.size()); }
+  const std::vector<int>& real_words() const { return words; }
+  const std::vector<int>& real_frames() const { return frames; }
+  bool word_in(int t) const { return in_t[t]; }
+  bool frame_in(int v) const { return in_v[v]; }
+
+  // Sets S from per-position membership (padded positions must be false) and derives its state.
+  template <typename Membership>
+  void set_coalition(Membership&& member) {
+    nSt = nSv = 0;
+    ZtS = ZvS = 0;
+    for (int t = 0; t < T; ++t) in_t[t] = false;
+    for (int v = 0; v < V; ++v) in_v[v] = false;
+    for (int t : words)
+      if (member(t)) { in_t[t] = true; ++nSt; ZtS += Ew[t]; }
+    for (int v : frames)
+      if (member(T + v)) { in_v[v] = true; ++nSv; ZvS += Fw[v]; }
+    for (int t : words) {
+      acc_t m1 = kNegInf, m2 = kNegInf;
+      int a1 = -1, a2 = -1;
+      for (int v : frames) {
+        if (!in_v[v]) continue;
+        const acc_t x = R[t * V + v];
+        if (x > m1) { m2 = m1; a2 = a1; m1 = x; a1 = v; }
+        else if (x > m2) { m2 = x; a2 = v; }
+      }
+      r1[t] = m1; ra[t] = a1; r2[t] = m2; rb[t] = a2;
+    }
+    for (int v : frames) {
+      acc_t m1 = kNegInf, m2 = kNegInf;
+      int a1 = -1, a2 = -1;
+      for (int t : words) {
+        if (!in_t[t]) continue;
+        const acc_t x = R[t * V + v];
+        if (x > m1) { m2 = m1; a2 = a1; m1 = x; a1 = t; }
+        else if (x > m2) { m2 = x; a2 = t; }
+      }
+      k1[v] = m1; ka[v] = a1; k2[v] = m2; kb[v] = a2;
+    }
+  }
+
+  // Sets S from Philox coalition bits (player k: word k < T, frame k - T).
+  void set_coalition_bits(const uint32_t* bits) {
+    set_coalition([bits](int k) { return ((bits[k >> 5] >> (k & 31)) & 1u) != 0; });
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Slow path: the value of X = (S \ {i, j}) + (add_i ? i) + (add_j ? j) in O(T + V), with its
+  // gradient when kGrad (scaled by `scale`). i < 0 / j < 0: no word / frame removed or added.
+  // zero_fill: the reference's F (zero-filled maxima, softmax over members) instead of f.
+  template <bool kGrad>
+  acc_t value_of(int i, int j, bool add_i, bool add_j, bool zero_fill, acc_t scale = 0,
+                 GameGrads<acc_t>* grads = nullptr) const {
+    const bool ei = i >= 0 && in_t[i], ej = j >= 0 && in_v[j];
+    const int nt = nSt - ei + add_i, nv = nSv - ej + add_j;
+    if (nt == 0 || nv == 0) return 0;  // f, and F, vanish without a word or without a frame
+    const acc_t Zt = ZtS - (ei ? Ew[i] : acc_t(0)) + (add_i ? Ew[i] : acc_t(0));
+    const acc_t Zv = ZvS - (ej ? Fw[j] : acc_t(0)) + (add_j ? Fw[j] : acc_t(0));
+    const bool clamp_rows = zero_fill && nv < V;  // some position of every row was zero-filled
+    const bool clamp_cols = zero_fill && nt < T;
+    const bool rest_v = nSv - ej > 0, rest_t = nSt - ei > 0;  // c_v, c_t nonempty
+
+    auto row = [&](int t, int& arg) {
+      acc_t m = kNegInf;
+      arg = -1;
+      if (rest_v) m = row_without(t, j, arg);
+      if (add_j && R[t * V + j] > m) { m = R[t * V + j]; arg = j; }
+      if (clamp_rows && m < 0) { m = 0; arg = -1; }
+      return m;
+    };
+    auto col = [&](int v, int& arg) {
+      acc_t m = kNegInf;
+      arg = -1;
+      if (rest_t) m = col_without(v, i, arg);
+      if (add_i && R[i * V + v] > m) { m = R[i * V + v]; arg = i; }
+      if (clamp_cols && m < 0) { m = 0; arg = -1; }
+      return m;
+    };
+    auto word_member = [&](int t) { return t == i ? add_i : static_cast<bool>(in_t[t]); };
+    auto frame_member = [&](int v) { return v == j ? add_j : static_cast<bool>(in_v[v]); };
+
+    acc_t text = 0, video = 0;
+    int arg;
+    for (int t : words)
+      if (word_member(t)) text += Ew[t] * row(t, arg);
+    for (int v : frames)
+      if (frame_member(v)) video += Fw[v] * col(v, arg);
+    text /= Zt;
+    video /= Zv;
+    if (kGrad) {
+      const acc_t half = acc_t(0.5) * scale;
+      for (int t : words) {
+        if (!word_member(t)) continue;
+        const acc_t m = row(t, arg);
+        const acc_t a = Ew[t] / Zt;
+        if (arg >= 0) grads->sim[t * V + arg] += half * a;
+        grads->text_weight[t] += half * a * (m - text);
+      }
+      for (int v : frames) {
+        if (!frame_member(v)) continue;
+        const acc_t m = col(v, arg);
+        const acc_t c = Fw[v] / Zv;
+        if (arg >= 0) grads->sim[arg * V + v] += half * c;
+        grads->video_weight[v] += half * c * (m - video);
+      }
+    }
+    return acc_t(0.5) * (text + video);
+  }
+
+  // The reference's value1 for cell (i, j), O(T + V): value4's zero-filled matrix with only (i, j)
+  // restored; weight logits = value4's softmax probabilities at members of c, the raw logit at i (j).
+  template <bool kGrad>
+  acc_t reference_value1(int i, int j, acc_t scale = 0, GameGrads<acc_t>* grads = nullptr) const {
+    const bool ei = in_t[i], ej = in_v[j];
+    const bool rest_v = nSv - ej > 0, rest_t = nSt - ei > 0;
+    const acc_t Ztc = ZtS - (ei ? Ew[i] : acc_t(0)), Zvc = ZvS - (ej ? Fw[j] : acc_t(0));
+    const acc_t rij = R[i * V + j];
+    // Row i holds only R[i, j] (zeros elsewhere when V > 1); column j likewise.
+    const acc_t row_i = (V > 1 && rij < 0) ? acc_t(0) : rij;
+    const acc_t col_j = (T > 1 && rij < 0) ? acc_t(0) : rij;
+    // Rows of c: entries of c_v, zeros elsewhere (j is never in c_v, so a zero is always present).
+    auto row = [&](int t, int& arg) {
+      arg = -1;
+      if (!rest_v) return acc_t(0);
+      const acc_t m = row_without(t, j, arg);
+      if (m < 0) { arg = -1; return acc_t(0); }
+      return m;
+    };
+    auto col = [&](int v, int& arg) {
+      arg = -1;
+      if (!rest_t) return acc_t(0);
+      const acc_t m = col_without(v, i, arg);
+      if (m < 0) { arg = -1; return acc_t(0); }
+      return m;
+    };
+    // Softmax over logits in [0, 1] (probabilities) and the raw logit: shift by their maximum.
+    const acc_t shift_t = std::max(wt[i], acc_t(1)), shift_v = std::max(wv[j], acc_t(1));
+    acc_t Dt = std::exp(wt[i] - shift_t), text = Dt * row_i;
+    acc_t Dv = std::exp(wv[j] - shift_v), video = Dv * col_j;
+    int arg;
+    for (int t : words) {
+      if (t == i || !in_t[t]) continue;
+      const acc_t e = std::exp(Ew[t] / Ztc - shift_t);
+      Dt += e;
+      text += e * row(t, arg);
+    }
+    for (int v : frames) {
+      if (v == j || !in_v[v]) continue;
+      const acc_t e = std::exp(Fw[v] / Zvc - shift_v);
+      Dv += e;
+      video += e * col(v, arg);
+    }
+    text /= Dt;
+    video /= Dv;
+    if (kGrad) {
+      const acc_t half = acc_t(0.5) * scale;
+      // Text side: alpha = softmax weights, gamma = d text / d logit.
+      const acc_t alpha_i = std::exp(wt[i] - shift_t) / Dt;
+      if (!(V > 1 && rij < 0)) grads->sim[i * V + j] += half * alpha_i;
+      grads->text_weight[i] += half * alpha_i * (row_i - text);
+      acc_t gamma_dot_p = 0;  // sum over t in c_t of gamma_t * p_t (p = value4's probabilities)
+      for (int t : words) {
+        if (t == i || !in_t[t]) continue;
+        const acc_t p = Ew[t] / Ztc;
+        const acc_t alpha = std::exp(p - shift_t) / Dt;
+        const acc_t m = row(t, arg);
+        if (arg >= 0) grads->sim[t * V + arg] += half * alpha;
+        gamma_dot_p += alpha * (m - text) * p;
+      }
+      for (int t : words) {
+        if (t == i || !in_t[t]) continue;
+        const acc_t p = Ew[t] / Ztc;
+        const acc_t alpha = std::exp(p - shift_t) / Dt;
+        const acc_t gamma = alpha * (row(t, arg) - text);
+        grads->text_weight[t] += half * p * (gamma - gamma_dot_p);
+      }
+      const acc_t beta_j = std::exp(wv[j] - shift_v) / Dv;
+      if (!(T > 1 && rij < 0)) grads->sim[i * V + j] += half * beta_j;
+      grads->video_weight[j] += half * beta_j * (col_j - video);
+      acc_t delta_dot_q = 0;
+      for (int v : frames) {
+        if (v == j || !in_v[v]) continue;
+        const acc_t q = Fw[v] / Zvc;
+        const acc_t beta = std::exp(q - shift_v) / Dv;
+        const acc_t m = col(v, arg);
+        if (arg >= 0) grads->sim[arg * V + v] += half * beta;
+        delta_dot_q += beta * (m - video) * q;
+      }
+      for (int v : frames) {
+        if (v == j || !in_v[v]) continue;
+        const acc_t q = Fw[v] / Zvc;
+        const acc_t beta = std::exp(q - shift_v) / Dv;
+        const acc_t delta = beta * (col(v, arg) - video);
+        grads->video_weight[v] += half * q * (delta - delta_dot_q);
+      }
+    }
+    return acc_t(0.5) * (text + video);
+  }
+
+  // Second-order difference of cell (i, j) at c = S \ {i, j}, O(T + V); with its gradient when kGrad.
+  template <bool kGrad>
+  acc_t cell_delta(int i, int j, bool reference, acc_t scale = 0,
+                   GameGrads<acc_t>* grads = nullptr) const {
+    const acc_t both = reference ? reference_value1<kGrad>(i, j, scale, grads)
+                                 : value_of<kGrad>(i, j, true, true, false, scale, grads);
+    return both - value_of<kGrad>(i, j, true, false, reference, -scale, grads) -
+           value_of<kGrad>(i, j, false, true, reference, -scale, grads) +
+           value_of<kGrad>(i, j, false, false, reference, scale, grads);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Fast path (textbook forward): after prepare_cells(), cell_delta_fast(i, j) is O(1).
+  void prepare_cells() {
+    for (int j : frames) {
+      const bool rest_v = nSv - in_v[j] > 0;
+      acc_t p = 0, q = 0;
+      for (int t : words) {
+        if (!in_t[t]) continue;
+        int arg;
+        const acc_t m = rest_v ? row_without(t, j, arg) : kNegInf;
+        if (rest_v) p += Ew[t] * m;
+        q += Ew[t] * std::max(m, R[t * V + j]);
+      }
+      P[j] = p;  // sum over S_t of Ew * rowmax over S_v \ j
+      Q[j] = q;  // ... over (S_v \ j) + j
+    }
+    for (int i : words) {
+      const bool rest_t = nSt - in_t[i] > 0;
+      acc_t g = 0, h = 0;
+      for (int v : frames) {
+        if (!in_v[v]) continue;
+        int arg;
+        const acc_t m = rest_t ? col_without(v, i, arg) : kNegInf;
+        if (rest_t) g += Fw[v] * m;
+        h += Fw[v] * std::max(m, R[i * V + v]);
+      }
+      G[i] = g;
+      H[i] = h;
+    }
+  }
+
+  acc_t cell_delta_fast(int i, int j) const {
+    const bool ei = in_t[i], ej = in_v[j];
+    const int nct = nSt - ei, ncv = nSv - ej;
+    const acc_t Ztc = ZtS - (ei ? Ew[i] : acc_t(0)), Zvc = ZvS - (ej ? Fw[j] : acc_t(0));
+    const acc_t Zti = Ztc + Ew[i], Zvj = Zvc + Fw[j];
+    const acc_t rij = R[i * V + j];
+    int arg;
+    // Row i over c_v (and + j), column j over c_t (and + i).
+    const acc_t row_i = ncv > 0 ? row_without(i, j, arg) : kNegInf;
+    const acc_t row_ij = std::max(row_i, rij);
+    const acc_t col_j = nct > 0 ? col_without(j, i, arg) : kNegInf;
+    const acc_t col_ij = std::max(col_j, rij);
+    // Text sums over c_t (i's own term removed when i is in S) and video sums over c_v.
+    const acc_t text_cj = Q[j] - (ei ? Ew[i] * row_ij : acc_t(0));  // rows over c_v + j
+    const acc_t video_ci = H[i] - (ej ? Fw[j] * col_ij : acc_t(0));  // columns over c_t + i
+    acc_t delta = acc_t(0.5) * ((text_cj + Ew[i] * row_ij) / Zti + (video_ci + Fw[j] * col_ij) / Zvj);
+    if (ncv > 0) {  // f(c + i)
+      const acc_t text_c = P[j] - (ei ? Ew[i] * row_i : acc_t(0));
+      delta -= acc_t(0.5) * ((text_c + Ew[i] * row_i) / Zti + video_ci / Zvc);
+    }
+    if (nct > 0) {  // f(c + j)
+      const acc_t video_c = G[i] - (ej ? Fw[j] * col_j : acc_t(0));
+      delta -= acc_t(0.5) * (text_cj / Ztc + (video_c + Fw[j] * col_j) / Zvj);
+    }
+    if (nct > 0 && ncv > 0) {  // f(c)
+      const acc_t text_c = P[j] - (ei ? Ew[i] * row_i : acc_t(0));
+      const acc_t video_c = G[i] - (ej ? Fw[j] * col_j : acc_t(0));
+      delta += acc_t(0.5) * (text_c / Ztc + video_c / Zvc);
+    }
+    return delta;
+  }
+
+ private:
+  // Maximum of row t over S_v without frame j (-inf if none), and where it is.
+  acc_t row_without(int t, int j, int& arg) const {
+    if (ra[t] == j && j >= 0) { arg = rb[t]; return r2[t]; }
+    arg = ra[t];
+    return r1[t];
+  }
+  acc_t col_without(int v, int i, int& arg) const {
+    if (ka[v] == i && i >= 0) { arg = kb[v]; return k2[v]; }
+    arg = ka[v];
+    return k1[v];
+  }
+
+  int T, V;
+  std::vector<acc_t> R, wt, wv, Ew, Fw;
+  std::vector<int> words, frames;
+  std::vector<uint8_t> in_t, in_v;
+  int nSt = 0, nSv = 0;
+  acc_t ZtS = 0, ZvS = 0;
+  std::vector<acc_t> r1, r2;
+  std::vector<int> ra, rb;
+  std::vector<acc_t> k1, k2;
+  std::vector<int> ka, kb;
+  std::vector<acc_t> P, Q, G, H;
+};
+
+}  // namespace hbi

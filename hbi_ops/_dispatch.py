@@ -1,0 +1,109 @@
+"""Which backend runs an operator call.
+
+Every backend answers "why not?" for an operator on a device; the default order is tried and the first
+with no reason runs. A backend asked for by name (``backend=`` or ``HBI_OPS_BACKEND``) that cannot run is
+an error that says why, never a silent fallback.
+"""
+import importlib
+import os
+
+import torch
+
+from hbi_ops import _extension
+
+OPERATORS = ("wti_similarity", "banzhaf_interaction", "dpc_knn", "merge_tokens")
+BACKENDS = ("cuda", "triton", "cpu", "torch")
+DEFAULT_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
+ENV_VARIABLE = "HBI_OPS_BACKEND"
+
+
+def _triton_module():
+    try:
+        return importlib.import_module("hbi_ops.triton")
+    except ImportError as error:  # triton missing or too old
+        return error
+
+
+def _interpreting_triton():
+    return os.environ.get("TRITON_INTERPRET", "") == "1"
+
+
+def why_not(backend: str, op: str, device: torch.device):
+    """None when `backend` can run `op` on `device`, else the reason it cannot."""
+    if backend == "torch":
+        return None
+    if backend == "cpu":
+        if device.type != "cpu":
+            return f"the cpu backend takes CPU tensors, got {device.type} tensors"
+        if _extension.LOAD_ERROR:
+            return _extension.LOAD_ERROR
+        if not _extension.has_kernel(op, "CPU"):
+            return f"hbi_ops._C has no CPU kernel for {op}"
+        return None
+    if backend == "cuda":
+        if device.type != "cuda":
+            return f"the cuda backend takes CUDA tensors, got {device.type} tensors"
+        if _extension.LOAD_ERROR:
+            return _extension.LOAD_ERROR
+        if not _extension.has_kernel(op, "CUDA"):
+            return "hbi_ops was built without its CUDA kernels (reinstall with a CUDA toolkit, HBI_OPS_CUDA=1)"
+        return None
+    if backend == "triton":
+        module = _triton_module()
+        if isinstance(module, ImportError):
+            return f"triton is not usable here ({module})"
+        if device.type == "cpu" and not _interpreting_triton():
+            return "triton runs CPU tensors only under TRITON_INTERPRET=1"
+        if device.type not in ("cpu", "cuda"):
+            return f"triton takes CUDA tensors, got {device.type} tensors"
+        if not hasattr(module, op):
+            return f"the triton backend has no kernel for {op} yet"
+        return None
+    raise ValueError(f"backend must be one of {', '.join(repr(b) for b in BACKENDS)}, got {backend!r}")
+
+
+def implementation(backend: str):
+    """The module holding `backend`'s functions (same names and normalised arguments for all)."""
+    if backend == "torch":
+        return importlib.import_module("hbi_ops.reference")
+    if backend in ("cpu", "cuda"):
+        return importlib.import_module("hbi_ops._compiled")
+    return importlib.import_module("hbi_ops.triton")
+
+
+def choose(op: str, device: torch.device, requested=None) -> str:
+    source = "backend"
+    if requested is None:
+        requested, source = (os.environ.get(ENV_VARIABLE) or None), ENV_VARIABLE
+    if requested is not None:
+        if requested not in BACKENDS:
+            raise ValueError(f"{source} must be one of {', '.join(repr(b) for b in BACKENDS)}, got {requested!r}")
+        reason = why_not(requested, op, device)
+        if reason is not None:
+            raise RuntimeError(f"{op}: backend {requested!r} is not available: {reason}")
+        return requested
+    order = DEFAULT_ORDER.get(device.type, ("torch",))
+    reasons = []
+    for candidate in order:
+        reason = why_not(candidate, op, device)
+        if reason is None:
+            return candidate
+        reasons.append(f"{candidate}: {reason}")
+    raise RuntimeError(f"{op}: no backend can run on {device}: " + "; ".join(reasons))
+
+
+def call(op: str, device: torch.device, requested, *args):
+    backend = choose(op, device, requested)
+    return getattr(implementation(backend), op)(*args)
+
+
+def available_backends():
+    """Backends that can run at least one operator on some device of this machine."""
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    names = []
+    for backend in BACKENDS:
+        if any(why_not(backend, op, device) is None for op in OPERATORS for device in devices):
+            names.append(backend)
+    return names
