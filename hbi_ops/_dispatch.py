@@ -17,11 +17,22 @@ DEFAULT_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
 ENV_VARIABLE = "HBI_OPS_BACKEND"
 
 
-def _triton_module():
+def _load_triton():
     try:
         return importlib.import_module("hbi_ops.triton")
     except ImportError as error:  # triton missing or too old
         return error
+
+
+# Resolved once at import, so that a call traced by torch.compile only reads constants.
+_KERNELS = {(op, key): _extension.has_kernel(op, key) for op in OPERATORS for key in ("CPU", "CUDA")}
+_TRITON = _load_triton()
+_MODULES = {
+    "torch": importlib.import_module("hbi_ops.reference"),
+    "cpu": importlib.import_module("hbi_ops._compiled") if _extension.LOAD_ERROR is None else None,
+    "triton": None if isinstance(_TRITON, ImportError) else _TRITON,
+}
+_MODULES["cuda"] = _MODULES["cpu"]
 
 
 def _interpreting_triton():
@@ -37,7 +48,7 @@ def why_not(backend: str, op: str, device: torch.device):
             return f"the cpu backend takes CPU tensors, got {device.type} tensors"
         if _extension.LOAD_ERROR:
             return _extension.LOAD_ERROR
-        if not _extension.has_kernel(op, "CPU"):
+        if not _KERNELS[(op, "CPU")]:
             return f"hbi_ops._C has no CPU kernel for {op}"
         return None
     if backend == "cuda":
@@ -45,18 +56,17 @@ def why_not(backend: str, op: str, device: torch.device):
             return f"the cuda backend takes CUDA tensors, got {device.type} tensors"
         if _extension.LOAD_ERROR:
             return _extension.LOAD_ERROR
-        if not _extension.has_kernel(op, "CUDA"):
+        if not _KERNELS[(op, "CUDA")]:
             return "hbi_ops was built without its CUDA kernels (reinstall with a CUDA toolkit, HBI_OPS_CUDA=1)"
         return None
     if backend == "triton":
-        module = _triton_module()
-        if isinstance(module, ImportError):
-            return f"triton is not usable here ({module})"
+        if isinstance(_TRITON, ImportError):
+            return f"triton is not usable here ({_TRITON})"
         if device.type == "cpu" and not _interpreting_triton():
             return "triton runs CPU tensors only under TRITON_INTERPRET=1"
         if device.type not in ("cpu", "cuda"):
             return f"triton takes CUDA tensors, got {device.type} tensors"
-        if not hasattr(module, op):
+        if not hasattr(_TRITON, op):
             return f"the triton backend has no kernel for {op} yet"
         return None
     raise ValueError(f"backend must be one of {', '.join(repr(b) for b in BACKENDS)}, got {backend!r}")
@@ -64,11 +74,7 @@ def why_not(backend: str, op: str, device: torch.device):
 
 def implementation(backend: str):
     """The module holding `backend`'s functions (same names and normalised arguments for all)."""
-    if backend == "torch":
-        return importlib.import_module("hbi_ops.reference")
-    if backend in ("cpu", "cuda"):
-        return importlib.import_module("hbi_ops._compiled")
-    return importlib.import_module("hbi_ops.triton")
+    return _MODULES[backend]
 
 
 def choose(op: str, device: torch.device, requested=None) -> str:

@@ -4,25 +4,8 @@ import zlib
 import pytest
 import torch
 
-import hbi_ops
 
-# Tolerances for comparing a backend with the float64-accurate oracle, by the dtype of the inputs.
-TOLERANCE = {
-    torch.float64: dict(rtol=1e-9, atol=1e-9),
-    torch.float32: dict(rtol=1e-4, atol=1e-5),
-    torch.float16: dict(rtol=1e-2, atol=1e-2),
-    torch.bfloat16: dict(rtol=5e-2, atol=5e-2),
-}
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def compiled_cpu_backends():
-    """Backends other than the oracle that run CPU tensors in this session: cpu always (a missing
-    extension is a failure, not a skip), triton only under TRITON_INTERPRET=1."""
-    names = ["cpu"]
-    if os.environ.get("TRITON_INTERPRET") == "1" and "triton" in hbi_ops.backends():
-        names.append("triton")
-    return names
+from hbi_ops.testing import FLOAT_DTYPES, TOLERANCE, compiled_cpu_backends  # noqa: F401
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,375 @@
+"""banzhaf_interaction: brute force -> oracle -> every backend, estimators, gradients, op registration."""
+import itertools
+import math
+
+import pytest
+import torch
+
+import hbi_ops
+from hbi_ops import philox
+from hbi_ops.testing import FLOAT_DTYPES, TOLERANCE, compiled_cpu_backends
+
+ALL_BACKENDS = ["torch"] + compiled_cpu_backends()
+SETTINGS = [("textbook", "exact"), ("textbook", "paired"), ("textbook", "msr"),
+            ("reference", "exact"), ("reference", "paired")]
+
+
+# ------------------------------------------------------------------------------------------------
+# Brute force, written from SPEC 1.2 with Python loops and floats, independent of the package.
+
+def _softmax(logits):
+    top = max(logits)
+    exps = [math.exp(x - top) for x in logits]
+    return [e / sum(exps) for e in exps]
+
+
+def textbook_value(R, wt, wv, words, frames):
+    if not words or not frames:
+        return 0.0
+    a, c = _softmax([wt[t] for t in words]), _softmax([wv[v] for v in frames])
+    text = sum(a_t * max(R[t][v] for v in frames) for a_t, t in zip(a, words))
+    video = sum(c_v * max(R[t][v] for t in words) for c_v, v in zip(c, frames))
+    return 0.5 * (text + video)
+
+
+def _reference_wti(M, text_logits, video_logits):
+    T, V = len(M), len(M[0])
+    a, c = _softmax(text_logits), _softmax(video_logits)
+    return 0.5 * (sum(a[t] * max(M[t]) for t in range(T)) + sum(c[v] * max(M[t][v] for t in range(T))
+                                                                 for v in range(V)))
+
+
+def reference_F(R, wt, wv, words, frames):
+    T, V = len(R), len(R[0])
+    M = [[R[t][v] if (t in words and v in frames) else 0.0 for v in range(V)] for t in range(T)]
+    return _reference_wti(M, [wt[t] if t in words else -9e15 for t in range(T)],
+                          [wv[v] if v in frames else -9e15 for v in range(V)])
+
+
+def reference_value1(R, wt, wv, words, frames, i, j):
+    T, V = len(R), len(R[0])
+    M = [[R[t][v] if (t in words and v in frames) else 0.0 for v in range(V)] for t in range(T)]
+    M[i][j] = R[i][j]
+    p = _softmax([wt[t] if t in words else -9e15 for t in range(T)])
+    q = _softmax([wv[v] if v in frames else -9e15 for v in range(V)])
+    text_logits = [p[t] if t in words else (wt[i] if t == i else -9e15) for t in range(T)]
+    video_logits = [q[v] if v in frames else (wv[j] if v == j else -9e15) for v in range(V)]
+    return _reference_wti(M, text_logits, video_logits)
+
+
+def cell_delta(definition, R, wt, wv, words, frames, i, j):
+    if definition == "textbook":
+        f = lambda ws, fs: textbook_value(R, wt, wv, ws, fs)  # noqa: E731
+        return f(words + [i], frames + [j]) - f(words + [i], frames) - f(words, frames + [j]) + f(words, frames)
+    F = lambda ws, fs: reference_F(R, wt, wv, ws, fs)  # noqa: E731
+    return (reference_value1(R, wt, wv, words, frames, i, j) - F(words + [i], frames)
+            - F(words, frames + [j]) + F(words, frames))
+
+
+def _subsets(items):
+    for r in range(len(items) + 1):
+        yield from itertools.combinations(items, r)
+
+
+def brute_force_deltas(definition, R, wt, wv, real_words, real_frames, i, j):
+    """Every second-order difference of cell (i, j): one per c subset of N minus {i, j}."""
+    others = [("w", t) for t in real_words if t != i] + [("f", v) for v in real_frames if v != j]
+    deltas = []
+    for subset in _subsets(others):
+        words = [k for kind, k in subset if kind == "w"]
+        frames = [k for kind, k in subset if kind == "f"]
+        deltas.append(cell_delta(definition, R, wt, wv, words, frames, i, j))
+    return deltas
+
+
+def brute_force(definition, sim, text_mask, video_mask, text_weight, video_weight):
+    """I(i, j) = 2^-(n-2) sum over c of N minus {i, j} of the second-order difference, as [B, T, V]."""
+    out = torch.zeros(sim.shape, dtype=torch.float64)
+    for b in range(sim.shape[0]):
+        R, wt, wv = sim[b].tolist(), text_weight[b].tolist(), video_weight[b].tolist()
+        words = [t for t in range(sim.shape[1]) if text_mask[b, t]]
+        frames = [v for v in range(sim.shape[2]) if video_mask[b, v]]
+        for i in words:
+            for j in frames:
+                deltas = brute_force_deltas(definition, R, wt, wv, words, frames, i, j)
+                out[b, i, j] = sum(deltas) / len(deltas)
+    return out
+
+
+def random_game(batch, num_words, num_frames, dtype=torch.float64, masked=True):
+    sim = torch.randn(batch, num_words, num_frames, dtype=dtype)
+    text_weight = torch.randn(batch, num_words, dtype=dtype)
+    video_weight = torch.randn(batch, num_frames, dtype=dtype)
+    text_mask = torch.ones(batch, num_words, dtype=torch.bool)
+    video_mask = torch.ones(batch, num_frames, dtype=torch.bool)
+    if masked:
+        for b in range(batch):  # padding at the end, at least one real token
+            text_mask[b, torch.randint(1, num_words + 1, ()).item():] = False
+            video_mask[b, torch.randint(1, num_frames + 1, ()).item():] = False
+    return sim, text_mask, video_mask, text_weight, video_weight
+
+
+# ------------------------------------------------------------------------------------------------
+# Philox and the coalition rule
+
+def test_philox_known_answers():
+    # Known-answer vectors of Philox4x32-10 (Random123's kat_vectors), the first from SPEC 1.2.
+    cases = [((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+             ((0xFFFFFFFF,) * 4, (0xFFFFFFFF, 0xFFFFFFFF), (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+             ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+              (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1))]
+    for counter, key, expected in cases:
+        assert tuple(int(w) for w in philox.philox4x32_10(counter, key)) == expected
+
+
+def test_coalition_rule_bit_layout():
+    seed, sample, pair, players = (0xDEADBEEF << 32) | 0x12345678, 5, 3, 300
+    bits = philox.coalition_bits(seed, [sample], pair + 1, players)[0, pair]
+    for k in range(players):
+        words = philox.philox4x32_10((sample, pair, k // 128, 0), (0x12345678, 0xDEADBEEF))
+        expected = (int(words[(k // 32) % 4]) >> (k % 32)) & 1
+        assert bool(bits[k]) == bool(expected), k
+
+
+@pytest.mark.parametrize("backend", compiled_cpu_backends())
+def test_same_seed_same_coalitions_across_backends(backend):
+    # One sample of the msr estimator reveals the coalition: I(i, j) = +-f(S) per stratum, so the
+    # signs of the single-sample estimate give s_i * s_j, which must agree with the Philox bits.
+    sim, text_mask, video_mask, text_weight, video_weight = random_game(3, 6, 5, masked=False)
+    sim = sim.abs() + 0.1  # f(S) > 0 whenever S has a word and a frame
+    seed = 2**63 + 12345
+    out = hbi_ops.banzhaf_interaction(sim, text_mask, video_mask, text_weight, video_weight,
+                                      estimator="msr", num_samples=1, seed=seed, backend=backend)
+    in_text, in_video = philox.coalitions(seed, [0], text_mask, video_mask)
+    for b in range(3):
+        if in_text[0, b].any() and in_video[0, b].any():
+            sign = (in_text[0, b, :, None] == in_video[0, b, None, :]).double() * 2 - 1
+            assert torch.equal(torch.sign(out[b]), sign)
+
+
+# ------------------------------------------------------------------------------------------------
+# The oracle and every backend against the brute force
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("definition", ["textbook", "reference"])
+def test_exact_matches_brute_force(backend, definition):
+    game = random_game(3, 4, 3)
+    expected = brute_force(definition, *game)
+    got = hbi_ops.banzhaf_interaction(*game, definition=definition, estimator="exact", backend=backend)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("definition", ["textbook", "reference"])
+def test_exact_matches_brute_force_ten_players(backend, definition):
+    game = random_game(1, 6, 4, masked=False)
+    expected = brute_force(definition, *game)
+    got = hbi_ops.banzhaf_interaction(*game, definition=definition, estimator="exact", backend=backend)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_definitions_differ_beyond_rounding():
+    game = random_game(1, 4, 3, masked=False)
+    textbook = hbi_ops.banzhaf_interaction(*game, definition="textbook", estimator="exact")
+    reference = hbi_ops.banzhaf_interaction(*game, definition="reference", estimator="exact")
+    assert (textbook - reference).abs().max() > 1e-3
+
+
+def _cell_delta_moments(definition, game):
+    """Exact mean and variance over c of each cell's second-order difference, by enumeration."""
+    sim, text_mask, video_mask, text_weight, video_weight = game
+    R, wt, wv = sim[0].tolist(), text_weight[0].tolist(), video_weight[0].tolist()
+    words = [t for t in range(sim.shape[1]) if text_mask[0, t]]
+    frames = [v for v in range(sim.shape[2]) if video_mask[0, v]]
+    mean = torch.zeros(sim.shape[1:], dtype=torch.float64)
+    var = torch.zeros_like(mean)
+    for i in words:
+        for j in frames:
+            d = torch.tensor(brute_force_deltas(definition, R, wt, wv, words, frames, i, j), dtype=torch.float64)
+            mean[i, j], var[i, j] = d.mean(), d.var(unbiased=False)
+    return mean, var
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("definition", ["textbook", "reference"])
+def test_paired_converges_within_its_standard_error(backend, definition):
+    game = random_game(1, 4, 3, masked=False)
+    mean, var = _cell_delta_moments(definition, game)
+    errors = []
+    for num_samples in (64, 1024) if backend == "torch" else (64, 4096):
+        got = hbi_ops.banzhaf_interaction(*game, definition=definition, estimator="paired",
+                                          num_samples=num_samples, seed=num_samples, backend=backend)[0]
+        # Mean of num_samples i.i.d. draws of the cell delta: 6 standard errors (CLT; 12 cells).
+        bound = 6 * (var / num_samples).sqrt() + 1e-12
+        assert ((got - mean).abs() <= bound).all(), (got - mean).abs() / bound
+        errors.append((got - mean).abs().sum())
+    assert errors[1] < errors[0]
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_msr_converges_within_its_standard_error(backend):
+    game = random_game(1, 4, 3, masked=False)
+    sim, text_mask, video_mask, text_weight, video_weight = game
+    R, wt, wv = sim[0].tolist(), text_weight[0].tolist(), video_weight[0].tolist()
+    players = [("w", t) for t in range(4)] + [("f", v) for v in range(3)]
+    values = {}
+    for subset in _subsets(players):
+        words = [k for kind, k in subset if kind == "w"]
+        frames = [k for kind, k in subset if kind == "f"]
+        values[(frozenset(words), frozenset(frames))] = textbook_value(R, wt, wv, words, frames)
+    exact = brute_force("textbook", *game)[0]
+    for num_samples in (256, 4096):
+        got = hbi_ops.banzhaf_interaction(*game, estimator="msr", num_samples=num_samples, seed=7,
+                                          backend=backend)[0]
+        for i in range(4):
+            for j in range(3):
+                # Each of the 4 strata holds about num_samples / 4 samples (at least / 8 here with
+                # overwhelming probability); the stratified mean's error is then within 6 sigma.
+                variance = 0.0
+                for word_in in (True, False):
+                    for frame_in in (True, False):
+                        stratum = torch.tensor([v for (ws, fs), v in values.items()
+                                                if (i in ws) == word_in and (j in fs) == frame_in])
+                        variance += stratum.var(unbiased=False).item() / (num_samples / 8)
+                assert abs(got[i, j] - exact[i, j]) <= 6 * math.sqrt(variance) + 1e-12
+
+
+# ------------------------------------------------------------------------------------------------
+# Backends against the oracle
+
+@pytest.mark.parametrize("backend", compiled_cpu_backends())
+@pytest.mark.parametrize("definition,estimator", SETTINGS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_backend_matches_oracle(backend, definition, estimator, dtype):
+    sim, text_mask, video_mask, text_weight, video_weight = random_game(4, 5, 4, dtype=dtype)
+    text_mask = text_mask.int()  # integer masks are accepted
+    kwargs = dict(definition=definition, estimator=estimator, num_samples=40, seed=2024)
+    leaves = [x.clone().requires_grad_() for x in (sim, text_weight, video_weight)]
+    grad = torch.randn(sim.shape, dtype=dtype)
+    results = {}
+    for name in ("torch", backend):
+        inputs = [x.detach().clone().requires_grad_() for x in leaves]
+        out = hbi_ops.banzhaf_interaction(inputs[0], text_mask, video_mask, inputs[1], inputs[2],
+                                          backend=name, **kwargs)
+        grads = torch.autograd.grad((out.float() * grad.float()).sum(), inputs)
+        results[name] = (out, *grads)
+    for expected, got in zip(results["torch"], results[backend]):
+        assert got.dtype == dtype
+        torch.testing.assert_close(got, expected, **TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_padding_cells_are_zero_and_all_padding_rows_finite(backend):
+    sim, text_mask, video_mask, text_weight, video_weight = random_game(3, 5, 4)
+    text_mask[1] = False  # a pair with no real word
+    video_mask[2] = False
+    for definition, estimator in SETTINGS:
+        out = hbi_ops.banzhaf_interaction(sim, text_mask, video_mask, text_weight, video_weight,
+                                          definition=definition, estimator=estimator, num_samples=10,
+                                          backend=backend)
+        assert torch.isfinite(out).all()
+        assert (out[~(text_mask[:, :, None] & video_mask[:, None, :])] == 0).all()
+        assert (out[1] == 0).all() and (out[2] == 0).all()
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_non_contiguous_inputs_and_default_arguments(backend):
+    sim = torch.randn(3, 4, 5).transpose(1, 2)  # [3, 5, 4], not contiguous
+    text_weight = torch.randn(5, 3).t()  # [3, 5], not contiguous
+    got = hbi_ops.banzhaf_interaction(sim, text_weight=text_weight, num_samples=20, backend=backend)
+    expected = hbi_ops.banzhaf_interaction(sim.contiguous(), text_weight=text_weight.contiguous(),
+                                           video_weight=torch.zeros(3, 4), num_samples=20, backend="torch")
+    torch.testing.assert_close(got, expected, **TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_batch_zero(backend):
+    out = hbi_ops.banzhaf_interaction(torch.randn(0, 4, 3), num_samples=5, backend=backend)
+    assert out.shape == (0, 4, 3)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_seed_changes_estimate_and_repeats(backend):
+    game = random_game(2, 5, 4, masked=False)
+    a = hbi_ops.banzhaf_interaction(*game, num_samples=30, seed=1, backend=backend)
+    b = hbi_ops.banzhaf_interaction(*game, num_samples=30, seed=2, backend=backend)
+    assert not torch.equal(a, b)
+    assert torch.equal(a, hbi_ops.banzhaf_interaction(*game, num_samples=30, seed=1, backend=backend))
+
+
+# ------------------------------------------------------------------------------------------------
+# Gradients and registration
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("definition,estimator", SETTINGS)
+def test_gradcheck(backend, definition, estimator):
+    sim, text_mask, video_mask, text_weight, video_weight = random_game(2, 3, 3)
+    inputs = tuple(x.clone().requires_grad_() for x in (sim, text_weight, video_weight))
+
+    def fn(s, wt, wv):
+        return hbi_ops.banzhaf_interaction(s, text_mask, video_mask, wt, wv, definition=definition,
+                                           estimator=estimator, num_samples=16, seed=3, backend=backend)
+
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("definition,estimator", SETTINGS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck(definition, estimator, dtype):
+    sim, text_mask, video_mask, text_weight, video_weight = random_game(2, 4, 3, dtype=dtype)
+    args = (sim.requires_grad_(), text_mask, video_mask, text_weight.requires_grad_(),
+            video_weight.requires_grad_(), definition, estimator, 8, 11)
+    torch.library.opcheck(torch.ops.hbi_ops.banzhaf_interaction.default, args)
+    grad = torch.randn(sim.shape, dtype=dtype)
+    backward_args = (grad, sim.detach(), text_mask, video_mask, text_weight.detach(), video_weight.detach(),
+                     definition, estimator, 8, 11)
+    torch.library.opcheck(torch.ops.hbi_ops.banzhaf_interaction_backward.default, backward_args)
+
+
+def test_torch_compile():
+    game = random_game(2, 5, 4)
+
+    def fn(sim, text_mask, video_mask, text_weight, video_weight):
+        return hbi_ops.banzhaf_interaction(sim * 2, text_mask, video_mask, text_weight, video_weight,
+                                           num_samples=10, seed=5, backend="cpu").sum(-1)
+
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(*game), fn(*game))
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input
+
+@pytest.mark.parametrize("call,error,words", [
+    (lambda g: hbi_ops.banzhaf_interaction(g[0][0]), ValueError, "sim"),
+    (lambda g: hbi_ops.banzhaf_interaction(g[0].int()), TypeError, "sim"),
+    (lambda g: hbi_ops.banzhaf_interaction(g[0], text_mask=g[1][:, :2]), ValueError, "text_mask"),
+    (lambda g: hbi_ops.banzhaf_interaction(g[0], video_mask=g[2][:1]), ValueError, "video_mask"),
+    (lambda g: hbi_ops.banzhaf_interaction(g[0], text_weight=g[3][:, :2]), ValueError, "text_weight"),
+    (lambda g: hbi_ops.banzhaf_interaction(g[0], video_weight=g[4].int()), TypeError, "video_weight"),
+    (lambda g: hbi_ops.banzhaf_interaction(g[0], num_samples=0), ValueError, "num_samples"),
+    (lambda g: hbi_ops.banzhaf_interaction(g[0], num_samples=2.5), TypeError, "num_samples"),
+    (lambda g: hbi_ops.banzhaf_interaction(g[0], seed=-1), ValueError, "seed"),
+    (lambda g: hbi_ops.banzhaf_interaction(g[0], definition="shapley"), ValueError, "definition"),
+    (lambda g: hbi_ops.banzhaf_interaction(g[0], estimator="mc"), ValueError, "estimator"),
+    (lambda g: hbi_ops.banzhaf_interaction(g[0], definition="reference", estimator="msr"), ValueError, "msr"),
+    (lambda g: hbi_ops.banzhaf_interaction(g[0], backend="tpu"), ValueError, "backend"),
+    (lambda g: hbi_ops.banzhaf_interaction(g[0], backend="cuda"), RuntimeError, "cuda"),
+    (lambda g: hbi_ops.banzhaf_interaction(g[0], text_mask=torch.ones(2, 4, dtype=torch.bool, device="meta")),
+     ValueError, "text_mask"),
+])
+def test_bad_input_names_the_argument(call, error, words):
+    game = random_game(2, 4, 3, dtype=torch.float32)
+    with pytest.raises(error, match=words):
+        call(game)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_exact_refuses_too_many_players(backend):
+    sim = torch.randn(2, 20, 10)
+    text_mask = torch.ones(2, 20, dtype=torch.bool)
+    text_mask[0, 10:] = False  # pair 0 has 20 players, pair 1 has 30
+    with pytest.raises(ValueError, match="at most 24 players.*pair 1 has 30"):
+        hbi_ops.banzhaf_interaction(sim, text_mask, estimator="exact", backend=backend)
+    text_mask[1, 14:] = False  # 24 players: allowed (checked through the oracle's first chunk only)
+    hbi_ops._api._check_exact_players(text_mask, torch.ones(2, 10, dtype=torch.bool))
