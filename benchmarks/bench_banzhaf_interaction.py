@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import hbi_ops
-from benchmarks.baselines import paired_textbook_vectorised
+from hbi_ops.reference.banzhaf_vectorised import paired_textbook_vectorised
 from hbi_ops.testing import backends_for, bench_device, synchronize
 
 DEVICE = bench_device()

@@ -95,7 +95,9 @@ def dpc_knn(x, num_clusters, k=5, mask=None, *, backend=None):
     (mask 0) never change the result of the real ones of their sample. No gradient.
     """
     _checks.tensor("x", x, dim=3, floating=True)
-    batch, num_tokens, _ = x.shape
+    batch, num_tokens, width = x.shape
+    if width < 1:
+        raise ValueError(f"x must have at least one feature (shape [B, N, C] with C >= 1), got {list(x.shape)}")
     num_clusters = _checks.integer("num_clusters", num_clusters, low=1, high=num_tokens)
     k = _checks.integer("k", k, low=1, high=num_tokens)
     _checks.same_device("x", x, mask=mask)
@@ -118,7 +120,9 @@ def merge_tokens(x, idx, num_clusters, weight=None, *, backend=None):
     num_clusters = _checks.integer("num_clusters", num_clusters, low=1)
     _checks.same_device("x", x, idx=idx, weight=weight)
     weight = _checks.floating_or_default("weight", weight, (batch, num_tokens), x, 1.0)
-    if idx.device.type == "cpu" and idx.numel() > 0:  # on a GPU this would synchronise; kernels guard there
+    # Reading idx on a GPU would synchronise, and under torch.compile it would break the graph: the
+    # kernels check the range themselves there.
+    if idx.device.type == "cpu" and idx.numel() > 0 and not torch.compiler.is_compiling():
         low, high = int(idx.min()), int(idx.max())
         if low < 0 or high >= num_clusters:
             raise ValueError(f"idx must hold cluster indices in [0, {num_clusters - 1}] (num_clusters="

@@ -168,6 +168,14 @@ def test_exact_matches_brute_force_ten_players(backend, definition):
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
 
 
+def test_vectorised_baseline_matches_oracle():
+    from hbi_ops.reference.banzhaf_vectorised import paired_textbook_vectorised
+
+    game = random_game(3, 6, 5)
+    expected = hbi_ops.banzhaf_interaction(*game, num_samples=50, seed=9, backend="torch")
+    torch.testing.assert_close(paired_textbook_vectorised(*game, 50, 9, chunk=16), expected)
+
+
 def test_definitions_differ_beyond_rounding():
     game = random_game(1, 4, 3, masked=False)
     textbook = hbi_ops.banzhaf_interaction(*game, definition="textbook", estimator="exact")

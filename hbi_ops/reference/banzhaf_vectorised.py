@@ -1,4 +1,5 @@
-"""Strong plain-PyTorch baselines, beside the oracle, so that speed-ups are not measured against a strawman.
+"""A strong plain-PyTorch version of the paired textbook estimator: the benchmarks' second baseline, so
+that speed-ups are not only measured against the oracle (which is written for clarity, not speed).
 
 `paired_textbook_vectorised` is what a careful PyTorch user would write for the paired textbook
 estimator (SPEC section 5's "strong plain-PyTorch version"): samples and cells vectorised, and the WTI
