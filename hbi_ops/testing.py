@@ -13,13 +13,14 @@ TOLERANCE = {
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def compiled_cpu_backends():
-    """Backends other than the oracle that run CPU tensors in this session: cpu always (a missing
-    extension is a failure, not a skip), triton only under TRITON_INTERPRET=1."""
+def compiled_cpu_backends(op):
+    """Backends other than the oracle that run `op` on CPU tensors in this session: cpu always (a missing
+    extension is a failure, not a skip), triton where it has a kernel for `op`, run by the interpreter
+    (tests/conftest.py sets TRITON_INTERPRET=1 on machines without a GPU)."""
     from hbi_ops import _dispatch
 
     names = ["cpu"]
-    if os.environ.get("TRITON_INTERPRET") == "1" and "triton" in _dispatch.available_backends():
+    if _dispatch.why_not("triton", op, torch.device("cpu")) is None:
         names.append("triton")
     return names
 

@@ -1,8 +1,14 @@
 import os
 import zlib
 
-import pytest
 import torch
+
+# Without a GPU the Triton kernels run on CPU tensors in Triton's interpreter; the switch must be set
+# before triton is imported (hbi_ops imports it).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 
 from hbi_ops.testing import FLOAT_DTYPES, TOLERANCE, compiled_cpu_backends  # noqa: F401

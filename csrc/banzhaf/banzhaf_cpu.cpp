@@ -156,6 +156,7 @@ void forward_pair(Game<acc_t>& game, const Settings& s, uint32_t pair, int T, in
   } else if (s.estimator == Estimator::kMsr) {
     std::vector<double> sum_word(T, 0), sum_frame(V, 0), sum_both(T * V, 0);
     double sum_all = 0;
+    MsrCounts c{std::vector<double>(T, 0), std::vector<double>(V, 0), std::vector<double>(T * V, 0)};
     for (int64_t sample = 0; sample < s.num_samples; ++sample) {
       coalition_bits(s.seed, static_cast<uint32_t>(sample), pair, T + V, bits.data());
       game.set_coalition_bits(bits.data());
@@ -164,13 +165,19 @@ void forward_pair(Game<acc_t>& game, const Settings& s, uint32_t pair, int T, in
       for (int i : words) {
         if (!game.word_in(i)) continue;
         sum_word[i] += f;
+        c.word[i] += 1;
         for (int j : frames)
-          if (game.frame_in(j)) sum_both[i * V + j] += f;
+          if (game.frame_in(j)) {
+            sum_both[i * V + j] += f;
+            c.both[i * V + j] += 1;
+          }
       }
       for (int j : frames)
-        if (game.frame_in(j)) sum_frame[j] += f;
+        if (game.frame_in(j)) {
+          sum_frame[j] += f;
+          c.frame[j] += 1;
+        }
     }
-    const MsrCounts c = msr_counts(game, s, pair, T, V, bits);
     const double n = static_cast<double>(s.num_samples);
     auto mean = [](double total, double count) { return count > 0 ? total / count : 0.0; };
     for (int i : words)

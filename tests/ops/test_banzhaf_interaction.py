@@ -9,7 +9,7 @@ import hbi_ops
 from hbi_ops import philox
 from hbi_ops.testing import FLOAT_DTYPES, TOLERANCE, compiled_cpu_backends
 
-ALL_BACKENDS = ["torch"] + compiled_cpu_backends()
+ALL_BACKENDS = ["torch"] + compiled_cpu_backends("banzhaf_interaction")
 SETTINGS = [("textbook", "exact"), ("textbook", "paired"), ("textbook", "msr"),
             ("reference", "exact"), ("reference", "paired")]
 
@@ -131,7 +131,7 @@ def test_coalition_rule_bit_layout():
         assert bool(bits[k]) == bool(expected), k
 
 
-@pytest.mark.parametrize("backend", compiled_cpu_backends())
+@pytest.mark.parametrize("backend", compiled_cpu_backends("banzhaf_interaction"))
 def test_same_seed_same_coalitions_across_backends(backend):
     # One sample of the msr estimator reveals the coalition: I(i, j) = +-f(S) per stratum, so the
     # signs of the single-sample estimate give s_i * s_j, which must agree with the Philox bits.
@@ -245,7 +245,7 @@ def test_msr_converges_within_its_standard_error(backend):
 # ------------------------------------------------------------------------------------------------
 # Backends against the oracle
 
-@pytest.mark.parametrize("backend", compiled_cpu_backends())
+@pytest.mark.parametrize("backend", compiled_cpu_backends("banzhaf_interaction"))
 @pytest.mark.parametrize("definition,estimator", SETTINGS)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_backend_matches_oracle(backend, definition, estimator, dtype):

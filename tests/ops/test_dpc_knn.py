@@ -10,7 +10,7 @@ import hbi_ops
 from hbi_ops.reference.dpc_knn import dpc_knn as oracle
 from hbi_ops.testing import FLOAT_DTYPES, compiled_cpu_backends
 
-ALL_BACKENDS = ["torch"] + compiled_cpu_backends()
+ALL_BACKENDS = ["torch"] + compiled_cpu_backends("dpc_knn")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -162,7 +162,7 @@ SHAPES = [  # batch, n, width, num_clusters, k
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("backend", compiled_cpu_backends())
+@pytest.mark.parametrize("backend", compiled_cpu_backends("dpc_knn"))
 def test_matches_oracle_float64(backend, shape):
     batch, n, width, num_clusters, k = shape
     x = torch.randn(batch, n, width, dtype=torch.float64)
@@ -173,7 +173,7 @@ def test_matches_oracle_float64(backend, shape):
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("backend", compiled_cpu_backends())
+@pytest.mark.parametrize("backend", compiled_cpu_backends("dpc_knn"))
 def test_matches_oracle_on_grid_data(backend, shape, dtype):
     batch, n, width, num_clusters, k = shape
     x = grid_data((batch, n, width), dtype)
@@ -183,7 +183,7 @@ def test_matches_oracle_on_grid_data(backend, shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("backend", compiled_cpu_backends())
+@pytest.mark.parametrize("backend", compiled_cpu_backends("dpc_knn"))
 def test_matches_oracle_well_separated(backend, dtype):
     # Continuous data in well-separated groups: near-ties are far beyond float rounding.
     batch, n, width = 4, 24, 32

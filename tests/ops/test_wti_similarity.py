@@ -96,7 +96,7 @@ def test_oracle_without_masks_matches_brute_force(padding):
                                rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("backend", ["torch"] + compiled_cpu_backends())
+@pytest.mark.parametrize("backend", ["torch"] + compiled_cpu_backends("wti_similarity"))
 @pytest.mark.parametrize("padding", PADDINGS)
 def test_all_padding_gives_zeros_not_nan(backend, padding):
     x, y, p, q, _, _ = make_inputs(dtype=torch.float32)
@@ -108,7 +108,7 @@ def test_all_padding_gives_zeros_not_nan(backend, padding):
         assert torch.equal(grad, torch.zeros_like(grad))
 
 
-@pytest.mark.parametrize("backend", ["torch"] + compiled_cpu_backends())
+@pytest.mark.parametrize("backend", ["torch"] + compiled_cpu_backends("wti_similarity"))
 @pytest.mark.parametrize("padding", PADDINGS)
 def test_padded_weights_get_no_gradient(backend, padding):
     x, y, p, q, mt, mv = make_inputs()
@@ -135,7 +135,7 @@ def assert_matches_oracle(backend, x, y, p, q, mt, mv, padding, dtype, upstream=
         torch.testing.assert_close(g.double(), w, **TOLERANCE[dtype], msg=lambda m: f"{backend} {name}: {m}")
 
 
-@pytest.mark.parametrize("backend", compiled_cpu_backends())
+@pytest.mark.parametrize("backend", compiled_cpu_backends("wti_similarity"))
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 @pytest.mark.parametrize("padding", PADDINGS)
 def test_backend_matches_oracle(backend, dtype, padding):
@@ -143,7 +143,7 @@ def test_backend_matches_oracle(backend, dtype, padding):
     assert_matches_oracle(backend, x, y, p, q, mt, mv, padding, dtype)
 
 
-@pytest.mark.parametrize("backend", compiled_cpu_backends())
+@pytest.mark.parametrize("backend", compiled_cpu_backends("wti_similarity"))
 @pytest.mark.parametrize("padding", PADDINGS)
 @pytest.mark.parametrize("sizes", [(37, 21, 9, 6, 24), (300, 260, 24, 12, 2)], ids=["cache-blocks", "gemm-blocks"])
 def test_backend_matches_oracle_larger_blocks(backend, padding, sizes):
@@ -157,7 +157,7 @@ def test_backend_matches_oracle_larger_blocks(backend, padding, sizes):
     assert_matches_oracle(backend, x, y, p, q, mt, mv, padding, torch.float64)
 
 
-@pytest.mark.parametrize("backend", compiled_cpu_backends())
+@pytest.mark.parametrize("backend", compiled_cpu_backends("wti_similarity"))
 @pytest.mark.parametrize("padding", PADDINGS)
 def test_backend_without_masks(backend, padding):
     x, y, p, q, _, _ = make_inputs(dtype=torch.float32)
@@ -167,7 +167,7 @@ def test_backend_without_masks(backend, padding):
     torch.testing.assert_close(got.double(), want, **TOLERANCE[torch.float32])
 
 
-@pytest.mark.parametrize("backend", ["torch"] + compiled_cpu_backends())
+@pytest.mark.parametrize("backend", ["torch"] + compiled_cpu_backends("wti_similarity"))
 @pytest.mark.parametrize("padding", PADDINGS)
 def test_integer_masks_equal_bool_masks(backend, padding):
     x, y, p, q, mt, mv = make_inputs(dtype=torch.float32)
@@ -177,7 +177,7 @@ def test_integer_masks_equal_bool_masks(backend, padding):
     assert torch.equal(with_bool, with_int)
 
 
-@pytest.mark.parametrize("backend", compiled_cpu_backends())
+@pytest.mark.parametrize("backend", compiled_cpu_backends("wti_similarity"))
 @pytest.mark.parametrize("padding", PADDINGS)
 def test_non_contiguous_inputs(backend, padding):
     A, B, T, V, D = 4, 5, 6, 3, 16
@@ -191,7 +191,7 @@ def test_non_contiguous_inputs(backend, padding):
     assert_matches_oracle(backend, x, y, p, q, mt, mv, padding, torch.float32)
 
 
-@pytest.mark.parametrize("backend", ["torch"] + compiled_cpu_backends())
+@pytest.mark.parametrize("backend", ["torch"] + compiled_cpu_backends("wti_similarity"))
 @pytest.mark.parametrize("sizes", [(0, 3), (3, 0), (0, 0)])
 def test_empty_batch(backend, sizes):
     A, B = sizes
@@ -207,7 +207,7 @@ def test_empty_batch(backend, sizes):
 # gradcheck, opcheck, torch.compile
 # ------------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("backend", ["torch"] + compiled_cpu_backends())
+@pytest.mark.parametrize("backend", ["torch"] + compiled_cpu_backends("wti_similarity"))
 @pytest.mark.parametrize("padding", PADDINGS)
 def test_gradcheck(backend, padding):
     x, y, p, q, mt, mv = make_inputs(num_texts=3, num_videos=3, num_words=4, num_frames=3, width=5)
