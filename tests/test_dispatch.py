@@ -1,0 +1,50 @@
+"""Backend choice: defaults, forcing by keyword and environment, and clear refusals."""
+import pytest
+import torch
+
+import hbi_ops
+from hbi_ops import _dispatch
+
+
+def test_backends_lists_the_cpu_kernels_and_the_oracle():
+    names = hbi_ops.backends()
+    assert "cpu" in names and "torch" in names
+    assert names == [b for b in _dispatch.BACKENDS if b in names]  # order of preference
+
+
+@pytest.mark.parametrize("op", _dispatch.OPERATORS)
+def test_cpu_tensors_default_to_the_cpu_kernels(op, monkeypatch):
+    monkeypatch.delenv(_dispatch.ENV_VARIABLE, raising=False)
+    assert _dispatch.choose(op, torch.device("cpu")) == "cpu"
+
+
+def test_environment_forces_a_backend(monkeypatch):
+    monkeypatch.setenv(_dispatch.ENV_VARIABLE, "torch")
+    assert _dispatch.choose("dpc_knn", torch.device("cpu")) == "torch"
+    # the keyword wins over the environment
+    assert _dispatch.choose("dpc_knn", torch.device("cpu"), "cpu") == "cpu"
+    x = torch.randn(2, 6, 4)
+    idx = torch.randint(0, 3, (2, 6))
+    torch.testing.assert_close(hbi_ops.merge_tokens(x, idx, 3), hbi_ops.merge_tokens(x, idx, 3, backend="cpu"))
+
+
+def test_unknown_backend_in_the_environment_is_named(monkeypatch):
+    monkeypatch.setenv(_dispatch.ENV_VARIABLE, "fortran")
+    with pytest.raises(ValueError, match="HBI_OPS_BACKEND"):
+        hbi_ops.dpc_knn(torch.randn(1, 4, 2), 2, k=2)
+
+
+def test_unavailable_backend_says_why_and_never_falls_back():
+    with pytest.raises(RuntimeError, match="cuda.*CUDA tensors"):
+        hbi_ops.wti_similarity(torch.randn(2, 3, 4), torch.randn(2, 5, 4), torch.rand(2, 3), torch.rand(2, 5),
+                               backend="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("op", _dispatch.OPERATORS)
+def test_cuda_tensors_default_to_cuda_then_triton(op, monkeypatch):
+    monkeypatch.delenv(_dispatch.ENV_VARIABLE, raising=False)
+    device = torch.device("cuda")
+    expected = "cuda" if _dispatch.why_not("cuda", op, device) is None else "triton"
+    assert _dispatch.choose(op, device) == expected
+    assert _dispatch.why_not("cpu", op, device) is not None
