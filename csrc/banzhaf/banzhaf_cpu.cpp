@@ -274,88 +274,90 @@ void backward_pair(Game<acc_t>& game, const Settings& s, uint32_t pair, int T, i
   }
 }
 
-at::Tensor banzhaf_interaction_cpu(const at::Tensor& sim_in, const at::Tensor& text_mask_in,
-                                   const at::Tensor& video_mask_in, const at::Tensor& text_weight_in,
-                                   const at::Tensor& video_weight_in, c10::string_view definition,
+// The inputs of either op, checked, contiguous, masks as bool.
+struct PairInputs {
+  at::Tensor sim, text_mask, video_mask, text_weight, video_weight;
+  int64_t B;
+  int T, V;
+};
+
+PairInputs prepare_inputs(const at::Tensor& sim, const at::Tensor& text_mask, const at::Tensor& video_mask,
+                          const at::Tensor& text_weight, const at::Tensor& video_weight, const Settings& s) {
+  check_inputs(sim, text_mask, video_mask, text_weight, video_weight);
+  PairInputs in{sim.contiguous(), text_mask.to(at::kBool).contiguous(), video_mask.to(at::kBool).contiguous(),
+                text_weight.contiguous(), video_weight.contiguous(), sim.size(0),
+                static_cast<int>(sim.size(1)), static_cast<int>(sim.size(2))};
+  if (s.estimator == Estimator::kExact) check_exact_players(in.text_mask, in.video_mask);
+  return in;
+}
+
+// Runs body(game, b) for every pair, in parallel over pairs, with pair b loaded into a game.
+template <typename scalar_t, typename Body>
+void for_each_pair(const PairInputs& in, Body&& body) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* sim_p = in.sim.data_ptr<scalar_t>();
+  const scalar_t* wt_p = in.text_weight.data_ptr<scalar_t>();
+  const scalar_t* wv_p = in.video_weight.data_ptr<scalar_t>();
+  const bool* tm_p = in.text_mask.data_ptr<bool>();
+  const bool* vm_p = in.video_mask.data_ptr<bool>();
+  const int T = in.T, V = in.V;
+  at::parallel_for(0, in.B, 1, [&](int64_t begin, int64_t end) {
+    Game<acc_t> game(T, V);
+    for (int64_t b = begin; b < end; ++b) {
+      game.load(sim_p + b * T * V, wt_p + b * T, wv_p + b * V, tm_p + b * T, vm_p + b * V);
+      body(game, b);
+    }
+  });
+}
+
+at::Tensor banzhaf_interaction_cpu(const at::Tensor& sim, const at::Tensor& text_mask,
+                                   const at::Tensor& video_mask, const at::Tensor& text_weight,
+                                   const at::Tensor& video_weight, c10::string_view definition,
                                    c10::string_view estimator, int64_t num_samples, int64_t seed) {
-  check_inputs(sim_in, text_mask_in, video_mask_in, text_weight_in, video_weight_in);
   const Settings s = parse_settings(definition, estimator, num_samples, seed);
-  const auto sim = sim_in.contiguous();
-  const auto text_mask = text_mask_in.to(at::kBool).contiguous();
-  const auto video_mask = video_mask_in.to(at::kBool).contiguous();
-  const auto text_weight = text_weight_in.contiguous(), video_weight = video_weight_in.contiguous();
-  if (s.estimator == Estimator::kExact) check_exact_players(text_mask, video_mask);
-  const int64_t B = sim.size(0);
-  const int T = static_cast<int>(sim.size(1)), V = static_cast<int>(sim.size(2));
-  auto out = at::zeros_like(sim);
-  if (B == 0 || T == 0 || V == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sim.scalar_type(), "banzhaf_interaction_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* sim_p = sim.data_ptr<scalar_t>();
-    const scalar_t* wt_p = text_weight.data_ptr<scalar_t>();
-    const scalar_t* wv_p = video_weight.data_ptr<scalar_t>();
-    const bool* tm_p = text_mask.data_ptr<bool>();
-    const bool* vm_p = video_mask.data_ptr<bool>();
+  const PairInputs in = prepare_inputs(sim, text_mask, video_mask, text_weight, video_weight, s);
+  const int T = in.T, V = in.V;
+  auto out = at::zeros_like(in.sim);
+  if (in.B == 0 || T == 0 || V == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.sim.scalar_type(), "banzhaf_interaction_cpu", [&] {
     scalar_t* out_p = out.data_ptr<scalar_t>();
-    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-      Game<acc_t> game(T, V);
+    for_each_pair<scalar_t>(in, [&](auto& game, int64_t b) {
       std::vector<double> pair_out(T * V);
-      for (int64_t b = begin; b < end; ++b) {
-        game.load(sim_p + b * T * V, wt_p + b * T, wv_p + b * V, tm_p + b * T, vm_p + b * V);
-        forward_pair(game, s, static_cast<uint32_t>(b), T, V, pair_out.data());
-        for (int k = 0; k < T * V; ++k) out_p[b * T * V + k] = static_cast<scalar_t>(pair_out[k]);
-      }
+      forward_pair(game, s, static_cast<uint32_t>(b), T, V, pair_out.data());
+      for (int k = 0; k < T * V; ++k) out_p[b * T * V + k] = static_cast<scalar_t>(pair_out[k]);
     });
   });
   return out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> banzhaf_interaction_backward_cpu(
-    const at::Tensor& grad_in, const at::Tensor& sim_in, const at::Tensor& text_mask_in,
-    const at::Tensor& video_mask_in, const at::Tensor& text_weight_in, const at::Tensor& video_weight_in,
+    const at::Tensor& grad_in, const at::Tensor& sim, const at::Tensor& text_mask,
+    const at::Tensor& video_mask, const at::Tensor& text_weight, const at::Tensor& video_weight,
     c10::string_view definition, c10::string_view estimator, int64_t num_samples, int64_t seed) {
-  check_inputs(sim_in, text_mask_in, video_mask_in, text_weight_in, video_weight_in);
-  TORCH_CHECK(grad_in.sizes() == sim_in.sizes(), "banzhaf_interaction_backward: grad must be ",
-              sim_in.sizes(), ", got ", grad_in.sizes());
+  TORCH_CHECK(grad_in.sizes() == sim.sizes(), "banzhaf_interaction_backward: grad must be ", sim.sizes(),
+              ", got ", grad_in.sizes());
   const Settings s = parse_settings(definition, estimator, num_samples, seed);
-  const auto sim = sim_in.contiguous();
-  const auto grad = grad_in.to(sim.scalar_type()).contiguous();
-  const auto text_mask = text_mask_in.to(at::kBool).contiguous();
-  const auto video_mask = video_mask_in.to(at::kBool).contiguous();
-  const auto text_weight = text_weight_in.contiguous(), video_weight = video_weight_in.contiguous();
-  if (s.estimator == Estimator::kExact) check_exact_players(text_mask, video_mask);
-  const int64_t B = sim.size(0);
-  const int T = static_cast<int>(sim.size(1)), V = static_cast<int>(sim.size(2));
-  auto grad_sim = at::zeros_like(sim);
-  auto grad_wt = at::zeros_like(text_weight);
-  auto grad_wv = at::zeros_like(video_weight);
-  if (B == 0 || T == 0 || V == 0) return {grad_sim, grad_wt, grad_wv};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sim.scalar_type(), "banzhaf_interaction_backward_cpu", [&] {
+  const PairInputs in = prepare_inputs(sim, text_mask, video_mask, text_weight, video_weight, s);
+  const int T = in.T, V = in.V;
+  const auto grad = grad_in.to(in.sim.scalar_type()).contiguous();
+  auto grad_sim = at::zeros_like(in.sim);
+  auto grad_wt = at::zeros_like(in.text_weight);
+  auto grad_wv = at::zeros_like(in.video_weight);
+  if (in.B == 0 || T == 0 || V == 0) return {grad_sim, grad_wt, grad_wv};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.sim.scalar_type(), "banzhaf_interaction_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* sim_p = sim.data_ptr<scalar_t>();
     const scalar_t* grad_p = grad.data_ptr<scalar_t>();
-    const scalar_t* wt_p = text_weight.data_ptr<scalar_t>();
-    const scalar_t* wv_p = video_weight.data_ptr<scalar_t>();
-    const bool* tm_p = text_mask.data_ptr<bool>();
-    const bool* vm_p = video_mask.data_ptr<bool>();
     scalar_t* gs_p = grad_sim.data_ptr<scalar_t>();
     scalar_t* gt_p = grad_wt.data_ptr<scalar_t>();
     scalar_t* gv_p = grad_wv.data_ptr<scalar_t>();
-    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-      Game<acc_t> game(T, V);
-      std::vector<acc_t> g_in(T * V), g_sim(T * V), g_wt(T), g_wv(V);
-      for (int64_t b = begin; b < end; ++b) {
-        game.load(sim_p + b * T * V, wt_p + b * T, wv_p + b * V, tm_p + b * T, vm_p + b * V);
-        for (int k = 0; k < T * V; ++k) g_in[k] = static_cast<acc_t>(grad_p[b * T * V + k]);
-        std::fill(g_sim.begin(), g_sim.end(), acc_t(0));
-        std::fill(g_wt.begin(), g_wt.end(), acc_t(0));
-        std::fill(g_wv.begin(), g_wv.end(), acc_t(0));
-        GameGrads<acc_t> grads{g_sim.data(), g_wt.data(), g_wv.data()};
-        backward_pair(game, s, static_cast<uint32_t>(b), T, V, g_in.data(), &grads);
-        for (int k = 0; k < T * V; ++k) gs_p[b * T * V + k] = static_cast<scalar_t>(g_sim[k]);
-        for (int t = 0; t < T; ++t) gt_p[b * T + t] = static_cast<scalar_t>(g_wt[t]);
-        for (int v = 0; v < V; ++v) gv_p[b * V + v] = static_cast<scalar_t>(g_wv[v]);
-      }
+    for_each_pair<scalar_t>(in, [&](auto& game, int64_t b) {
+      std::vector<acc_t> g_in(T * V), g_sim(T * V, acc_t(0)), g_wt(T, acc_t(0)), g_wv(V, acc_t(0));
+      for (int k = 0; k < T * V; ++k) g_in[k] = static_cast<acc_t>(grad_p[b * T * V + k]);
+      GameGrads<acc_t> grads{g_sim.data(), g_wt.data(), g_wv.data()};
+      backward_pair(game, s, static_cast<uint32_t>(b), T, V, g_in.data(), &grads);
+      for (int k = 0; k < T * V; ++k) gs_p[b * T * V + k] = static_cast<scalar_t>(g_sim[k]);
+      for (int t = 0; t < T; ++t) gt_p[b * T + t] = static_cast<scalar_t>(g_wt[t]);
+      for (int v = 0; v < V; ++v) gv_p[b * V + v] = static_cast<scalar_t>(g_wv[v]);
     });
   });
   return {grad_sim, grad_wt, grad_wv};
