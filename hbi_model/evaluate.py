@@ -1,0 +1,49 @@
+"""Evaluation: features of every text and video, the [texts, videos] score in chunks of texts (the fused
+wti_similarity never materialises [texts, videos, T, V]), and the retrieval metrics."""
+import torch
+from tqdm import tqdm
+
+from hbi_model.metrics import both_directions
+from hbi_model.retrieval import LEVELS
+
+
+@torch.no_grad()
+def encode_all(model, loader, device, progress=True):
+    texts, text_masks, videos, video_masks = [], [], [], []
+    for batch in tqdm(loader, desc="encode", disable=not progress, leave=False):
+        t, tm, v, vm = model.encode(batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                                    batch["pixel_values"].to(device), batch["frame_mask"].to(device))
+        texts.append(t), text_masks.append(tm), videos.append(v), video_masks.append(vm)
+    return torch.cat(texts), torch.cat(text_masks), torch.cat(videos), torch.cat(video_masks)
+
+
+@torch.no_grad()
+def similarity_matrix(model, text, text_mask, video, video_mask, rates=None, chunk=256):
+    """score [texts, videos] = sum over levels of rate * sim_level; levels with rate 0 are skipped."""
+    rates = dict(zip(LEVELS, rates or model.config.rates))
+    wanted = tuple(level for level in LEVELS if rates[level]) if model.config.use_hierarchy else ("entity",)
+    total = 0.0
+    for level, t, tm, v, vm in model.levels(text, text_mask, video, video_mask, wanted):
+        rows = []
+        for start in range(0, t.shape[0], chunk):
+            part = slice(start, start + chunk)
+            rows.append(model.level_similarity(level, t[part], None if tm is None else tm[part], v, vm)[0])
+        total = total + rates[level] * torch.cat(rows)
+    return total
+
+
+def evaluate(model, loader, device, rates=None, progress=True):
+    model.eval()
+    features = encode_all(model, loader, device, progress)
+    sim = similarity_matrix(model, *features, rates=rates).float().cpu()
+    model.train()
+    return both_directions(sim)
+
+
+def format_table(metrics, title=""):
+    lines = [title] if title else []
+    lines.append(f"| direction | R@1 | R@5 | R@10 | MdR | MnR |\n|---|---|---|---|---|---|")
+    for direction, m in metrics.items():
+        lines.append(f"| {direction} | {m['R@1']:.1f} | {m['R@5']:.1f} | {m['R@10']:.1f} | {m['MdR']:.1f} | "
+                     f"{m['MnR']:.1f} |")
+    return "\n".join(lines)

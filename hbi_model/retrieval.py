@@ -1,0 +1,167 @@
+"""The HBI video-text retrieval model (SPEC section 2) on hbi_ops."""
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import hbi_ops
+from hbi_model.encoders import TemporalTransformer
+from hbi_model.heads import BanzhafEstimator, WeightHead
+from hbi_model.hierarchy import Level
+from hbi_model.losses import banzhaf_kl, info_nce, level_kl
+
+LEVELS = ("entity", "action", "event")
+
+
+@dataclass
+class HBIConfig:
+    max_words: int = 32
+    max_frames: int = 12
+    temporal_layers: int = 4
+    temporal_heads: int = 8
+    t_rate0: float = 0.25  # text clusters: 32 -> 8 -> 4
+    v_rate0: float = 0.25  # video clusters: 12 -> 3 -> 2
+    t_rate1: float = 0.5
+    v_rate1: float = 0.5
+    cluster_k: int = 3
+    attention_heads: int = 8
+    skl: float = 1.0  # Banzhaf loss coefficient (README runs of the reference)
+    kl: float = 2.0  # cross-level KL coefficient (README runs; the reference's argparse default is 0.2)
+    use_banzhaf: bool = True  # ablation: without the Banzhaf loss
+    use_hierarchy: bool = True  # ablation: entity level only
+    banzhaf_definition: str = "textbook"
+    banzhaf_samples: int = 100
+    exact_max_players: int = 14  # the teacher enumerates exactly up to this many players per pair
+    reference_scaling: bool = False  # the reference's quirk: teacher on 1000 * R with probabilities as logits
+    entity_padding: str = "ignore"  # "zero": the reference's zero-filled maxima at the entity level
+    rates: tuple = field(default=(1.0, 0.0, 0.0))  # inference weights of entity, action, event
+
+
+class HBIRetrieval(nn.Module):
+    def __init__(self, encoders, config=None):
+        super().__init__()
+        self.config = config = config or HBIConfig()
+        self.encoders = encoders
+        width = encoders.width
+        self.temporal = TemporalTransformer(width, config.temporal_layers, config.temporal_heads, config.max_frames)
+        heads = config.attention_heads
+        self.text_levels = nn.ModuleList([Level(width, config.t_rate0, config.cluster_k, heads),
+                                          Level(width, config.t_rate1, config.cluster_k, heads)])
+        self.video_levels = nn.ModuleList([Level(width, config.v_rate0, config.cluster_k, heads),
+                                           Level(width, config.v_rate1, config.cluster_k, heads)])
+        self.text_heads = nn.ModuleList([WeightHead(width) for _ in LEVELS])
+        self.video_heads = nn.ModuleList([WeightHead(width) for _ in LEVELS])
+        self.students = nn.ModuleList([BanzhafEstimator() for _ in LEVELS])
+        self.teacher = None  # optional pretrained estimator network (load_teacher)
+        self.register_buffer("step", torch.zeros((), dtype=torch.int64), persistent=True)
+
+    def load_teacher(self, state_dict):
+        """Use a pretrained estimator network as the teacher instead of hbi_ops.banzhaf_interaction."""
+        self.teacher = BanzhafEstimator().to(self.step.device)
+        self.teacher.load_state_dict(state_dict, strict=False)
+        self.teacher.requires_grad_(False)
+
+    # ---------------------------------------------------------------------------------------------
+    def encode(self, input_ids, attention_mask, pixel_values, frame_mask):
+        text = self.encoders.encode_text(input_ids, attention_mask)
+        frames = self.encoders.encode_frames(pixel_values)
+        video = self.temporal(frames, frame_mask)
+        return text, attention_mask.bool(), video, frame_mask.bool()
+
+    def levels(self, text, text_mask, video, video_mask, wanted=LEVELS):
+        """[(level, text, text_mask, video, video_mask)] for the wanted levels (masks None above entity)."""
+        out = [("entity", text, text_mask, video, video_mask)] if "entity" in wanted else []
+        if not self.config.use_hierarchy or wanted == ("entity",):
+            return out
+        t_action = self.text_levels[0](text, text_mask)
+        v_action = self.video_levels[0](video, video_mask)
+        if "action" in wanted:
+            out.append(("action", t_action, None, v_action, None))
+        if "event" in wanted:
+            out.append(("event", self.text_levels[1](t_action), None, self.video_levels[1](v_action), None))
+        return out
+
+    def _weights(self, level, text, text_mask, video, video_mask):
+        index = LEVELS.index(level)
+        wt, wv = self.text_heads[index](text), self.video_heads[index](video)
+        if text_mask is not None:
+            wt = wt.masked_fill(~text_mask, float("-inf"))
+        if video_mask is not None:
+            wv = wv.masked_fill(~video_mask, float("-inf"))
+        return wt, wv
+
+    def level_similarity(self, level, text, text_mask, video, video_mask):
+        """WTI similarity [A, B] of one level, and what the Banzhaf loss needs."""
+        wt, wv = self._weights(level, text, text_mask, video, video_mask)
+        tn, vn = F.normalize(text, dim=-1), F.normalize(video, dim=-1)
+        padding = self.config.entity_padding if level == "entity" else "ignore"
+        sim = hbi_ops.wti_similarity(tn, vn, wt.softmax(-1), wv.softmax(-1), text_mask, video_mask, padding=padding)
+        return sim, (tn, vn, wt, wv)
+
+    def banzhaf_loss(self, level, text_mask, video_mask, tn, vn, wt, wv):
+        batch, words, frames = tn.shape[0], tn.shape[1], vn.shape[1]
+        text_mask = text_mask if text_mask is not None else torch.ones(batch, words, dtype=torch.bool, device=tn.device)
+        video_mask = video_mask if video_mask is not None else torch.ones(batch, frames, dtype=torch.bool, device=tn.device)
+        sim = torch.einsum("btd,bvd->btv", tn, vn)  # the matched pairs' fine-grained maps
+        valid = text_mask[:, :, None] & video_mask[:, None, :]
+        with torch.no_grad():
+            if self.teacher is not None:
+                teacher = self.teacher(sim * 1000 if self.config.reference_scaling else sim)
+            else:
+                r, lt, lv = sim.float(), wt.float().masked_fill(~text_mask, 0), wv.float().masked_fill(~video_mask, 0)
+                if self.config.reference_scaling:  # the reference: 1000 * R, probabilities as logits
+                    r, lt, lv = 1000 * r, lt.masked_fill(~text_mask, float("-inf")).softmax(-1), \
+                        lv.masked_fill(~video_mask, float("-inf")).softmax(-1)
+                exact = words + frames <= self.config.exact_max_players
+                teacher = hbi_ops.banzhaf_interaction(
+                    r, text_mask, video_mask, lt.nan_to_num(0.0), lv.nan_to_num(0.0),
+                    definition=self.config.banzhaf_definition, estimator="exact" if exact else "paired",
+                    num_samples=self.config.banzhaf_samples, seed=int(self.step))
+        student = self.students[LEVELS.index(level)](sim)
+        return banzhaf_kl(teacher.to(student.dtype), student, valid)
+
+    # ---------------------------------------------------------------------------------------------
+    def forward(self, input_ids, attention_mask, pixel_values, frame_mask, gather=None):
+        """Training loss on a batch of matched pairs: {'loss', 'contrastive/<level>', ...}.
+        gather: applied to each entity feature and mask before the loss (multi-GPU: an all-gather with
+        gradient, so that every rank computes the loss of the global batch)."""
+        features = self.encode(input_ids, attention_mask, pixel_values, frame_mask)
+        if gather is not None:
+            features = tuple(gather(f) for f in features)
+        return self.loss_from_features(*features)
+
+    def loss_from_features(self, text, text_mask, video, video_mask):
+        """The loss given (possibly all-gathered) entity features of matched pairs."""
+        cfg = self.config
+        parts, sims = {}, {}
+        total = 0.0
+        scale = self.encoders.logit_scale.exp().clamp(max=100)
+        for level, t, tm, v, vm in self.levels(text, text_mask, video, video_mask):
+            sim, extras = self.level_similarity(level, t, tm, v, vm)
+            sims[level] = sim
+            parts[f"contrastive/{level}"] = info_nce(sim, scale)
+            total = total + parts[f"contrastive/{level}"]
+            if cfg.use_banzhaf and cfg.skl:
+                parts[f"banzhaf/{level}"] = self.banzhaf_loss(level, tm, vm, *extras)
+                total = total + cfg.skl * parts[f"banzhaf/{level}"]
+        if cfg.kl and len(sims) > 1:
+            cross = sum(level_kl(sims[level], sims["entity"]) + level_kl(sims[level].t(), sims["entity"].t())
+                        for level in sims if level != "entity")
+            parts["cross_level_kl"] = cross
+            total = total + cfg.kl * cross
+        self.step += 1
+        parts["loss"] = total
+        return parts
+
+    @torch.no_grad()
+    def score(self, text, text_mask, video, video_mask, rates=None):
+        """Inference score [A, B] = sum of rate_l * sim_l; levels whose rate is 0 are not computed."""
+        rates = dict(zip(LEVELS, rates or self.config.rates))
+        wanted = tuple(level for level in LEVELS if rates[level])
+        if not self.config.use_hierarchy:
+            wanted = ("entity",)
+        total = 0.0
+        for level, t, tm, v, vm in self.levels(text, text_mask, video, video_mask, wanted):
+            total = total + rates[level] * self.level_similarity(level, t, tm, v, vm)[0]
+        return total

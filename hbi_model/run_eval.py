@@ -1,0 +1,25 @@
+"""`hbi eval`: load a run's checkpoint and print the test metrics."""
+import json
+import os
+
+import torch
+
+from hbi_model import build, checkpoint
+from hbi_model.evaluate import evaluate, format_table
+from hbi_model.train import _loader
+
+
+def run_eval(settings):
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer, model = build.model(settings)
+    if not checkpoint.exists(settings["output"]):
+        raise SystemExit(f"no checkpoint in {settings['output']} (train first: hbi train --output ...)")
+    checkpoint.load(settings["output"], model, map_location=device)
+    model.to(device)
+    _, test_set = build.datasets(settings)
+    loader = _loader(test_set, tokenizer, settings, None, settings.get("eval_batch_size", 64))
+    metrics = evaluate(model, loader, device, rates=settings.get("rates"), progress=not settings.get("quiet"))
+    print(format_table(metrics, f"test set: {len(test_set)} pairs (chance R@1 = {100 / len(test_set):.2f}%)"))
+    with open(os.path.join(settings["output"], "eval.json"), "w") as handle:
+        json.dump(metrics, handle, indent=1)
+    return metrics
