@@ -35,6 +35,21 @@ def _say(message):
     print(f"[hbi_ops setup] {message}", file=sys.stderr)
 
 
+def _cuda_library_headers():
+    """Headers of the CUDA libraries that pip's CUDA build of torch ships (cusparse.h, cublas.h, ...): ATen's
+    CUDA headers include them, and a bare toolkit (nvcc only) may not have them."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("nvidia")
+    folders = []
+    for root in (spec.submodule_search_locations if spec else []):
+        for name in sorted(os.listdir(root)):
+            include = os.path.join(root, name, "include")
+            if os.path.exists(os.path.join(include, "cusparse.h")):
+                folders.append(include)
+    return folders
+
+
 def _want_cuda(cuda_sources):
     switch = os.environ.get("HBI_OPS_CUDA", "").strip().lower()
     reasons = []
@@ -69,6 +84,7 @@ def _extensions():
         cxx_flags.append("-fopenmp")
         link_flags.append("-fopenmp")
     define_macros = []
+    include_dirs = [os.path.join(ROOT, "csrc")]
     extra_compile_args = {"cxx": cxx_flags}
     if use_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
@@ -77,6 +93,8 @@ def _extensions():
         define_macros.append(("WITH_CUDA", None))
         extra_compile_args["nvcc"] = ["-O3", "-lineinfo"]
         extension_type, sources = CUDAExtension, cpp_sources + cuda_sources
+        include_dirs += [d for d in _cuda_library_headers()
+                         if not os.path.exists(os.path.join(_cuda_home, "include", "cusparse.h"))]
     else:
         extension_type, sources = CppExtension, cpp_sources
     _say(f"compiling {len(sources)} sources")
@@ -84,7 +102,7 @@ def _extensions():
         extension_type(
             name="hbi_ops._C",
             sources=sources,
-            include_dirs=[os.path.join(ROOT, "csrc")],
+            include_dirs=include_dirs,
             define_macros=define_macros,
             extra_compile_args=extra_compile_args,
             extra_link_args=link_flags,

@@ -7,6 +7,8 @@ Sizes (SPEC section 5), float32:
   frames B=128, N=12,  C=512, K=6,   k=3
   image  B=2,   N=784, C=64,  K=196, k=5    (TCFormer-like, scaled for a small CPU)
   image  B=32,  N=3136, C=64, K=784, k=5    (the SPEC size, GPU only)
+
+Issue 3 targets (dpc_knn + merge_tokens forward, H100/H200): text <= 30 us, frames <= 20 us, image <= 1.5 ms.
 """
 import time
 
@@ -22,6 +24,7 @@ IMAGE_SMALL = dict(name="image", B=2, N=784, C=64, K=196, k=5, masked=False)
 IMAGE_FULL = dict(name="image", B=32, N=3136, C=64, K=784, k=5, masked=False)
 
 CPU_SIZES = [TEXT, FRAMES, IMAGE_SMALL]
+TRITON_MAX_TOKENS = 16384
 GPU_SIZES = [TEXT, FRAMES, IMAGE_FULL]
 
 
@@ -40,6 +43,8 @@ def _cases():
     device = bench_device()
     for size in (GPU_SIZES if device == "cuda" else CPU_SIZES):
         for backend in _backends(device):
+            if backend == "triton" and size["N"] > TRITON_MAX_TOKENS:
+                continue  # the triton dpc_knn declines N > 16384
             cases.append(pytest.param(device, size, backend, id=f"{device}-{_label(size)}-{backend}"))
     return cases
 

@@ -21,7 +21,7 @@ fi
 (cd /tmp && $PY -c "import hbi_ops; print('backends', hbi_ops.backends())") | tee -a "$OUT/card.txt"
 
 step "tests (CPU, triton and the GPU tests)"
-$PY -m pytest tests -q -x --timeout=600 -p no:cacheprovider > "$OUT/tests.log" 2>&1 || status=1
+$PY -m pytest tests/ops tests/gpu tests/test_dispatch.py -q -x --timeout=600 -p no:cacheprovider > "$OUT/tests.log" 2>&1 || status=1
 tail -5 "$OUT/tests.log"
 
 step "compute-sanitizer memcheck on the GPU tests (small cases)"

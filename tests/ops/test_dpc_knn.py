@@ -161,10 +161,15 @@ SHAPES = [  # batch, n, width, num_clusters, k
 ]
 
 
+def _sized(backend, shape):
+    # The triton interpreter pays per program (one per row on the tiled path, N > 64): a smaller tiled case.
+    return (2, 80, 12, 20, 5) if backend == "triton" and shape[1] > 100 else shape
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("backend", compiled_cpu_backends("dpc_knn"))
 def test_matches_oracle_float64(backend, shape):
-    batch, n, width, num_clusters, k = shape
+    batch, n, width, num_clusters, k = _sized(backend, shape)
     x = torch.randn(batch, n, width, dtype=torch.float64)
     mask = random_mask(batch, n)
     expected = oracle(x, mask, num_clusters, k)
@@ -175,7 +180,7 @@ def test_matches_oracle_float64(backend, shape):
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("backend", compiled_cpu_backends("dpc_knn"))
 def test_matches_oracle_on_grid_data(backend, shape, dtype):
-    batch, n, width, num_clusters, k = shape
+    batch, n, width, num_clusters, k = _sized(backend, shape)
     x = grid_data((batch, n, width), dtype)
     mask = random_mask(batch, n)
     expected = oracle(x, mask, num_clusters, k)

@@ -150,6 +150,10 @@ def test_backend_matches_oracle_larger_blocks(backend, padding, sizes):
     # Enough texts and videos for several threads and the 16-wide cache blocks of the backward; the second
     # size has over 2^22 real (word, frame) dot products, so the cpu forward splits its GEMM into blocks.
     A, B, T, V, D = sizes
+    if backend == "triton" and A > 100:
+        # the cpu kernel's GEMM blocks do not concern the triton kernels, and the interpreter is slow at this size:
+        # still several program tiles in each direction (40 texts, 36 videos: 5 x 3 tiles)
+        A, B = 40, 36
     x, y, p, q, mt, mv = make_inputs(num_texts=A, num_videos=B, num_words=T, num_frames=V, width=D,
                                      dtype=torch.float64)
     if A > 100:

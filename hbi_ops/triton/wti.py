@@ -1,0 +1,314 @@
+"""Triton kernels of wti_similarity (SPEC 1.1): the same function, outputs and arg-max convention as the CPU and
+CUDA kernels (csrc/wti/wti_cpu.cpp explains the convention: t2v_argmax [A, B, T] / v2t_argmax [A, B, V] int32,
+-1 where no real entry carries the maximum; score [A, B] in the input dtype).
+
+Forward, fused: one program owns TA texts x BB videos, i.e. a (TA * TP) x (BB * VP) tile of the GEMM
+X_flat @ Y_flat^T (TP, VP: T and V padded to powers of two; the padded rows/columns are masked loads, never
+fetched). tl.dot over D in steps of BK (fp32 accumulation; float32 inputs use input_precision="ieee", so no TF32
+rounding; float64 stays float64), then the tile is viewed as [rows, BB, VP] for the row maxima (tl.max / first
+tl.argmax over real frames) and as [TA, TP, cols] for the column maxima; only score and the arg-max indices are
+written (memory O(A B (T + V)), S is never materialised).
+
+Backward, two launches of one kernel (pass 1 owns texts, pass 2 videos; see the CUDA file for the formulas):
+a program owns one own item (all its rows) and a DB-wide slice of D and loops over blocks of MB other items:
+  z[r]  += sum_m c Y[m, i(n, m, r)]                     (a gather, [MB, LP, DB])
+  w[r]  += sum_{m, l: j(n, m, l) = r} c q[m, l] Y[m, l]  (a one-hot [LP, MB * LOP] @ [MB * LOP, DB] tl.dot)
+grad_own = p z + w; grad_p partials <F_own, z> per D slice are summed in torch. No atomics: deterministic.
+The one-hot product runs on tensor cores: float16 / bfloat16 inputs use TF32 there (the products c q Y are rounded
+to 2^-11 relative, about the rounding of the float16 result itself), float32 uses tf32x3 (float32-accurate),
+float64 "ieee".
+
+Floors (A = B = 1000, T = 32, V = 12, D = 512, fp16; H100 SXM: 3.35 TB/s, ~989 TFLOP/s fp16 dense, ~51 TFLOP/s
+fp32 FMA): forward 393 GFLOP on tensor cores -> 0.40 ms; its bytes (45 MB read, 178 MB written) -> 0.07 ms:
+compute-bound. This kernel pads V = 12 to 16, so it issues 4/3 of that work (0.53 ms floor for this tiling):
+expect ~1-2 ms vs 14.7 ms torch. Backward: the gathers are 2 A B (T + V) D = 45 G gathered elements, one fp32 FMA
+each (90 GFLOP -> 1.8 ms at 51 TFLOP/s; the L1 rate, ~2.7 ms, binds first, see the CUDA file); the one-hot
+products are 2 passes x 2 A B LP LOP D = 1.05 TFLOP of TF32 (float16 inputs) -> 2.1 ms at ~495 TFLOP/s.
+Not measured: written on a machine without a GPU.
+
+Under TRITON_INTERPRET=1 (CPU tensors) the tiles grow to the problem (few programs: the interpreter pays per
+program and per operation) and bfloat16 tiles are upcast to float32 before tl.dot (the interpreter's bfloat16 dot
+is unusable; bfloat16 products are exact in float32, so the result is the same).
+"""
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["wti_similarity"]
+
+
+def _next_pow2(n):
+    return 1 if n <= 1 else triton.next_power_of_2(int(n))
+
+
+@triton.jit
+def _wti_forward_kernel(X, Y, P, Q, MT, MV, SCORE, T2V, V2T, A, B, T, V, D, tiles_b,
+                        ZERO: tl.constexpr, TA: tl.constexpr, TP: tl.constexpr, BB: tl.constexpr,
+                        VP: tl.constexpr, BK: tl.constexpr, IS_FP64: tl.constexpr,
+                        UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    M: tl.constexpr = TA * TP
+    N: tl.constexpr = BB * VP
+    pid = tl.program_id(0)
+    tile_a = pid // tiles_b
+    tile_b = pid % tiles_b
+    a0 = tile_a * TA
+    b0 = tile_b * BB
+
+    rm = tl.arange(0, M)
+    a_r = a0 + rm // TP        # text of each tile row
+    t_r = rm % TP              # word of each tile row
+    row_ok = (a_r < A) & (t_r < T)
+    rn = tl.arange(0, N)
+    b_c = b0 + rn // VP        # video of each tile column
+    v_c = rn % VP              # frame of each tile column
+    col_ok = (b_c < B) & (v_c < V)
+    x_rows = (a_r.to(tl.int64) * T + t_r) * D
+    y_rows = (b_c.to(tl.int64) * V + v_c) * D
+
+    if IS_FP64:
+        acc = tl.zeros([M, N], dtype=tl.float64)
+    else:
+        acc = tl.zeros([M, N], dtype=tl.float32)
+    for k0 in range(0, D, BK):
+        rk = k0 + tl.arange(0, BK)
+        k_ok = rk < D
+        xk = tl.load(X + x_rows[:, None] + rk[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        yk = tl.load(Y + y_rows[None, :] + rk[:, None], mask=col_ok[None, :] & k_ok[:, None], other=0.0)
+        if UPCAST:  # the interpreter's bfloat16 dot is unusable; bf16 products are exact in fp32
+            xk = xk.to(tl.float32)
+            yk = yk.to(tl.float32)
+        acc = tl.dot(xk, yk, acc, input_precision=PRECISION)
+
+    mt = tl.load(MT + a_r.to(tl.int64) * T + t_r, mask=row_ok, other=0) != 0   # [M]
+    mv = tl.load(MV + b_c.to(tl.int64) * V + v_c, mask=col_ok, other=0) != 0   # [N]
+    p = tl.load(P + a_r.to(tl.int64) * T + t_r, mask=row_ok, other=0.0).to(acc.dtype)
+    q = tl.load(Q + b_c.to(tl.int64) * V + v_c, mask=col_ok, other=0.0).to(acc.dtype)
+    num_frames = tl.sum(tl.reshape(mv.to(tl.int32), [BB, VP]), axis=1)   # [BB]
+    num_words = tl.sum(tl.reshape(mt.to(tl.int32), [TA, TP]), axis=1)    # [TA]
+
+    # row maxima: word t of text a over the real frames of video b
+    s_rows = tl.reshape(acc, [M, BB, VP])
+    s_rows = tl.where(tl.reshape(mv, [BB, VP])[None, :, :], s_rows, float("-inf"))
+    best_row = tl.max(s_rows, axis=2)                 # [M, BB]
+    arg_row = tl.argmax(s_rows, axis=2)               # first maximum
+    row_valid = mt[:, None] & (num_frames > 0)[None, :]
+    if ZERO:  # a masked 0 beats every real entry when the video has padding and all its entries are < 0
+        row_valid = row_valid & ~((num_frames < V)[None, :] & (best_row < 0))
+    t2v_part = tl.sum(tl.reshape(p[:, None] * tl.where(row_valid, best_row, 0.0), [TA, TP, BB]), axis=1)  # [TA, BB]
+
+    # column maxima: frame v of video b over the real words of text a
+    s_cols = tl.reshape(acc, [TA, TP, N])
+    s_cols = tl.where(tl.reshape(mt, [TA, TP])[:, :, None], s_cols, float("-inf"))
+    best_col = tl.max(s_cols, axis=1)                 # [TA, N]
+    arg_col = tl.argmax(s_cols, axis=1)
+    col_valid = mv[None, :] & (num_words > 0)[:, None]
+    if ZERO:
+        col_valid = col_valid & ~((num_words < T)[:, None] & (best_col < 0))
+    v2t_part = tl.sum(tl.reshape(q[None, :] * tl.where(col_valid, best_col, 0.0), [TA, BB, VP]), axis=2)  # [TA, BB]
+
+    b_bb = b0 + tl.arange(0, BB)
+    a_ta = a0 + tl.arange(0, TA)
+    # t2v[a, b, t]
+    t2v_ptr = T2V + (a_r.to(tl.int64)[:, None] * B + b_bb[None, :]) * T + t_r[:, None]
+    tl.store(t2v_ptr, tl.where(row_valid, arg_row, -1).to(tl.int32), mask=row_ok[:, None] & (b_bb < B)[None, :])
+    # v2t[a, b, v]
+    v2t_ptr = V2T + (a_ta.to(tl.int64)[:, None] * B + b_c[None, :]) * V + v_c[None, :]
+    tl.store(v2t_ptr, tl.where(col_valid, arg_col, -1).to(tl.int32), mask=(a_ta < A)[:, None] & col_ok[None, :])
+    score = (t2v_part + v2t_part) / 2
+    score_ptr = SCORE + a_ta.to(tl.int64)[:, None] * B + b_bb[None, :]
+    tl.store(score_ptr, score.to(SCORE.dtype.element_ty), mask=(a_ta < A)[:, None] & (b_bb < B)[None, :])
+
+
+@triton.jit
+def _wti_backward_side_kernel(G, OWN, OWN_W, OTH, OTH_W, OWN_IDX, OTH_IDX, GRAD_OWN, PARTIAL,
+                              n_own, n_oth, L_own, L_oth, D, ps_own, ps_oth,
+                              LP: tl.constexpr, LOP: tl.constexpr, MB: tl.constexpr, DB: tl.constexpr,
+                              PRECISION: tl.constexpr, IS_FP64: tl.constexpr):
+    n = tl.program_id(0)
+    slice_ = tl.program_id(1)
+    r = tl.arange(0, LP)
+    r_ok = r < L_own
+    d = slice_ * DB + tl.arange(0, DB)
+    d_ok = d < D
+    lo = tl.arange(0, LOP)
+    lo_ok = lo < L_oth
+    mb = tl.arange(0, MB)
+    if IS_FP64:
+        z = tl.zeros([LP, DB], dtype=tl.float64)
+        w = tl.zeros([LP, DB], dtype=tl.float64)
+    else:
+        z = tl.zeros([LP, DB], dtype=tl.float32)
+        w = tl.zeros([LP, DB], dtype=tl.float32)
+    n64 = n.to(tl.int64)
+    for m0 in range(0, n_oth, MB):
+        m = m0 + mb
+        m_ok = m < n_oth
+        m64 = m.to(tl.int64)
+        pair = n64 * ps_own + m64 * ps_oth                                            # [MB]
+        c = tl.load(G + pair, mask=m_ok, other=0.0).to(z.dtype) * 0.5                # [MB]
+        oth_rows = m64 * L_oth                                                         # [MB]
+        # z: gather the other row each own row points at
+        idx = tl.load(OWN_IDX + pair[:, None] * L_own + r[None, :], mask=m_ok[:, None] & r_ok[None, :], other=-1)
+        idx_ok = (idx >= 0) & (idx < L_oth)                                            # [MB, LP]
+        gathered = tl.load(OTH + (oth_rows[:, None, None] + idx[:, :, None]) * D + d[None, None, :],
+                           mask=idx_ok[:, :, None] & d_ok[None, None, :], other=0.0).to(z.dtype)  # [MB, LP, DB]
+        z += tl.sum(c[:, None, None] * gathered, axis=0)
+        # w: the other rows whose index points at an own row, as a one-hot product
+        j = tl.load(OTH_IDX + pair[:, None] * L_oth + lo[None, :], mask=m_ok[:, None] & lo_ok[None, :], other=-1)
+        coef = c[:, None] * tl.load(OTH_W + oth_rows[:, None] + lo[None, :], mask=m_ok[:, None] & lo_ok[None, :],
+                                    other=0.0).to(z.dtype)                              # [MB, LOP]
+        rows = tl.load(OTH + (oth_rows[:, None, None] + lo[None, :, None]) * D + d[None, None, :],
+                       mask=(m_ok[:, None] & lo_ok[None, :])[:, :, None] & d_ok[None, None, :],
+                       other=0.0).to(z.dtype)                                           # [MB, LOP, DB]
+        j_flat = tl.reshape(j, [MB * LOP])
+        coef_flat = tl.reshape(coef, [MB * LOP])
+        onehot = tl.where(r[:, None] == j_flat[None, :], coef_flat[None, :], 0.0)        # [LP, MB * LOP]
+        w = tl.dot(onehot, tl.reshape(rows, [MB * LOP, DB]), w, input_precision=PRECISION)
+
+    own_rows = n64 * L_own + r                                                          # [LP]
+    ok = r_ok[:, None] & d_ok[None, :]
+    own = tl.load(OWN + own_rows[:, None] * D + d[None, :], mask=ok, other=0.0).to(z.dtype)
+    own_w = tl.load(OWN_W + own_rows, mask=r_ok, other=0.0).to(z.dtype)
+    grad = own_w[:, None] * z + w
+    tl.store(GRAD_OWN + own_rows[:, None] * D + d[None, :], grad.to(GRAD_OWN.dtype.element_ty), mask=ok)
+    partial = tl.sum(own * z, axis=1)                                                   # [LP]
+    tl.store(PARTIAL + (slice_.to(tl.int64) * n_own + n64) * L_own + r, partial, mask=r_ok)
+
+
+def _forward_tiles(A, B, T, V, D, on_gpu):
+    TP, VP = _next_pow2(T), _next_pow2(V)
+    if on_gpu:  # fixed tiles: one compiled variant per (T, V), whatever the batch sizes
+        TA, BB = max(1, 128 // TP), max(1, 128 // VP)
+    else:  # the interpreter pays per program and per operation, not per element: few programs, no waste
+        TA = max(1, min(256 // TP, _next_pow2(A)))
+        BB = max(1, min(256 // VP, _next_pow2(B)))
+    while TA * TP < 16:
+        TA *= 2
+    while BB * VP < 16:
+        BB *= 2
+    BK = 32 if on_gpu else min(128, max(16, _next_pow2(D)))
+    return TA, TP, BB, VP, BK
+
+
+@torch.library.custom_op("hbi_ops_triton::wti_similarity", mutates_args=())
+def wti_similarity_op(text: torch.Tensor, video: torch.Tensor, text_weight: torch.Tensor,
+                      video_weight: torch.Tensor, text_mask: torch.Tensor, video_mask: torch.Tensor,
+                      zero_padding: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    A, T, D = text.shape
+    B, V, _ = video.shape
+    score = text.new_empty((A, B))
+    t2v = text.new_empty((A, B, T), dtype=torch.int32)
+    v2t = text.new_empty((A, B, V), dtype=torch.int32)
+    if A == 0 or B == 0:
+        return score, t2v, v2t
+    on_gpu = text.is_cuda
+    TA, TP, BB, VP, BK = _forward_tiles(A, B, T, V, D, on_gpu)
+    tiles_a, tiles_b = triton.cdiv(A, TA), triton.cdiv(B, BB)
+    x, y = text.contiguous(), video.contiguous()
+    p, q = text_weight.contiguous(), video_weight.contiguous()
+    mt = text_mask.contiguous().view(torch.uint8)
+    mv = video_mask.contiguous().view(torch.uint8)
+    with torch.cuda.device(text.device) if on_gpu else contextlib.nullcontext():
+        _wti_forward_kernel[(tiles_a * tiles_b,)](
+            x, y, p, q, mt, mv, score, t2v, v2t, A, B, T, V, D, tiles_b,
+            ZERO=bool(zero_padding), TA=TA, TP=TP, BB=BB, VP=VP, BK=BK, IS_FP64=text.dtype == torch.float64,
+            UPCAST=not on_gpu and text.dtype == torch.bfloat16,
+            # float32 / float64: exact FMA products ("ieee"; TF32 would miss the float32 tolerance); float16 /
+            # bfloat16 products are exact on tensor cores whatever this says
+            PRECISION="ieee" if text.dtype in (torch.float32, torch.float64) else "tf32",
+            num_warps=8 if on_gpu else 4, num_stages=3 if on_gpu else 1)
+    return score, t2v, v2t
+
+
+@wti_similarity_op.register_fake
+def _(text, video, text_weight, video_weight, text_mask, video_mask, zero_padding):
+    A, T, _ = text.shape
+    B, V, _ = video.shape
+    return (text.new_empty((A, B)), text.new_empty((A, B, T), dtype=torch.int32),
+            text.new_empty((A, B, V), dtype=torch.int32))
+
+
+def _backward_side(grad, own, own_w, oth, oth_w, own_idx, oth_idx, ps_own, ps_oth, grad_own, grad_own_w):
+    n_own, L_own, D = own.shape
+    n_oth, L_oth, _ = oth.shape
+    if n_own == 0 or L_own == 0 or D == 0:
+        return
+    if n_oth == 0 or L_oth == 0:
+        grad_own.zero_()
+        return
+    on_gpu = own.is_cuda
+    LP = max(16, _next_pow2(L_own))
+    LOP = _next_pow2(L_oth)
+    if on_gpu:
+        MB = max(1, 64 // LOP)
+    else:  # the interpreter: as few loop iterations as possible
+        MB = max(1, min(4096 // LOP, _next_pow2(n_oth)))
+    while MB * LOP < 16:
+        MB *= 2
+    DB = 64 if on_gpu else max(16, min(256, _next_pow2(D)))
+    slices = triton.cdiv(D, DB)
+    if own.dtype == torch.float64:
+        precision = "ieee"
+    elif own.dtype == torch.float32:
+        precision = "tf32x3"
+    else:
+        precision = "tf32"
+    acc_dtype = torch.float64 if own.dtype == torch.float64 else torch.float32
+    partial = torch.empty((slices, n_own, L_own), dtype=acc_dtype, device=own.device)
+    with torch.cuda.device(own.device) if on_gpu else contextlib.nullcontext():
+        _wti_backward_side_kernel[(n_own, slices)](
+            grad, own, own_w, oth, oth_w, own_idx, oth_idx, grad_own, partial,
+            n_own, n_oth, L_own, L_oth, D, ps_own, ps_oth,
+            LP=LP, LOP=LOP, MB=MB, DB=DB, PRECISION=precision, IS_FP64=own.dtype == torch.float64,
+            num_warps=4, num_stages=2 if on_gpu else 1)
+    grad_own_w.copy_(partial.sum(0))
+
+
+@torch.library.custom_op("hbi_ops_triton::wti_similarity_backward", mutates_args=())
+def wti_similarity_backward_op(grad_score: torch.Tensor, text: torch.Tensor, video: torch.Tensor,
+                               text_weight: torch.Tensor, video_weight: torch.Tensor, t2v_argmax: torch.Tensor,
+                               v2t_argmax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                   torch.Tensor]:
+    A, T, D = text.shape
+    B, V, _ = video.shape
+    x, y = text.contiguous(), video.contiguous()
+    p, q = text_weight.contiguous(), video_weight.contiguous()
+    g = grad_score.to(text.dtype).contiguous()
+    i, j = t2v_argmax.contiguous(), v2t_argmax.contiguous()
+    grad_text, grad_video = torch.zeros_like(x), torch.zeros_like(y)
+    grad_text_weight, grad_video_weight = torch.zeros_like(p), torch.zeros_like(q)
+    if A == 0 or B == 0:
+        return grad_text, grad_video, grad_text_weight, grad_video_weight
+    # pass 1 owns texts (pair (a, b) = a * B + b), pass 2 owns videos (pair (b, a) = a * B + b)
+    _backward_side(g, x, p, y, q, i, j, B, 1, grad_text, grad_text_weight)
+    _backward_side(g, y, q, x, p, j, i, 1, B, grad_video, grad_video_weight)
+    return grad_text, grad_video, grad_text_weight, grad_video_weight
+
+
+@wti_similarity_backward_op.register_fake
+def _(grad_score, text, video, text_weight, video_weight, t2v_argmax, v2t_argmax):
+    return (torch.empty_like(text), torch.empty_like(video), torch.empty_like(text_weight),
+            torch.empty_like(video_weight))
+
+
+def _setup_context(ctx, inputs, output):
+    text, video, text_weight, video_weight = inputs[:4]
+    _score, t2v, v2t = output
+    ctx.save_for_backward(text, video, text_weight, video_weight, t2v, v2t)
+    ctx.mark_non_differentiable(t2v, v2t)
+
+
+def _backward(ctx, grad_score, _grad_t2v, _grad_v2t):
+    text, video, text_weight, video_weight, t2v, v2t = ctx.saved_tensors
+    grads = wti_similarity_backward_op(grad_score.contiguous(), text, video, text_weight, video_weight, t2v, v2t)
+    return (*grads, None, None, None)
+
+
+wti_similarity_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def wti_similarity(text, video, text_weight, video_weight, text_mask, video_mask, zero_padding):
+    """The `triton` backend (arguments normalised by hbi_ops._api, as for every backend)."""
+    return wti_similarity_op(text, video, text_weight, video_weight, text_mask, video_mask, zero_padding)[0]

@@ -1,0 +1,244 @@
+"""banzhaf_interaction on the GPU: the cuda backend against the torch oracle and the cpu kernel (same seed,
+same coalitions), every definition/estimator, masks, dtypes, forward and backward; gradcheck, opcheck,
+streams, no host synchronisation. Skipped without a GPU (tests/conftest.py)."""
+import pytest
+import torch
+
+import hbi_ops
+from hbi_ops import _dispatch
+from hbi_ops.testing import FLOAT_DTYPES, TOLERANCE
+
+pytestmark = pytest.mark.gpu
+
+OP = "banzhaf_interaction"
+SETTINGS = [("textbook", "exact"), ("textbook", "paired"), ("textbook", "msr"),
+            ("reference", "exact"), ("reference", "paired")]
+
+
+def _cuda_available():
+    return torch.cuda.is_available() and _dispatch.why_not("cuda", OP, torch.device("cuda")) is None
+
+
+needs_cuda_backend = pytest.mark.skipif(not _cuda_available(), reason="the cuda backend is not built here")
+
+
+def random_game(batch, num_words, num_frames, dtype=torch.float64, masked=True, device="cuda"):
+    sim = torch.randn(batch, num_words, num_frames, dtype=dtype)
+    text_weight = torch.randn(batch, num_words, dtype=dtype)
+    video_weight = torch.randn(batch, num_frames, dtype=dtype)
+    text_mask = torch.ones(batch, num_words, dtype=torch.bool)
+    video_mask = torch.ones(batch, num_frames, dtype=torch.bool)
+    if masked:
+        for b in range(batch):  # padding at the end, at least one real token
+            text_mask[b, torch.randint(1, num_words + 1, ()).item():] = False
+            video_mask[b, torch.randint(1, num_frames + 1, ()).item():] = False
+    return tuple(x.to(device) for x in (sim, text_mask, video_mask, text_weight, video_weight))
+
+
+def _forward_backward(backend, game, grad, **kwargs):
+    sim, text_mask, video_mask, text_weight, video_weight = game
+    leaves = [x.detach().clone().requires_grad_() for x in (sim, text_weight, video_weight)]
+    out = hbi_ops.banzhaf_interaction(leaves[0], text_mask, video_mask, leaves[1], leaves[2], backend=backend,
+                                      **kwargs)
+    grads = torch.autograd.grad((out.float() * grad.float()).sum(), leaves)
+    return (out, *grads)
+
+
+def _to_cpu(xs):
+    return tuple(x.cpu() for x in xs)
+
+
+@needs_cuda_backend
+@pytest.mark.parametrize("definition,estimator", SETTINGS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape", [(4, 5, 4), (3, 7, 6)])
+def test_cuda_matches_torch(definition, estimator, dtype, shape):
+    game = random_game(*shape, dtype=dtype)
+    grad = torch.randn(shape, dtype=dtype, device="cuda")
+    kwargs = dict(definition=definition, estimator=estimator, num_samples=40, seed=2024)
+    expected = _forward_backward("torch", game, grad, **kwargs)
+    got = _forward_backward("cuda", game, grad, **kwargs)
+    for e, g in zip(expected, got):
+        assert g.dtype == dtype and g.device.type == "cuda"
+        torch.testing.assert_close(g, e, **TOLERANCE[dtype])
+
+
+@needs_cuda_backend
+@pytest.mark.parametrize("definition,estimator", SETTINGS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(5, 6, 5), (4, 40, 7), (2, 9, 100)])
+def test_cuda_matches_cpu_same_seed(definition, estimator, dtype, shape):
+    # Shapes with more than 32 words / frames and more than 128 players (several Philox blocks, several
+    # membership words); exact runs on the small shape only (at most 24 players).
+    if estimator == "exact" and shape != (5, 6, 5):
+        pytest.skip("exact enumerates 2^n coalitions")
+    game = random_game(*shape, dtype=dtype)
+    grad = torch.randn(shape, dtype=dtype, device="cuda")
+    kwargs = dict(definition=definition, estimator=estimator, num_samples=37, seed=2**63 + 99)
+    got = _to_cpu(_forward_backward("cuda", game, grad, **kwargs))
+    expected = _forward_backward("cpu", _to_cpu(game), grad.cpu(), **kwargs)
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, **TOLERANCE[dtype])
+
+
+@needs_cuda_backend
+@pytest.mark.parametrize("definition,estimator", [("textbook", "paired"), ("reference", "paired"),
+                                                  ("textbook", "msr")])
+def test_spec_size_matches_cpu(definition, estimator):
+    # SPEC size: B = 128, T = 32 with 20 real words, V = 12; 100 samples (the reference's as-run count).
+    batch, num_words, real_words, num_frames = 128, 32, 20, 12
+    sim = torch.randn(batch, num_words, num_frames, device="cuda")
+    text_mask = torch.zeros(batch, num_words, dtype=torch.bool, device="cuda")
+    text_mask[:, :real_words] = True
+    video_mask = torch.ones(batch, num_frames, dtype=torch.bool, device="cuda")
+    game = (sim, text_mask, video_mask, torch.randn(batch, num_words, device="cuda"),
+            torch.randn(batch, num_frames, device="cuda"))
+    grad = torch.randn(sim.shape, device="cuda")
+    kwargs = dict(definition=definition, estimator=estimator, num_samples=100, seed=7)
+    got = _to_cpu(_forward_backward("cuda", game, grad, **kwargs))
+    expected = _forward_backward("cpu", _to_cpu(game), grad.cpu(), **kwargs)
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, **TOLERANCE[torch.float32])
+
+
+@needs_cuda_backend
+def test_many_samples_and_chunks_match_cpu():
+    # num_samples large enough for several chunks per pair and several rounds per chunk (msr).
+    game = random_game(2, 6, 5, dtype=torch.float64)
+    for definition, estimator in [("textbook", "paired"), ("textbook", "msr"), ("reference", "paired")]:
+        kwargs = dict(definition=definition, estimator=estimator, num_samples=3000, seed=5)
+        got = hbi_ops.banzhaf_interaction(*game, backend="cuda", **kwargs).cpu()
+        expected = hbi_ops.banzhaf_interaction(*_to_cpu(game), backend="cpu", **kwargs)
+        torch.testing.assert_close(got, expected, **TOLERANCE[torch.float64])
+
+
+@needs_cuda_backend
+def test_padding_zero_and_empty_pairs():
+    sim, text_mask, video_mask, text_weight, video_weight = random_game(3, 5, 4)
+    text_mask[1] = False
+    video_mask[2] = False
+    for definition, estimator in SETTINGS:
+        out = hbi_ops.banzhaf_interaction(sim, text_mask, video_mask, text_weight, video_weight,
+                                          definition=definition, estimator=estimator, num_samples=10,
+                                          backend="cuda")
+        assert torch.isfinite(out).all()
+        assert (out[~(text_mask[:, :, None] & video_mask[:, None, :])] == 0).all()
+        assert (out[1] == 0).all() and (out[2] == 0).all()
+
+
+@needs_cuda_backend
+def test_batch_zero_and_integer_masks():
+    out = hbi_ops.banzhaf_interaction(torch.randn(0, 4, 3, device="cuda"), num_samples=5, backend="cuda")
+    assert out.shape == (0, 4, 3)
+    game = random_game(3, 5, 4, dtype=torch.float32)
+    a = hbi_ops.banzhaf_interaction(game[0], game[1].int(), game[2].long(), *game[3:], num_samples=9,
+                                    backend="cuda")
+    b = hbi_ops.banzhaf_interaction(*game, num_samples=9, backend="cuda")
+    assert torch.equal(a, b)
+
+
+@needs_cuda_backend
+@pytest.mark.parametrize("definition,estimator", SETTINGS)
+def test_forward_is_deterministic(definition, estimator):
+    game = random_game(4, 6, 5, dtype=torch.float32)
+    kwargs = dict(definition=definition, estimator=estimator, num_samples=200, seed=3)
+    a = hbi_ops.banzhaf_interaction(*game, backend="cuda", **kwargs)
+    assert torch.equal(a, hbi_ops.banzhaf_interaction(*game, backend="cuda", **kwargs))
+
+
+@needs_cuda_backend
+@pytest.mark.parametrize("definition,estimator", SETTINGS)
+def test_gradcheck(definition, estimator):
+    sim, text_mask, video_mask, text_weight, video_weight = random_game(2, 3, 3)
+    inputs = tuple(x.clone().requires_grad_() for x in (sim, text_weight, video_weight))
+
+    def fn(s, wt, wv):
+        return hbi_ops.banzhaf_interaction(s, text_mask, video_mask, wt, wv, definition=definition,
+                                           estimator=estimator, num_samples=16, seed=3, backend="cuda")
+
+    # The backward adds with shared-memory atomics: two runs may differ in the last bits (nondet_tol).
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-4, nondet_tol=1e-12)
+
+
+@needs_cuda_backend
+@pytest.mark.parametrize("definition,estimator", SETTINGS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck(definition, estimator, dtype):
+    sim, text_mask, video_mask, text_weight, video_weight = random_game(2, 4, 3, dtype=dtype)
+    args = (sim.requires_grad_(), text_mask, video_mask, text_weight.requires_grad_(),
+            video_weight.requires_grad_(), definition, estimator, 8, 11)
+    torch.library.opcheck(torch.ops.hbi_ops.banzhaf_interaction.default, args)
+    grad = torch.randn(sim.shape, dtype=dtype, device="cuda")
+    backward_args = (grad, sim.detach(), text_mask, video_mask, text_weight.detach(), video_weight.detach(),
+                     definition, estimator, 8, 11)
+    torch.library.opcheck(torch.ops.hbi_ops.banzhaf_interaction_backward.default, backward_args)
+
+
+@needs_cuda_backend
+def test_non_default_stream():
+    game = random_game(8, 10, 6, dtype=torch.float32)
+    grad = torch.randn(game[0].shape, device="cuda")
+    for definition, estimator in [("textbook", "paired"), ("textbook", "msr"), ("reference", "paired")]:
+        kwargs = dict(definition=definition, estimator=estimator, num_samples=64, seed=1)
+        expected = _forward_backward("cuda", game, grad, **kwargs)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            got = _forward_backward("cuda", game, grad, **kwargs)
+        torch.cuda.current_stream().wait_stream(stream)
+        torch.cuda.synchronize()
+        torch.testing.assert_close(got[0], expected[0], rtol=0, atol=0)  # forward: bitwise
+        for e, g in zip(expected[1:], got[1:]):  # backward: shared-memory atomics, rounding only
+            torch.testing.assert_close(g, e, **TOLERANCE[torch.float32])
+
+
+@needs_cuda_backend
+def test_other_device_index():
+    if torch.cuda.device_count() < 2:
+        pytest.skip("one GPU")
+    game = random_game(3, 5, 4, dtype=torch.float32, device="cuda:1")
+    got = hbi_ops.banzhaf_interaction(*game, num_samples=20, backend="cuda")
+    assert got.device == torch.device("cuda:1")
+    expected = hbi_ops.banzhaf_interaction(*_to_cpu(game), num_samples=20, backend="cpu")
+    torch.testing.assert_close(got.cpu(), expected, **TOLERANCE[torch.float32])
+
+
+@needs_cuda_backend
+def test_no_host_synchronisation():
+    game = random_game(4, 6, 5, dtype=torch.float32)
+    grad = torch.randn(game[0].shape, device="cuda")
+    ops = torch.ops.hbi_ops
+    args = [(*game, d, e, 20, 3) for d, e in [("textbook", "paired"), ("textbook", "msr"),
+                                              ("reference", "paired"), ("textbook", "exact"),
+                                              ("reference", "exact")]]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for a in args:
+            ops.banzhaf_interaction(*a)
+            ops.banzhaf_interaction_backward(grad, *a)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
+
+
+@needs_cuda_backend
+def test_wrong_device_is_an_error():
+    game = random_game(2, 4, 3, dtype=torch.float32)
+    with pytest.raises(RuntimeError, match="text_mask"):
+        torch.ops.hbi_ops.banzhaf_interaction(game[0], game[1].cpu(), game[2], game[3], game[4], "textbook",
+                                              "paired", 4, 0)
+
+
+@needs_cuda_backend
+def test_exact_refuses_too_many_players():
+    sim = torch.randn(2, 20, 10, device="cuda")
+    text_mask = torch.ones(2, 20, dtype=torch.bool, device="cuda")
+    text_mask[0, 10:] = False
+    with pytest.raises(ValueError, match="at most 24 players"):
+        hbi_ops.banzhaf_interaction(sim, text_mask, estimator="exact", backend="cuda")
+    # The raw op has no host check (it would need a sync): the device guard gives NaN for such a pair.
+    out = torch.ops.hbi_ops.banzhaf_interaction(sim, text_mask, torch.ones(2, 10, dtype=torch.bool, device="cuda"),
+                                                torch.zeros(2, 20, device="cuda"), torch.zeros(2, 10, device="cuda"),
+                                                "textbook", "exact", 1, 0)
+    assert torch.isnan(out[1]).all()
