@@ -173,7 +173,14 @@ def main():
                 slow = backend == "torch" and key.startswith("banzhaf")  # the oracle: seconds per call
                 if DEVICE == "cuda":
                     torch.cuda.reset_peak_memory_stats()
-                seconds, mode = gpu_time(fn, 1 if slow else args.repeats, graph=not slow, warmup=0 if slow else 3)
+                try:
+                    seconds, mode = gpu_time(fn, 1 if slow else args.repeats, graph=not slow, warmup=0 if slow else 3)
+                except Exception as error:  # one failing backend must not cost the rest of the table
+                    print(f"{label:<70} {backend:>16} FAILED: {type(error).__name__}: {error}", flush=True)
+                    rows.append(f"| {card} | {label} | {backend} | failed: {type(error).__name__} | | | | | |")
+                    if DEVICE == "cuda":
+                        torch.cuda.synchronize()
+                    continue
                 peak = torch.cuda.max_memory_allocated() if DEVICE == "cuda" else 0
                 overhead = float("nan") if slow else host_overhead(fn)
                 measured[backend] = (seconds, mode, overhead, peak)
