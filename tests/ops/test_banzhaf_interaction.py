@@ -14,6 +14,12 @@ SETTINGS = [("textbook", "exact"), ("textbook", "paired"), ("textbook", "msr"),
             ("reference", "exact"), ("reference", "paired")]
 
 
+def _small(backend, usual, interpreted):
+    """Sizes for a test: Triton's CPU interpreter costs ~0.1 ms a tile operation, hundreds a sample, so its
+    cases are smaller (the GPU tests, tests/gpu/test_banzhaf_triton_gpu.py, run the usual sizes)."""
+    return interpreted if backend == "triton" else usual
+
+
 # ------------------------------------------------------------------------------------------------
 # Brute force, written from SPEC 1.2 with Python loops and floats, independent of the package.
 
@@ -153,7 +159,7 @@ def test_same_seed_same_coalitions_across_backends(backend):
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("definition", ["textbook", "reference"])
 def test_exact_matches_brute_force(backend, definition):
-    game = random_game(3, 4, 3)
+    game = random_game(*_small(backend, (3, 4, 3), (2, 3, 2)))
     expected = brute_force(definition, *game)
     got = hbi_ops.banzhaf_interaction(*game, definition=definition, estimator="exact", backend=backend)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
@@ -162,7 +168,7 @@ def test_exact_matches_brute_force(backend, definition):
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("definition", ["textbook", "reference"])
 def test_exact_matches_brute_force_ten_players(backend, definition):
-    game = random_game(1, 6, 4, masked=False)
+    game = random_game(*_small(backend, (1, 6, 4), (1, 4, 3)), masked=False)
     expected = brute_force(definition, *game)
     got = hbi_ops.banzhaf_interaction(*game, definition=definition, estimator="exact", backend=backend)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
@@ -204,7 +210,7 @@ def test_paired_converges_within_its_standard_error(backend, definition):
     game = random_game(1, 4, 3, masked=False)
     mean, var = _cell_delta_moments(definition, game)
     errors = []
-    for num_samples in (64, 1024) if backend == "torch" else (64, 4096):
+    for num_samples in {"torch": (64, 1024), "triton": (8, 128)}.get(backend, (64, 4096)):
         got = hbi_ops.banzhaf_interaction(*game, definition=definition, estimator="paired",
                                           num_samples=num_samples, seed=num_samples, backend=backend)[0]
         # Mean of num_samples i.i.d. draws of the cell delta: 6 standard errors (CLT; 12 cells).
@@ -226,7 +232,7 @@ def test_msr_converges_within_its_standard_error(backend):
         frames = [k for kind, k in subset if kind == "f"]
         values[(frozenset(words), frozenset(frames))] = textbook_value(R, wt, wv, words, frames)
     exact = brute_force("textbook", *game)[0]
-    for num_samples in (256, 4096):
+    for num_samples in _small(backend, (256, 4096), (32, 128)):
         got = hbi_ops.banzhaf_interaction(*game, estimator="msr", num_samples=num_samples, seed=7,
                                           backend=backend)[0]
         for i in range(4):
@@ -249,9 +255,10 @@ def test_msr_converges_within_its_standard_error(backend):
 @pytest.mark.parametrize("definition,estimator", SETTINGS)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_backend_matches_oracle(backend, definition, estimator, dtype):
-    sim, text_mask, video_mask, text_weight, video_weight = random_game(4, 5, 4, dtype=dtype)
+    size = _small(backend, (4, 5, 4), (2, 3, 2) if estimator == "exact" else (2, 4, 3))
+    sim, text_mask, video_mask, text_weight, video_weight = random_game(*size, dtype=dtype)
     text_mask = text_mask.int()  # integer masks are accepted
-    kwargs = dict(definition=definition, estimator=estimator, num_samples=40, seed=2024)
+    kwargs = dict(definition=definition, estimator=estimator, num_samples=_small(backend, 40, 6), seed=2024)
     leaves = [x.clone().requires_grad_() for x in (sim, text_weight, video_weight)]
     grad = torch.randn(sim.shape, dtype=dtype)
     results = {}
@@ -268,13 +275,13 @@ def test_backend_matches_oracle(backend, definition, estimator, dtype):
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_padding_cells_are_zero_and_all_padding_rows_finite(backend):
-    sim, text_mask, video_mask, text_weight, video_weight = random_game(3, 5, 4)
+    sim, text_mask, video_mask, text_weight, video_weight = random_game(*_small(backend, (3, 5, 4), (3, 3, 2)))
     text_mask[1] = False  # a pair with no real word
     video_mask[2] = False
     for definition, estimator in SETTINGS:
         out = hbi_ops.banzhaf_interaction(sim, text_mask, video_mask, text_weight, video_weight,
-                                          definition=definition, estimator=estimator, num_samples=10,
-                                          backend=backend)
+                                          definition=definition, estimator=estimator,
+                                          num_samples=_small(backend, 10, 3), backend=backend)
         assert torch.isfinite(out).all()
         assert (out[~(text_mask[:, :, None] & video_mask[:, None, :])] == 0).all()
         assert (out[1] == 0).all() and (out[2] == 0).all()
@@ -299,10 +306,11 @@ def test_batch_zero(backend):
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_seed_changes_estimate_and_repeats(backend):
     game = random_game(2, 5, 4, masked=False)
-    a = hbi_ops.banzhaf_interaction(*game, num_samples=30, seed=1, backend=backend)
-    b = hbi_ops.banzhaf_interaction(*game, num_samples=30, seed=2, backend=backend)
+    n = _small(backend, 30, 8)
+    a = hbi_ops.banzhaf_interaction(*game, num_samples=n, seed=1, backend=backend)
+    b = hbi_ops.banzhaf_interaction(*game, num_samples=n, seed=2, backend=backend)
     assert not torch.equal(a, b)
-    assert torch.equal(a, hbi_ops.banzhaf_interaction(*game, num_samples=30, seed=1, backend=backend))
+    assert torch.equal(a, hbi_ops.banzhaf_interaction(*game, num_samples=n, seed=1, backend=backend))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -311,14 +319,17 @@ def test_seed_changes_estimate_and_repeats(backend):
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("definition,estimator", SETTINGS)
 def test_gradcheck(backend, definition, estimator):
-    sim, text_mask, video_mask, text_weight, video_weight = random_game(2, 3, 3)
+    size = _small(backend, (2, 3, 3), (1, 2, 2) if estimator == "exact" else (1, 3, 2))
+    sim, text_mask, video_mask, text_weight, video_weight = random_game(*size)
     inputs = tuple(x.clone().requires_grad_() for x in (sim, text_weight, video_weight))
 
     def fn(s, wt, wv):
         return hbi_ops.banzhaf_interaction(s, text_mask, video_mask, wt, wv, definition=definition,
-                                           estimator=estimator, num_samples=16, seed=3, backend=backend)
+                                           estimator=estimator, num_samples=_small(backend, 16, 4), seed=3,
+                                           backend=backend)
 
-    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-4,
+                                    fast_mode=backend == "triton")
 
 
 @pytest.mark.parametrize("definition,estimator", SETTINGS)

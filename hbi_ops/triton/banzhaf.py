@@ -1,0 +1,969 @@
+"""banzhaf_interaction (SPEC 1.2) in Triton: forward and backward of every definition and estimator.
+
+Design. One program per (pair b, chunk of samples); R [BT, BV] (BT = next_power_of_2(T), BV likewise)
+stays in registers. Per sample the program draws the Philox coalition (tl Philox4x32-10 on uint32,
+counter (s, b, k // 128, 0), key (seed lo, seed hi): the same bits as hbi_ops.philox and csrc/philox.h),
+then derives the coalition state as [BT]/[BV] vectors from masked [BT, BV] tiles: the top-2 of every
+row over S_v (max, first argmax, second max, its index) and of every column over S_t. From them two
+tiles hold, for every cell (i, j), "row t's maximum over S_v without frame j" (W[t, j]) and "column
+v's maximum over S_t without word i" (X[i, v]). Every value the estimators need for cell (i, j)
+(f(c + i + j), f(c + i), f(c + j), f(c) for c = S \\ {i, j}, and the reference's zero-filled F) is a
+softmax-weighted sum whose terms depend on (t, j) (text side) or (i, v) (video side) only, plus a
+correction at t = i (v = j): one column sum over t (row sum over v) of a [BT, BV] tile and O(1) per
+cell. So a sample costs O(T * V) for all T * V cells at once (the textbook fast path of the CPU code,
+done as tile operations). The reference's value1 has softmax weights exp(p_t / Z(i)) that depend on
+(t, i): a loop over t (and over v) of [BT, BV] tile updates, O(T * V * (T + V)) a sample.
+
+Backward differentiates the same per-sample expressions, recomputing the coalitions from the seed.
+For a value whose text part is sum_{t in X_t(i)} Ew[t] M[t, j] / Z(i), the gradient coefficient of
+every (t, j) is K[t, j] = Ew[t] (in[t] sum_i g_ij / Z(i) + (add_i - in[t]) g_tj / Z(t)), which goes
+to sim[t, argmax of M[t, j]]: the argmax is row t's first or second argmax (scattered by a one-hot
+compare after summing over j), or (t, j) itself when the added frame j wins. Same for the video side.
+Per-chunk partials [B, chunks, ...] are summed in a fixed order afterwards: results are deterministic
+(no atomics). fp16/bf16 accumulate in fp32, fp64 in fp64.
+
+msr: one pass per chunk accumulates the stratum sums and counts of f(S) (as a [T+1, V+1] tile: row T
+holds the frame sums, column V the word sums, (T, V) the total), a second small kernel sums the chunks
+in order and forms the stratified means. exact: programs over chunks of the 2^n subsets of each pair.
+
+Floor (issue 3 target, H100: 3.35 TB/s, ~51 TFLOP/s fp32 without tensor cores): paired textbook,
+B=128, T=32 (20 real), V=12, 1000 samples. Bytes: sim + weights + out, ~0.4 MB: 0.1 us. Work per
+(pair, sample): ~30 flops for each of the 20 x 12 real cells plus ~10 x 20 x 12 for the top-2 and
+the four sums, ~10 k flops; 128 k (pair, sample) -> ~1.3 GFLOP -> ~25 us at 51 TFLOP/s, but the
+tiles are padded to 32 x 16 (2.1x) -> ~55 us of issue; floor ~50 us, target 1 ms. msr: ~3 k flops a
+(pair, sample) -> ~0.4 GFLOP padded -> ~8 us; the floor there is the two launches (~5-10 us);
+target 0.1 ms. (Not measured: no GPU was available when this was written.)
+
+Geometry: grid (B, programs per pair), about 8 programs per SM for the cell kernels (16 for msr /
+exact-textbook), 2 warps for a 32 x 16 tile in the forward pass (ptxas, sm_90: 157 registers, no
+spills), 4 in the backward (199 registers textbook, 254 reference, no spills), 1 for msr (122).
+Expected from an instruction count (~1 k warp-instructions a (pair, sample) forward): ~0.3 ms for the
+paired target, ~0.05 ms of kernel time for msr, where the Python launch overhead (two launches, no
+custom-op dispatch when nothing needs a gradient) is of the same order as the 0.1 ms target.
+"""
+import os
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.random import philox_impl
+
+# Triton's interpreter (TRITON_INTERPRET=1, CPU tests) re-patches the language on every call of a
+# nested @triton.jit function (~2 ms each): there the helpers below stay plain Python functions, run
+# inline with the interpreter's tl (the same code; compiled, they are @triton.jit as usual).
+_INTERPRETING = os.environ.get("TRITON_INTERPRET", "") == "1"
+_helper = (lambda fn: fn) if _INTERPRETING else triton.jit
+
+
+def _philox_interpreted(c0, c1, c2, c3, k0, k1, n_rounds):
+    """triton.language.random.philox_impl (Philox4x32), as plain code for the interpreter."""
+    for _ in range(n_rounds):
+        _c0, _c2 = c0, c2
+        c0 = tl.umulhi(_c2, tl.full((), 0xCD9E8D57, tl.uint32)) ^ c1 ^ k0
+        c2 = tl.umulhi(_c0, tl.full((), 0xD2511F53, tl.uint32)) ^ c3 ^ k1
+        c1 = _c2 * tl.full((), 0xCD9E8D57, tl.uint32)
+        c3 = _c0 * tl.full((), 0xD2511F53, tl.uint32)
+        k0 = k0 + tl.full((), 0x9E3779B9, tl.uint32)
+        k1 = k1 + tl.full((), 0xBB67AE85, tl.uint32)
+    return c0, c1, c2, c3
+
+
+_philox = _philox_interpreted if _INTERPRETING else philox_impl
+if _INTERPRETING:  # tl.sum / max / min are @jit functions too: call the interpreter's reduction directly
+    def _sum(x, axis):
+        return tl.reduce(x, axis, tl.standard._sum_combine)
+
+    def _max(x, axis):
+        return tl.reduce(x, axis, tl.standard._elementwise_max)
+
+    def _min(x, axis):
+        return tl.reduce(x, axis, tl.standard._elementwise_min)
+else:
+    _sum, _max, _min = tl.sum, tl.max, tl.min
+
+_NEG_INF = tl.constexpr(float("-inf"))  # jit code reads globals only as constexpr
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-sample building blocks (inlined into the kernels)
+
+@_helper
+def _philox_coalition(s, b, k0, k1, tidx, vidx, tm, vm, T, NBLK: tl.constexpr):
+    """Membership of words and frames in the coalition of sample s of pair b (SPEC 1.2)."""
+    kt = tidx
+    kv = T + vidx
+    zero = tl.full((), 0, tl.uint32)
+    su = (s + tl.full((), 0, tl.int32)).to(tl.uint32)  # s is a Python int under the interpreter
+    bu = b.to(tl.uint32)
+    word_t = tl.zeros(tidx.shape, tl.uint32)
+    word_v = tl.zeros(vidx.shape, tl.uint32)
+    for blk in tl.static_range(NBLK):
+        x0, x1, x2, x3 = _philox(su, bu, tl.full((), blk, tl.uint32), zero, k0, k1, 10)
+        wi = (kt >> 5) & 3
+        pick = tl.where(wi == 0, x0, tl.where(wi == 1, x1, tl.where(wi == 2, x2, x3)))
+        word_t = tl.where((kt >> 7) == blk, pick, word_t)
+        wi = (kv >> 5) & 3
+        pick = tl.where(wi == 0, x0, tl.where(wi == 1, x1, tl.where(wi == 2, x2, x3)))
+        word_v = tl.where((kv >> 7) == blk, pick, word_v)
+    it = ((word_t >> (kt & 31).to(tl.uint32)) & 1) != 0
+    iv = ((word_v >> (kv & 31).to(tl.uint32)) & 1) != 0
+    return it & tm, iv & vm
+
+
+@_helper
+def _subset_coalition(code, pt, pv, tm, vm):
+    """Membership in subset `code` of the pair's real players (pt, pv: player index of each position)."""
+    code = code + tl.full((), 0, tl.int32)  # a Python int under the interpreter
+    it = ((code >> tl.where(tm, pt, 0)) & 1) != 0
+    iv = ((code >> tl.where(vm, pv, 0)) & 1) != 0
+    return it & tm, iv & vm
+
+
+@_helper
+def _top2(R, it, iv, tidx, vidx, BT: tl.constexpr, BV: tl.constexpr):
+    """Row top-2 over S_v and column top-2 over S_t (values; first indices; BV / BT when none)."""
+    ivb = iv[None, :]
+    itb = it[:, None]
+    Rm = tl.where(ivb, R, _NEG_INF)
+    r1 = _max(Rm, 1)
+    ra = _min(tl.where((Rm == r1[:, None]) & ivb, vidx[None, :], BV), 1)
+    is_ra = vidx[None, :] == ra[:, None]
+    Rm2 = tl.where(is_ra, _NEG_INF, Rm)
+    r2 = _max(Rm2, 1)
+    rb = _min(tl.where((Rm2 == r2[:, None]) & ivb & (~is_ra), vidx[None, :], BV), 1)
+    Cm = tl.where(itb, R, _NEG_INF)
+    k1 = _max(Cm, 0)
+    ka = _min(tl.where((Cm == k1[None, :]) & itb, tidx[:, None], BT), 0)
+    is_ka = tidx[:, None] == ka[None, :]
+    Cm2 = tl.where(is_ka, _NEG_INF, Cm)
+    k2 = _max(Cm2, 0)
+    kb = _min(tl.where((Cm2 == k2[None, :]) & itb & (~is_ka), tidx[:, None], BT), 0)
+    return r1, r2, ra, rb, is_ra, k1, k2, ka, kb, is_ka
+
+
+@_helper
+def _without(r1, r2, is_ra, k1, k2, is_ka, rest_t, rest_v):
+    """W[t, j]: row t's max over S_v minus j (-inf if empty), code 1 = first argmax, 2 = second, 0 = none.
+    X[i, v]: column v's max over S_t minus i, same codes."""
+    W = tl.where(rest_v[None, :], tl.where(is_ra, r2[:, None], r1[:, None]), _NEG_INF)
+    cW = tl.where(rest_v[None, :], tl.where(is_ra, 2, 1), 0)
+    X = tl.where(rest_t[:, None], tl.where(is_ka, k2[None, :], k1[None, :]), _NEG_INF)
+    cX = tl.where(rest_t[:, None], tl.where(is_ka, 2, 1), 0)
+    return W, cW, X, cX
+
+
+@_helper
+def _kind_tile(base, code, R, ADD_OTHER: tl.constexpr, CLAMP: tl.constexpr, clamp):
+    """Row (column) maxima of one coalition kind: with the other side's cell player added (it wins on
+    a strict >, code 3 = the cell itself) and the reference's zero-fill clamp (code 0)."""
+    M = base
+    c = code
+    if ADD_OTHER:
+        win = R > M
+        M = tl.where(win, R, M)
+        c = tl.where(win, 3, c)
+    if CLAMP:
+        neg = clamp & (M < 0)
+        M = tl.where(neg, 0.0, M)
+        c = tl.where(neg, 0, c)
+    return M, c
+
+
+@_helper
+def _side_value(M, ew, inm, Z, ADD: tl.constexpr, AXIS: tl.constexpr):
+    """sum over members t of X_t(i) of ew[t] M[t, j] / Z(i) for every cell; AXIS is the token axis
+    (0: text side, tiles [t|i, j]; 1: video side, tiles [i, v|j]). ew, inm, Z broadcast along it."""
+    Ms = tl.where(M == _NEG_INF, 0.0, M)
+    s = tl.expand_dims(_sum(ew * inm * Ms, AXIS), AXIS)
+    return (s + (ADD - inm) * ew * Ms) / Z, Ms
+
+
+@_helper
+def _side_grad(G, Ms, TX, ew, inm, Z, ADD: tl.constexpr, AXIS: tl.constexpr):
+    """Gradient of sum_cells G * _side_value: coefficient K of every (token, cell) entry of M (to be
+    scattered to M's argmax) and the gradient of the token weight logits."""
+    gz = G / Z
+    K = ew * (inm * tl.expand_dims(_sum(gz, AXIS), AXIS) + (ADD - inm) * gz)
+    y = gz * TX
+    L = ew * (inm * tl.expand_dims(_sum(y, AXIS), AXIS) + (ADD - inm) * y)
+    dw = _sum(K * Ms - L, 1 - AXIS)
+    return K, dw
+
+
+@_helper
+def _safe(z):
+    return tl.where(z == 0, 1.0, z)
+
+
+@_helper
+def _kind_value(R, W, cW, X, cX, Ew, Fw, itf, ivf, Ztc, Zvc, nct, ncv, real, T, V,
+                AI: tl.constexpr, AJ: tl.constexpr, ZF: tl.constexpr):
+    """Value of X = c (+ i if AI) (+ j if AJ) for every cell: f, or the reference's F when ZF."""
+    Zt = _safe(Ztc + AI * Ew)
+    Zv = _safe(Zvc + AJ * Fw)
+    nt = nct + AI
+    nv = ncv + AJ
+    valid = real & (nt > 0)[:, None] & (nv > 0)[None, :]
+    M, cM = _kind_tile(W, cW, R, AJ, ZF, (nv < V)[None, :])
+    N, cN = _kind_tile(X, cX, R, AI, ZF, (nt < T)[:, None])
+    TX, Ms = _side_value(M, Ew[:, None], itf[:, None], Zt[:, None], AI, 0)
+    VX, Ns = _side_value(N, Fw[None, :], ivf[None, :], Zv[None, :], AJ, 1)
+    return tl.where(valid, 0.5 * (TX + VX), 0.0)
+
+
+@_helper
+def _kind_grad(G, R, W, cW, X, cX, Ew, Fw, itf, ivf, Ztc, Zvc, nct, ncv, real, T, V,
+               AI: tl.constexpr, AJ: tl.constexpr, ZF: tl.constexpr, SIGN: tl.constexpr):
+    """Gradient of sum_cells SIGN * G * value(kind): (self, text first/second argmax, video first/second
+    argmax) coefficient tiles and the weight-logit gradients. G includes the factor 1/2."""
+    Zt = _safe(Ztc + AI * Ew)
+    Zv = _safe(Zvc + AJ * Fw)
+    nt = nct + AI
+    nv = ncv + AJ
+    valid = real & (nt > 0)[:, None] & (nv > 0)[None, :]
+    M, cM = _kind_tile(W, cW, R, AJ, ZF, (nv < V)[None, :])
+    N, cN = _kind_tile(X, cX, R, AI, ZF, (nt < T)[:, None])
+    TX, Ms = _side_value(M, Ew[:, None], itf[:, None], Zt[:, None], AI, 0)
+    VX, Ns = _side_value(N, Fw[None, :], ivf[None, :], Zv[None, :], AJ, 1)
+    Gk = tl.where(valid, G * SIGN, 0.0)
+    Kt, dwt = _side_grad(Gk, Ms, TX, Ew[:, None], itf[:, None], Zt[:, None], AI, 0)
+    Kv, dwv = _side_grad(Gk, Ns, VX, Fw[None, :], ivf[None, :], Zv[None, :], AJ, 1)
+    own = tl.where(cM == 3, Kt, 0.0) + tl.where(cN == 3, Kv, 0.0)
+    return (own, tl.where(cM == 1, Kt, 0.0), tl.where(cM == 2, Kt, 0.0), tl.where(cN == 1, Kv, 0.0),
+            tl.where(cN == 2, Kv, 0.0), dwt, dwv)
+
+
+@_helper
+def _ref_value1_parts(R, W, X, Ew, Fw, itf, ivf, wt, wv, Ztc, Zvc, tidx, vidx, T, V):
+    """The reference's value1 for every cell: text and video parts with what their gradients need."""
+    Wr = tl.where(W < 0, 0.0, W)
+    Xr = tl.where(X < 0, 0.0, X)
+    shift_t = tl.maximum(wt, 1.0)
+    shift_v = tl.maximum(wv, 1.0)
+    Zts = _safe(Ztc)
+    Zvs = _safe(Zvc)
+    Dsum = tl.zeros(Ew.shape, Ew.dtype)
+    EP = tl.zeros(Ew.shape, Ew.dtype)
+    S1 = tl.zeros(R.shape, R.dtype)
+    A1 = tl.zeros(R.shape, R.dtype)
+    for t in range(0, T):
+        sel = tidx == t
+        ew_t = _sum(tl.where(sel, Ew, 0.0), 0)
+        in_t = _sum(tl.where(sel, itf, 0.0), 0)
+        row_t = _sum(tl.where(sel[:, None], Wr, 0.0), 0)
+        p = ew_t / Zts
+        e = tl.where(tidx != t, tl.where(in_t > 0, tl.exp(p - shift_t), 0.0), 0.0)
+        Dsum += e
+        EP += e * p
+        S1 += e[:, None] * row_t[None, :]
+        A1 += (e * p)[:, None] * row_t[None, :]
+    Dvsum = tl.zeros(Fw.shape, Fw.dtype)
+    EQ = tl.zeros(Fw.shape, Fw.dtype)
+    S2 = tl.zeros(R.shape, R.dtype)
+    A2 = tl.zeros(R.shape, R.dtype)
+    for v in range(0, V):
+        sel = vidx == v
+        fw_v = _sum(tl.where(sel, Fw, 0.0), 0)
+        in_v = _sum(tl.where(sel, ivf, 0.0), 0)
+        col_v = _sum(tl.where(sel[None, :], Xr, 0.0), 1)
+        q = fw_v / Zvs
+        e = tl.where(vidx != v, tl.where(in_v > 0, tl.exp(q - shift_v), 0.0), 0.0)
+        Dvsum += e
+        EQ += e * q
+        S2 += col_v[:, None] * e[None, :]
+        A2 += col_v[:, None] * (e * q)[None, :]
+    head_t = tl.exp(wt - shift_t)
+    head_v = tl.exp(wv - shift_v)
+    Dt = head_t + Dsum
+    Dv = head_v + Dvsum
+    row_i = tl.where((V > 1) & (R < 0), 0.0, R)
+    col_j = tl.where((T > 1) & (R < 0), 0.0, R)
+    text1 = (head_t[:, None] * row_i + S1) / Dt[:, None]
+    video1 = (head_v[None, :] * col_j + S2) / Dv[None, :]
+    return text1, video1, Wr, Xr, Dt, Dv, EP, EQ, A1, A2, head_t, head_v, row_i, col_j
+
+
+@_helper
+def _ref_value1_grad(G1, R, W, X, cW, cX, Ew, Fw, itf, ivf, wt, wv, Ztc, Zvc, tidx, vidx, T, V):
+    """Gradient of sum_cells G1 * value1 (G1 includes the factor 1/2)."""
+    text1, video1, Wr, Xr, Dt, Dv, EP, EQ, A1, A2, head_t, head_v, row_i, col_j = _ref_value1_parts(
+        R, W, X, Ew, Fw, itf, ivf, wt, wv, Ztc, Zvc, tidx, vidx, T, V)
+    shift_t = tl.maximum(wt, 1.0)
+    shift_v = tl.maximum(wv, 1.0)
+    Zts = _safe(Ztc)
+    Zvs = _safe(Zvc)
+    alpha_i = head_t / Dt
+    beta_j = head_v / Dv
+    own = tl.where((V > 1) & (R < 0), 0.0, G1 * alpha_i[:, None])
+    own += tl.where((T > 1) & (R < 0), 0.0, G1 * beta_j[None, :])
+    dwt = _sum(G1 * alpha_i[:, None] * (row_i - text1), 1)
+    dwv = _sum(G1 * beta_j[None, :] * (col_j - video1), 0)
+    gdp = (A1 - text1 * EP[:, None]) / Dt[:, None]
+    gdq = (A2 - video1 * EQ[None, :]) / Dv[None, :]
+    Kt = tl.zeros(R.shape, R.dtype)
+    for t in range(0, T):
+        sel = tidx == t
+        ew_t = _sum(tl.where(sel, Ew, 0.0), 0)
+        in_t = _sum(tl.where(sel, itf, 0.0), 0)
+        row_t = _sum(tl.where(sel[:, None], Wr, 0.0), 0)
+        memb = (tidx != t) & ((tidx * 0 + in_t) > 0)
+        p = tl.where(memb, ew_t / Zts, 0.0)
+        alpha = tl.where(memb, tl.exp(ew_t / Zts - shift_t), 0.0) / Dt
+        Kt += tl.where(sel[:, None], _sum(G1 * alpha[:, None], 0)[None, :], 0.0)
+        term = G1 * p[:, None] * (alpha[:, None] * (row_t[None, :] - text1) - gdp)
+        dwt += tl.where(sel, _sum(_sum(term, 1), 0), 0.0)
+    Kv = tl.zeros(R.shape, R.dtype)
+    for v in range(0, V):
+        sel = vidx == v
+        fw_v = _sum(tl.where(sel, Fw, 0.0), 0)
+        in_v = _sum(tl.where(sel, ivf, 0.0), 0)
+        col_v = _sum(tl.where(sel[None, :], Xr, 0.0), 1)
+        memb = (vidx != v) & ((vidx * 0 + in_v) > 0)
+        q = tl.where(memb, fw_v / Zvs, 0.0)
+        beta = tl.where(memb, tl.exp(fw_v / Zvs - shift_v), 0.0) / Dv
+        Kv += tl.where(sel[None, :], _sum(G1 * beta[None, :], 1)[:, None], 0.0)
+        term = G1 * q[None, :] * (beta[None, :] * (col_v[:, None] - video1) - gdq)
+        dwv += tl.where(sel, _sum(_sum(term, 1), 0), 0.0)
+    keep_t = W >= 0  # the reference clamps negative maxima to 0 (no gradient there)
+    keep_v = X >= 0
+    return (own, tl.where(keep_t & (cW == 1), Kt, 0.0), tl.where(keep_t & (cW == 2), Kt, 0.0),
+            tl.where(keep_v & (cX == 1), Kv, 0.0), tl.where(keep_v & (cX == 2), Kv, 0.0), dwt, dwv)
+
+
+@_helper
+def _load_pair(sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, b, T, V, ACC: tl.constexpr,
+               BT: tl.constexpr, BV: tl.constexpr):
+    tidx = tl.arange(0, BT)
+    vidx = tl.arange(0, BV)
+    b64 = b.to(tl.int64)
+    tm = tl.load(tm_ptr + b64 * T + tidx, mask=tidx < T, other=0) != 0
+    vm = tl.load(vm_ptr + b64 * V + vidx, mask=vidx < V, other=0) != 0
+    cell = (tidx[:, None] < T) & (vidx[None, :] < V)
+    R = tl.load(sim_ptr + b64 * T * V + tidx[:, None] * V + vidx[None, :], mask=cell, other=0).to(ACC)
+    wt = tl.load(wt_ptr + b64 * T + tidx, mask=tidx < T, other=0).to(ACC)
+    wv = tl.load(wv_ptr + b64 * V + vidx, mask=vidx < V, other=0).to(ACC)
+    # Softmax is shift-invariant: exp(w - max over real tokens) never overflows.
+    Ew = tl.where(tm, tl.exp(wt - _max(tl.where(tm, wt, _NEG_INF), 0)), 0.0)
+    Fw = tl.where(vm, tl.exp(wv - _max(tl.where(vm, wv, _NEG_INF), 0)), 0.0)
+    return tidx, vidx, tm, vm, R, wt, wv, Ew, Fw
+
+
+@_helper
+def _sample_range(c, num_items, per_prog, pt_ptr, tm, vm, b, T, V, EXACT: tl.constexpr,
+                  NPROG, BT: tl.constexpr, BV: tl.constexpr):
+    """This program's samples (or subset codes), the player indices (exact) and the subset count."""
+    tidx = tl.arange(0, BT)
+    vidx = tl.arange(0, BV)
+    if EXACT:
+        b64 = b.to(tl.int64)
+        pt = tl.load(pt_ptr + b64 * (T + V) + tidx, mask=tidx < T, other=0)
+        pv = tl.load(pt_ptr + b64 * (T + V) + T + vidx, mask=vidx < V, other=0)
+        n = _sum(tm.to(tl.int32), 0) + _sum(vm.to(tl.int32), 0)
+        total = tl.full((), 1, tl.int32) << n
+        per = (total + NPROG - 1) // NPROG
+        start = tl.minimum(c * per, total)
+        end = tl.minimum(start + per, total)
+    else:
+        pt = tidx
+        pv = vidx
+        total = tl.full((), 1, tl.int32) * num_items
+        start = tl.minimum(c * per_prog, num_items)
+        end = tl.minimum(start + per_prog, num_items)
+    return start, end, pt, pv, total
+
+
+# ------------------------------------------------------------------------------------------------
+# Kernels
+
+@triton.jit(do_not_specialize=["num_items", "per_prog", "seed_lo", "seed_hi", "NPROG"])
+def _cells_fwd_kernel(sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, pt_ptr, part_ptr, T, V, num_items, per_prog,
+                      seed_lo, seed_hi, REFERENCE: tl.constexpr, EXACT: tl.constexpr, NPROG,
+                      NBLK: tl.constexpr, ACC: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr):
+    """paired (both definitions) and exact (reference): per-program sums of the cell deltas."""
+    b = tl.program_id(0)
+    c = tl.program_id(1)
+    tidx, vidx, tm, vm, R, wt, wv, Ew, Fw = _load_pair(sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, b, T, V,
+                                                       ACC, BT, BV)
+    real = tm[:, None] & vm[None, :]
+    start, end, pt, pv, total = _sample_range(c, num_items, per_prog, pt_ptr, tm, vm, b, T, V, EXACT,
+                                              NPROG, BT, BV)
+    k0 = seed_lo.to(tl.uint32)
+    k1 = seed_hi.to(tl.uint32)
+    acc = tl.zeros([BT, BV], ACC)
+    for s in range(start, end):
+        if EXACT:
+            it, iv = _subset_coalition(s, pt, pv, tm, vm)
+        else:
+            it, iv = _philox_coalition(s, b, k0, k1, tidx, vidx, tm, vm, T, NBLK)
+        itf = it.to(ACC)
+        ivf = iv.to(ACC)
+        nSt = _sum(it.to(tl.int32), 0)
+        nSv = _sum(iv.to(tl.int32), 0)
+        nct = nSt - it.to(tl.int32)
+        ncv = nSv - iv.to(tl.int32)
+        Ztc = _sum(Ew * itf, 0) - itf * Ew
+        Zvc = _sum(Fw * ivf, 0) - ivf * Fw
+        r1, r2, ra, rb, is_ra, k1_, k2_, ka, kb, is_ka = _top2(R, it, iv, tidx, vidx, BT, BV)
+        W, cW, X, cX = _without(r1, r2, is_ra, k1_, k2_, is_ka, nct > 0, ncv > 0)
+        if REFERENCE:
+            text1, video1, Wr, Xr, Dt, Dv, EP, EQ, A1, A2, h_t, h_v, row_i, col_j = _ref_value1_parts(
+                R, W, X, Ew, Fw, itf, ivf, wt, wv, Ztc, Zvc, tidx, vidx, T, V)
+            delta = 0.5 * (text1 + video1)
+            delta -= _kind_value(R, W, cW, X, cX, Ew, Fw, itf, ivf, Ztc, Zvc, nct, ncv, real, T, V, 1, 0, True)
+            delta -= _kind_value(R, W, cW, X, cX, Ew, Fw, itf, ivf, Ztc, Zvc, nct, ncv, real, T, V, 0, 1, True)
+            delta += _kind_value(R, W, cW, X, cX, Ew, Fw, itf, ivf, Ztc, Zvc, nct, ncv, real, T, V, 0, 0, True)
+        else:
+            # Textbook fast path: the four values share two row-max tiles (without / with frame j)
+            # and two column-max tiles, so four reductions serve all cells.
+            M0 = tl.where(W == _NEG_INF, 0.0, W)
+            M1 = tl.maximum(W, R)
+            N0 = tl.where(X == _NEG_INF, 0.0, X)
+            N1 = tl.maximum(X, R)
+            ewc = Ew[:, None]
+            inc = itf[:, None]
+            fwr = Fw[None, :]
+            inr = ivf[None, :]
+            P = _sum(ewc * inc * M0, 0)[None, :]
+            Q = _sum(ewc * inc * M1, 0)[None, :]
+            G = _sum(fwr * inr * N0, 1)[:, None]
+            H = _sum(fwr * inr * N1, 1)[:, None]
+            rzt0 = (1.0 / _safe(Ztc))[:, None]
+            rzt1 = (1.0 / _safe(Ztc + Ew))[:, None]
+            rzv0 = (1.0 / _safe(Zvc))[None, :]
+            rzv1 = (1.0 / _safe(Zvc + Fw))[None, :]
+            t0M0 = (P - inc * ewc * M0) * rzt0
+            t1M0 = (P + (1.0 - inc) * ewc * M0) * rzt1
+            t0M1 = (Q - inc * ewc * M1) * rzt0
+            t1M1 = (Q + (1.0 - inc) * ewc * M1) * rzt1
+            v0N0 = (G - inr * fwr * N0) * rzv0
+            v1N0 = (G + (1.0 - inr) * fwr * N0) * rzv1
+            v0N1 = (H - inr * fwr * N1) * rzv0
+            v1N1 = (H + (1.0 - inr) * fwr * N1) * rzv1
+            has_t = (nct > 0)[:, None]
+            has_v = (ncv > 0)[None, :]
+            delta = t1M1 + v1N1
+            delta -= tl.where(has_v, t1M0 + v0N1, 0.0)
+            delta -= tl.where(has_t, t0M1 + v1N0, 0.0)
+            delta += tl.where(has_t & has_v, t0M0 + v0N0, 0.0)
+            delta = tl.where(real, 0.5 * delta, 0.0)
+        if EXACT:
+            delta = tl.where((~it)[:, None] & (~iv)[None, :], delta, 0.0)
+        acc += delta
+    if EXACT:
+        acc = acc * (4.0 / total.to(ACC))
+    cell = (tidx[:, None] < T) & (vidx[None, :] < V)
+    base = (b.to(tl.int64) * NPROG + c) * T * V
+    tl.store(part_ptr + base + tidx[:, None] * V + vidx[None, :], acc, mask=cell)
+
+
+@triton.jit(do_not_specialize=["num_items", "per_prog", "seed_lo", "seed_hi", "NPROG"])
+def _cells_bwd_kernel(grad_ptr, sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, pt_ptr, gs_ptr, gt_ptr, gv_ptr,
+                      T, V, num_items, per_prog, seed_lo, seed_hi, REFERENCE: tl.constexpr,
+                      EXACT: tl.constexpr, NPROG, NBLK: tl.constexpr, ACC: tl.constexpr,
+                      BT: tl.constexpr, BV: tl.constexpr):
+    """Backward of _cells_fwd_kernel: per-program partial gradients of sim and both weight logits."""
+    b = tl.program_id(0)
+    c = tl.program_id(1)
+    tidx, vidx, tm, vm, R, wt, wv, Ew, Fw = _load_pair(sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, b, T, V,
+                                                       ACC, BT, BV)
+    real = tm[:, None] & vm[None, :]
+    cell = (tidx[:, None] < T) & (vidx[None, :] < V)
+    b64 = b.to(tl.int64)
+    g = tl.load(grad_ptr + b64 * T * V + tidx[:, None] * V + vidx[None, :], mask=cell, other=0).to(ACC)
+    start, end, pt, pv, total = _sample_range(c, num_items, per_prog, pt_ptr, tm, vm, b, T, V, EXACT,
+                                              NPROG, BT, BV)
+    if EXACT:
+        g = g * (4.0 / total.to(ACC))
+    else:
+        g = g * (1.0 / total.to(ACC))
+    g = tl.where(real, 0.5 * g, 0.0)  # 1/2 of the WTI score
+    k0 = seed_lo.to(tl.uint32)
+    k1 = seed_hi.to(tl.uint32)
+    gsim = tl.zeros([BT, BV], ACC)
+    gwt = tl.zeros([BT], ACC)
+    gwv = tl.zeros([BV], ACC)
+    for s in range(start, end):
+        if EXACT:
+            it, iv = _subset_coalition(s, pt, pv, tm, vm)
+        else:
+            it, iv = _philox_coalition(s, b, k0, k1, tidx, vidx, tm, vm, T, NBLK)
+        G = g
+        if EXACT:
+            G = tl.where((~it)[:, None] & (~iv)[None, :], G, 0.0)
+        itf = it.to(ACC)
+        ivf = iv.to(ACC)
+        nSt = _sum(it.to(tl.int32), 0)
+        nSv = _sum(iv.to(tl.int32), 0)
+        nct = nSt - it.to(tl.int32)
+        ncv = nSv - iv.to(tl.int32)
+        Ztc = _sum(Ew * itf, 0) - itf * Ew
+        Zvc = _sum(Fw * ivf, 0) - ivf * Fw
+        r1, r2, ra, rb, is_ra, k1_, k2_, ka, kb, is_ka = _top2(R, it, iv, tidx, vidx, BT, BV)
+        W, cW, X, cX = _without(r1, r2, is_ra, k1_, k2_, is_ka, nct > 0, ncv > 0)
+        if REFERENCE:
+            own, at, bt, av, bv, dwt, dwv = _ref_value1_grad(G, R, W, X, cW, cX, Ew, Fw, itf, ivf, wt, wv,
+                                                              Ztc, Zvc, tidx, vidx, T, V)
+        else:
+            own, at, bt, av, bv, dwt, dwv = _kind_grad(G, R, W, cW, X, cX, Ew, Fw, itf, ivf, Ztc, Zvc,
+                                                        nct, ncv, real, T, V, 1, 1, False, 1)
+        o2, a2, b2, c2, d2, e2, f2 = _kind_grad(G, R, W, cW, X, cX, Ew, Fw, itf, ivf, Ztc, Zvc, nct, ncv,
+                                                real, T, V, 1, 0, REFERENCE, -1)
+        own += o2
+        at += a2
+        bt += b2
+        av += c2
+        bv += d2
+        dwt += e2
+        dwv += f2
+        o2, a2, b2, c2, d2, e2, f2 = _kind_grad(G, R, W, cW, X, cX, Ew, Fw, itf, ivf, Ztc, Zvc, nct, ncv,
+                                                real, T, V, 0, 1, REFERENCE, -1)
+        own += o2
+        at += a2
+        bt += b2
+        av += c2
+        bv += d2
+        dwt += e2
+        dwv += f2
+        o2, a2, b2, c2, d2, e2, f2 = _kind_grad(G, R, W, cW, X, cX, Ew, Fw, itf, ivf, Ztc, Zvc, nct, ncv,
+                                                real, T, V, 0, 0, REFERENCE, 1)
+        own += o2
+        at += a2
+        bt += b2
+        av += c2
+        bv += d2
+        dwt += e2
+        dwv += f2
+        # Scatter: row t's first / second argmax over S_v, column v's first / second argmax over S_t.
+        gsim += own
+        gsim += tl.where(is_ra, _sum(at, 1)[:, None], 0.0)
+        gsim += tl.where(vidx[None, :] == rb[:, None], _sum(bt, 1)[:, None], 0.0)
+        gsim += tl.where(is_ka, _sum(av, 0)[None, :], 0.0)
+        gsim += tl.where(tidx[:, None] == kb[None, :], _sum(bv, 0)[None, :], 0.0)
+        gwt += dwt
+        gwv += dwv
+    base = b64 * NPROG + c
+    tl.store(gs_ptr + base * T * V + tidx[:, None] * V + vidx[None, :], gsim, mask=cell)
+    tl.store(gt_ptr + base * T + tidx, gwt, mask=tidx < T)
+    tl.store(gv_ptr + base * V + vidx, gwv, mask=vidx < V)
+
+
+@_helper
+def _coalition_value(R, it, iv, Ew, Fw, tidx, vidx, BT: tl.constexpr, BV: tl.constexpr):
+    """f(S) with what its gradient needs: row maxima and first argmax, column maxima and first argmax."""
+    itf = it.to(Ew.dtype)
+    ivf = iv.to(Fw.dtype)
+    nSt = _sum(it.to(tl.int32), 0)
+    nSv = _sum(iv.to(tl.int32), 0)
+    ok = (nSt > 0) & (nSv > 0)
+    Rm = tl.where(iv[None, :], R, _NEG_INF)
+    r1 = _max(Rm, 1)
+    ra = _min(tl.where((Rm == r1[:, None]) & iv[None, :], vidx[None, :], BV), 1)
+    Cm = tl.where(it[:, None], R, _NEG_INF)
+    k1 = _max(Cm, 0)
+    ka = _min(tl.where((Cm == k1[None, :]) & it[:, None], tidx[:, None], BT), 0)
+    a = Ew * itf / _safe(_sum(Ew * itf, 0))
+    cw = Fw * ivf / _safe(_sum(Fw * ivf, 0))
+    r1s = tl.where(it & ok, r1, 0.0)
+    k1s = tl.where(iv & ok, k1, 0.0)
+    text = _sum(a * r1s, 0)
+    video = _sum(cw * k1s, 0)
+    f = tl.where(ok, 0.5 * (text + video), 0.0)
+    return f, ok, a, cw, r1s, k1s, text, video, ra, ka
+
+
+@triton.jit(do_not_specialize=["num_items", "per_prog", "seed_lo", "seed_hi", "NPROG"])
+def _value_fwd_kernel(sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, pt_ptr, part_ptr, cnt_ptr, T, V, num_items,
+                      per_prog, seed_lo, seed_hi, EXACT: tl.constexpr, NPROG,
+                      NBLK: tl.constexpr, ACC: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr):
+    """msr: per-program stratum sums of f(S) and counts, as [T + 1, V + 1] (row T: frame strata, column
+    V: word strata, (T, V): all samples). exact (textbook): per-program 4 / 2^n sum_S f(S) s_i s_j."""
+    b = tl.program_id(0)
+    c = tl.program_id(1)
+    tidx, vidx, tm, vm, R, wt, wv, Ew, Fw = _load_pair(sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, b, T, V,
+                                                       ACC, BT, BV)
+    start, end, pt, pv, total = _sample_range(c, num_items, per_prog, pt_ptr, tm, vm, b, T, V, EXACT,
+                                              NPROG, BT, BV)
+    k0 = seed_lo.to(tl.uint32)
+    k1 = seed_hi.to(tl.uint32)
+    acc = tl.zeros([BT, BV], ACC)
+    cnt = tl.zeros([BT, BV], tl.int32)
+    sw = tl.zeros([BT], ACC)
+    cw_ = tl.zeros([BT], tl.int32)
+    sf = tl.zeros([BV], ACC)
+    cf = tl.zeros([BV], tl.int32)
+    sa = tl.zeros([], ACC)
+    for s in range(start, end):
+        if EXACT:
+            it, iv = _subset_coalition(s, pt, pv, tm, vm)
+        else:
+            it, iv = _philox_coalition(s, b, k0, k1, tidx, vidx, tm, vm, T, NBLK)
+        f, ok, a, cw, r1s, k1s, text, video, ra, ka = _coalition_value(R, it, iv, Ew, Fw, tidx, vidx, BT, BV)
+        both = it[:, None] & iv[None, :]
+        if EXACT:
+            acc += tl.where(it[:, None] == iv[None, :], f, -f)
+        else:
+            acc += tl.where(both, f, 0.0)
+            cnt += both.to(tl.int32)
+            sw += tl.where(it, f, 0.0)
+            cw_ += it.to(tl.int32)
+            sf += tl.where(iv, f, 0.0)
+            cf += iv.to(tl.int32)
+            sa += f
+    if EXACT:
+        acc = acc * (4.0 / total.to(ACC))
+        cell = (tidx[:, None] < T) & (vidx[None, :] < V)
+        base = (b.to(tl.int64) * NPROG + c) * T * V
+        tl.store(part_ptr + base + tidx[:, None] * V + vidx[None, :], acc, mask=cell)
+    else:
+        W1 = V + 1
+        base = (b.to(tl.int64) * NPROG + c) * (T + 1) * W1
+        cell = (tidx[:, None] < T) & (vidx[None, :] < V)
+        tl.store(part_ptr + base + tidx[:, None] * W1 + vidx[None, :], acc, mask=cell)
+        tl.store(cnt_ptr + base + tidx[:, None] * W1 + vidx[None, :], cnt, mask=cell)
+        tl.store(part_ptr + base + tidx * W1 + V, sw, mask=tidx < T)
+        tl.store(cnt_ptr + base + tidx * W1 + V, cw_, mask=tidx < T)
+        tl.store(part_ptr + base + T * W1 + vidx, sf, mask=vidx < V)
+        tl.store(cnt_ptr + base + T * W1 + vidx, cf, mask=vidx < V)
+        tl.store(part_ptr + base + T * W1 + V, sa)
+        tl.store(cnt_ptr + base + T * W1 + V, end - start)
+
+
+@_helper
+def _load_strata(ptr, base, tidx, vidx, T, V, NPROG):
+    """Sum over the NPROG programs (in order) of a [T + 1, V + 1] stratum record."""
+    W1 = V + 1
+    cell = (tidx[:, None] < T) & (vidx[None, :] < V)
+    both = tl.load(ptr + base + tidx[:, None] * W1 + vidx[None, :], mask=cell, other=0)
+    word = tl.load(ptr + base + tidx * W1 + V, mask=tidx < T, other=0)
+    frame = tl.load(ptr + base + T * W1 + vidx, mask=vidx < V, other=0)
+    total = tl.load(ptr + base + T * W1 + V)
+    for p in range(1, NPROG):
+        off = base + p * (T + 1) * W1
+        both += tl.load(ptr + off + tidx[:, None] * W1 + vidx[None, :], mask=cell, other=0)
+        word += tl.load(ptr + off + tidx * W1 + V, mask=tidx < T, other=0)
+        frame += tl.load(ptr + off + T * W1 + vidx, mask=vidx < V, other=0)
+        total += tl.load(ptr + off + T * W1 + V)
+    return both, word, frame, total
+
+
+@_helper
+def _mean(total, count):
+    return tl.where(count > 0, total / tl.where(count > 0, count, 1).to(total.dtype), 0.0)
+
+
+@triton.jit(do_not_specialize=["NPROG"])
+def _msr_finish_kernel(part_ptr, cnt_ptr, tm_ptr, vm_ptr, out_ptr, T, V, NPROG,
+                       BT: tl.constexpr, BV: tl.constexpr):
+    """Stratified means: mean(f | i in, j in) - mean(f | i in, j out) - mean(f | i out, j in)
+    + mean(f | i out, j out), a stratum without samples counting 0."""
+    b = tl.program_id(0)
+    tidx = tl.arange(0, BT)
+    vidx = tl.arange(0, BV)
+    b64 = b.to(tl.int64)
+    base = b64 * NPROG * (T + 1) * (V + 1)
+    sb, sw, sf, sa = _load_strata(part_ptr, base, tidx, vidx, T, V, NPROG)
+    cb, cw, cf, ca = _load_strata(cnt_ptr, base, tidx, vidx, T, V, NPROG)
+    swc = sw[:, None]
+    sfr = sf[None, :]
+    cwc = cw[:, None]
+    cfr = cf[None, :]
+    est = (_mean(sb, cb) - _mean(swc - sb, cwc - cb) - _mean(sfr - sb, cfr - cb)
+           + _mean(sa - swc - sfr + sb, ca - cwc - cfr + cb))
+    tm = tl.load(tm_ptr + b64 * T + tidx, mask=tidx < T, other=0) != 0
+    vm = tl.load(vm_ptr + b64 * V + vidx, mask=vidx < V, other=0) != 0
+    est = tl.where(tm[:, None] & vm[None, :], est, 0.0)
+    cell = (tidx[:, None] < T) & (vidx[None, :] < V)
+    tl.store(out_ptr + b64 * T * V + tidx[:, None] * V + vidx[None, :], est.to(out_ptr.dtype.element_ty),
+             mask=cell)
+
+
+@triton.jit(do_not_specialize=["divisor", "NPROG"])
+def _sum_finish_kernel(part_ptr, tm_ptr, vm_ptr, out_ptr, T, V, divisor, NPROG,
+                       BT: tl.constexpr, BV: tl.constexpr):
+    """out = (sum over programs, in order, of the partials) / divisor, 0 at padded cells, out's dtype."""
+    b = tl.program_id(0)
+    tidx = tl.arange(0, BT)
+    vidx = tl.arange(0, BV)
+    b64 = b.to(tl.int64)
+    cell = (tidx[:, None] < T) & (vidx[None, :] < V)
+    offs = tidx[:, None] * V + vidx[None, :]
+    acc = tl.load(part_ptr + b64 * NPROG * T * V + offs, mask=cell, other=0)
+    for p in range(1, NPROG):
+        acc += tl.load(part_ptr + (b64 * NPROG + p) * T * V + offs, mask=cell, other=0)
+    acc = acc / (tl.full((), 1, tl.int32) * divisor).to(acc.dtype)
+    tm = tl.load(tm_ptr + b64 * T + tidx, mask=tidx < T, other=0) != 0
+    vm = tl.load(vm_ptr + b64 * V + vidx, mask=vidx < V, other=0) != 0
+    acc = tl.where(tm[:, None] & vm[None, :], acc, 0.0)
+    tl.store(out_ptr + b64 * T * V + offs, acc.to(out_ptr.dtype.element_ty), mask=cell)
+
+
+@triton.jit(do_not_specialize=["num_items", "per_prog", "seed_lo", "seed_hi", "NPROG"])
+def _value_bwd_kernel(grad_ptr, sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, pt_ptr, cnt_ptr, gs_ptr, gt_ptr,
+                      gv_ptr, T, V, num_items, per_prog, seed_lo, seed_hi, EXACT: tl.constexpr,
+                      NPROG, NBLK: tl.constexpr, ACC: tl.constexpr, BT: tl.constexpr,
+                      BV: tl.constexpr):
+    """Backward of msr / exact (textbook): per sample, d estimate / d f(S) contracted with the incoming
+    gradient, times the gradient of f(S). cnt_ptr: msr stratum counts [B, T + 1, V + 1] (int32)."""
+    b = tl.program_id(0)
+    c = tl.program_id(1)
+    tidx, vidx, tm, vm, R, wt, wv, Ew, Fw = _load_pair(sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, b, T, V,
+                                                       ACC, BT, BV)
+    real = tm[:, None] & vm[None, :]
+    cell = (tidx[:, None] < T) & (vidx[None, :] < V)
+    b64 = b.to(tl.int64)
+    g = tl.load(grad_ptr + b64 * T * V + tidx[:, None] * V + vidx[None, :], mask=cell, other=0).to(ACC)
+    g = tl.where(real, g, 0.0)
+    start, end, pt, pv, total = _sample_range(c, num_items, per_prog, pt_ptr, tm, vm, b, T, V, EXACT,
+                                              NPROG, BT, BV)
+    if not EXACT:
+        W1 = V + 1
+        cbase = b64 * (T + 1) * W1
+        cb = tl.load(cnt_ptr + cbase + tidx[:, None] * W1 + vidx[None, :], mask=cell, other=0)
+        cw = tl.load(cnt_ptr + cbase + tidx * W1 + V, mask=tidx < T, other=0)[:, None]
+        cf = tl.load(cnt_ptr + cbase + T * W1 + vidx, mask=vidx < V, other=0)[None, :]
+        n_all = num_items
+    k0 = seed_lo.to(tl.uint32)
+    k1 = seed_hi.to(tl.uint32)
+    gsim = tl.zeros([BT, BV], ACC)
+    gwt = tl.zeros([BT], ACC)
+    gwv = tl.zeros([BV], ACC)
+    for s in range(start, end):
+        if EXACT:
+            it, iv = _subset_coalition(s, pt, pv, tm, vm)
+        else:
+            it, iv = _philox_coalition(s, b, k0, k1, tidx, vidx, tm, vm, T, NBLK)
+        same = it[:, None] == iv[None, :]
+        if EXACT:
+            scale = _sum(_sum(tl.where(same, g, -g), 1), 0) * (4.0 / total.to(ACC))
+        else:
+            i_in = it[:, None]
+            j_in = iv[None, :]
+            count = tl.where(i_in & j_in, cb, tl.where(i_in, cw - cb, tl.where(j_in, cf - cb,
+                                                                               n_all - cw - cf + cb)))
+            count = tl.where(real & (count > 0), count, 1).to(ACC)
+            scale = _sum(_sum(tl.where(same, g, -g) / count, 1), 0)
+        f, ok, a, cw_, r1s, k1s, text, video, ra, ka = _coalition_value(R, it, iv, Ew, Fw, tidx, vidx, BT, BV)
+        half = tl.where(ok, 0.5 * scale, 0.0)
+        gsim += tl.where(vidx[None, :] == ra[:, None], (half * a)[:, None], 0.0)
+        gsim += tl.where(tidx[:, None] == ka[None, :], (half * cw_)[None, :], 0.0)
+        gwt += half * a * (r1s - text)
+        gwv += half * cw_ * (k1s - video)
+    base = b64 * NPROG + c
+    tl.store(gs_ptr + base * T * V + tidx[:, None] * V + vidx[None, :], gsim, mask=cell)
+    tl.store(gt_ptr + base * T + tidx, gwt, mask=tidx < T)
+    tl.store(gv_ptr + base * V + vidx, gwv, mask=vidx < V)
+
+
+# ------------------------------------------------------------------------------------------------
+# Launch helpers
+
+_SM_COUNT = {}
+
+
+def _programs_per_pair(device, batch, items, per_sm=8):
+    """Programs per pair: enough (about per_sm per SM) to fill the GPU; a few on the interpreter."""
+    if device.type != "cuda":
+        return max(1, min(items, 3))
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SM_COUNT:
+        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    target = per_sm * _SM_COUNT[index]
+    return max(1, min(items, -(-target // max(1, batch))))
+
+
+def _num_warps(bt, bv, backward=False):
+    """Warps per program: a [BT, BV] tile over them, ~4 (forward) or ~2 (backward: more live tiles)
+    elements a thread, at most 8 warps."""
+    per_warp = 128 if backward else 256
+    return max(1, min(8, bt * bv // per_warp))
+
+
+class _Launch:
+    """Normalised inputs and launch geometry of one call."""
+
+    def __init__(self, sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples,
+                 seed):
+        self.sim = sim.contiguous()
+        self.tm = (text_mask if text_mask.dtype == torch.bool else text_mask != 0).contiguous()
+        self.vm = (video_mask if video_mask.dtype == torch.bool else video_mask != 0).contiguous()
+        self.wt = text_weight.to(sim.dtype).contiguous()
+        self.wv = video_weight.to(sim.dtype).contiguous()
+        self.B, self.T, self.V = sim.shape
+        self.acc_dtype = torch.float64 if sim.dtype == torch.float64 else torch.float32
+        self.ACC = tl.float64 if sim.dtype == torch.float64 else tl.float32
+        self.BT = max(2, triton.next_power_of_2(self.T))
+        self.BV = max(2, triton.next_power_of_2(self.V))
+        self.NBLK = (self.T + self.V + 127) // 128
+        # msr / exact-textbook programs evaluate one coalition value a sample (few live tiles): one warp
+        # up to 512 cells, no cross-warp reductions, and twice as many programs to hide latency.
+        light = estimator == "msr" or (estimator == "exact" and definition == "textbook")
+        self.num_warps = max(1, self.BT * self.BV // 512) if light else _num_warps(self.BT, self.BV)
+        self.num_warps_backward = _num_warps(self.BT, self.BV, backward=True)
+        per_sm = 16 if light else 8
+        seed = int(seed) % (1 << 64)
+        # Key halves as signed int32 (one kernel signature for every seed), read back as uint32.
+        self.seed_lo, self.seed_hi = ((half ^ 0x80000000) - 0x80000000 for half in (seed & 0xFFFFFFFF, seed >> 32))
+        self.exact = estimator == "exact"
+        device = sim.device
+        if self.exact:
+            # Player index of every position (words first, then frames); subsets are split among
+            # programs inside the kernel (2^n differs by pair: no host synchronisation).
+            words = self.tm.to(torch.int32).cumsum(1) - 1
+            frames = self.vm.to(torch.int32).cumsum(1) - 1 + self.tm.to(torch.int32).sum(1, keepdim=True)
+            self.players = torch.cat([words, frames], 1).to(torch.int32).contiguous()
+            self.nprog = _programs_per_pair(device, self.B, 1 << min(self.T + self.V, 20), per_sm)
+            self.per_prog = 0
+            self.num_items = 0
+        else:
+            self.players = self.tm  # unused
+            self.nprog = _programs_per_pair(device, self.B, num_samples, per_sm)
+            self.per_prog = -(-num_samples // self.nprog)
+            self.nprog = -(-num_samples // self.per_prog)
+            self.num_items = num_samples
+        self.grid = (self.B, self.nprog)
+
+    def common(self, backward=False):
+        return dict(NPROG=self.nprog, NBLK=self.NBLK, ACC=self.ACC, BT=self.BT, BV=self.BV,
+                    num_warps=self.num_warps_backward if backward else self.num_warps)
+
+    def empty_partials(self):
+        return torch.empty((self.B, self.nprog, self.T, self.V), dtype=self.acc_dtype, device=self.sim.device)
+
+
+class _device_of:
+    """Launch on the tensors' device (Triton launches on the current one)."""
+
+    def __init__(self, tensor):
+        self.ctx = None
+        if tensor.is_cuda and tensor.device.index != torch.cuda.current_device():
+            self.ctx = torch.cuda.device(tensor.device)
+
+    def __enter__(self):
+        if self.ctx is not None:
+            self.ctx.__enter__()
+
+    def __exit__(self, *exc):
+        if self.ctx is not None:
+            self.ctx.__exit__(*exc)
+
+
+def _msr_strata(L):
+    part = torch.empty((L.B, L.nprog, L.T + 1, L.V + 1), dtype=L.acc_dtype, device=L.sim.device)
+    cnt = torch.empty((L.B, L.nprog, L.T + 1, L.V + 1), dtype=torch.int32, device=L.sim.device)
+    _value_fwd_kernel[L.grid](L.sim, L.tm, L.vm, L.wt, L.wv, L.players, part, cnt, L.T, L.V, L.num_items,
+                              L.per_prog, L.seed_lo, L.seed_hi, EXACT=False, **L.common())
+    return part, cnt
+
+
+def _forward(sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples, seed):
+    out = torch.empty_like(sim, memory_format=torch.contiguous_format)
+    if sim.numel() == 0:
+        return out.zero_()
+    L = _Launch(sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples,
+                seed)
+    finish = dict(NPROG=L.nprog, BT=L.BT, BV=L.BV, num_warps=L.num_warps)
+    with _device_of(sim):
+        if estimator == "msr":
+            part, cnt = _msr_strata(L)
+            _msr_finish_kernel[(L.B,)](part, cnt, L.tm, L.vm, out, L.T, L.V, **finish)
+            return out
+        part = L.empty_partials()
+        if L.exact and definition == "textbook":
+            _value_fwd_kernel[L.grid](L.sim, L.tm, L.vm, L.wt, L.wv, L.players, part, part, L.T, L.V, 0, 0,
+                                      L.seed_lo, L.seed_hi, EXACT=True, **L.common())
+        else:
+            _cells_fwd_kernel[L.grid](L.sim, L.tm, L.vm, L.wt, L.wv, L.players, part, L.T, L.V, L.num_items,
+                                      L.per_prog, L.seed_lo, L.seed_hi, REFERENCE=definition == "reference",
+                                      EXACT=L.exact, **L.common())
+        divisor = 1 if L.exact else num_samples
+        _sum_finish_kernel[(L.B,)](part, L.tm, L.vm, out, L.T, L.V, divisor, **finish)
+    return out
+
+
+def _backward(grad, sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples,
+              seed):
+    if sim.numel() == 0:
+        return torch.zeros_like(sim), torch.zeros_like(text_weight), torch.zeros_like(video_weight)
+    L = _Launch(sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples,
+                seed)
+    grad = grad.to(sim.dtype).contiguous()
+    device = sim.device
+    gs = torch.empty((L.B, L.nprog, L.T, L.V), dtype=L.acc_dtype, device=device)
+    gt = torch.empty((L.B, L.nprog, L.T), dtype=L.acc_dtype, device=device)
+    gv = torch.empty((L.B, L.nprog, L.V), dtype=L.acc_dtype, device=device)
+    with _device_of(sim):
+        if estimator == "msr" or (L.exact and definition == "textbook"):
+            if estimator == "msr":
+                _part, cnt = _msr_strata(L)
+                cnt = cnt.sum(1, dtype=torch.int32).contiguous()  # [B, T + 1, V + 1], integer: exact
+            else:
+                cnt = gs  # unused
+            _value_bwd_kernel[L.grid](grad, L.sim, L.tm, L.vm, L.wt, L.wv, L.players, cnt, gs, gt, gv, L.T,
+                                      L.V, L.num_items, L.per_prog, L.seed_lo, L.seed_hi, EXACT=L.exact,
+                                      **L.common(backward=True))
+        else:
+            _cells_bwd_kernel[L.grid](grad, L.sim, L.tm, L.vm, L.wt, L.wv, L.players, gs, gt, gv, L.T, L.V,
+                                      L.num_items, L.per_prog, L.seed_lo, L.seed_hi,
+                                      REFERENCE=definition == "reference", EXACT=L.exact,
+                                      **L.common(backward=True))
+    return gs.sum(1).to(sim.dtype), gt.sum(1).to(sim.dtype), gv.sum(1).to(sim.dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# Custom ops
+
+@torch.library.custom_op("hbi_ops_triton::banzhaf_interaction", mutates_args=())
+def banzhaf_interaction_op(sim: torch.Tensor, text_mask: torch.Tensor, video_mask: torch.Tensor,
+                           text_weight: torch.Tensor, video_weight: torch.Tensor, definition: str,
+                           estimator: str, num_samples: int, seed: int) -> torch.Tensor:
+    return _forward(sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples,
+                    seed)
+
+
+@torch.library.custom_op("hbi_ops_triton::banzhaf_interaction_backward", mutates_args=())
+def banzhaf_interaction_backward_op(grad: torch.Tensor, sim: torch.Tensor, text_mask: torch.Tensor,
+                                    video_mask: torch.Tensor, text_weight: torch.Tensor,
+                                    video_weight: torch.Tensor, definition: str, estimator: str,
+                                    num_samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _backward(grad, sim, text_mask, video_mask, text_weight, video_weight, definition, estimator,
+                     num_samples, seed)
+
+
+@banzhaf_interaction_op.register_fake
+def _(sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples, seed):
+    return torch.empty_like(sim, memory_format=torch.contiguous_format)
+
+
+@banzhaf_interaction_backward_op.register_fake
+def _(grad, sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples, seed):
+    return (torch.empty_like(sim, memory_format=torch.contiguous_format),
+            torch.empty_like(text_weight, memory_format=torch.contiguous_format),
+            torch.empty_like(video_weight, memory_format=torch.contiguous_format))
+
+
+def _setup_context(ctx, inputs, output):
+    sim, text_mask, video_mask, text_weight, video_weight = inputs[:5]
+    ctx.save_for_backward(sim, text_mask, video_mask, text_weight, video_weight)
+    ctx.settings = inputs[5:]  # definition, estimator, num_samples, seed: recompute from the seed
+
+
+def _autograd_backward(ctx, grad):
+    sim, text_mask, video_mask, text_weight, video_weight = ctx.saved_tensors
+    grad_sim, grad_text_weight, grad_video_weight = banzhaf_interaction_backward_op(
+        grad.contiguous(), sim, text_mask, video_mask, text_weight, video_weight, *ctx.settings)
+    return grad_sim, None, None, grad_text_weight, grad_video_weight, None, None, None, None
+
+
+banzhaf_interaction_op.register_autograd(_autograd_backward, setup_context=_setup_context)
+
+
+def banzhaf_interaction(sim, text_mask, video_mask, text_weight, video_weight, definition, estimator,
+                        num_samples, seed):
+    """The `triton` backend; arguments normalised by hbi_ops.banzhaf_interaction."""
+    if not torch.compiler.is_compiling() and not (torch.is_grad_enabled() and (
+            sim.requires_grad or text_weight.requires_grad or video_weight.requires_grad)):
+        # Nothing to differentiate or trace: skip the custom-op dispatch (tens of microseconds).
+        return _forward(sim, text_mask, video_mask, text_weight, video_weight, definition, estimator,
+                        num_samples, seed)
+    return banzhaf_interaction_op(sim, text_mask, video_mask, text_weight, video_weight, definition, estimator,
+                                  num_samples, seed)
