@@ -8,7 +8,7 @@ import sys
 from hbi_model.retrieval import HBIConfig
 
 DEFAULTS = {
-    "data": "synthetic", "data_root": None, "clip": None, "output": "runs/hbi", "epochs": 5, "batch_size": 32,
+    "data": "synthetic", "data_root": None, "clip": None, "output": "runs/hbi", "epochs": 10, "batch_size": 32,
     "lr": 1e-4, "clip_lr_scale": None, "weight_decay": 0.2, "warmup": 0.1, "grad_clip": 1.0, "max_steps": None,
     "seed": 0, "workers": 0, "save_every": 50, "num_train": 2000, "num_test": 200, "max_words": 16,
     "max_frames": 6, "eval_batch_size": 64, "tiny_width": 64, "tiny_layers": 2, "with_direction": False,
@@ -41,6 +41,8 @@ def _parser():
                 p.add_argument(flag, type=float, nargs=3, metavar=("ENTITY", "ACTION", "EVENT"))
             else:
                 p.add_argument(flag, type=type(field.default))
+        p.add_argument("--teacher-weights", help="a pretrained Banzhaf estimator's state dict (.pt or .safetensors) "
+                       "to use as the teacher instead of hbi_ops.banzhaf_interaction")
         p.add_argument("--with-direction", action="store_true", default=None,
                        help="synthetic captions also name each shape's direction of motion")
         p.add_argument("--no-resume", dest="resume", action="store_false", default=None)
@@ -62,7 +64,7 @@ def settings_from(args):
         settings.update(loaded)
     settings.update({k: v for k, v in vars(args).items() if v is not None and k != "config"})
     if settings.get("data") != "synthetic":  # real data: SPEC section 2's sizes unless set
-        for key, value in (("max_words", 32), ("max_frames", 12), ("batch_size", 128)):
+        for key, value in (("max_words", 32), ("max_frames", 12), ("batch_size", 128), ("epochs", 5)):
             if getattr(args, key, None) is None and key not in loaded:
                 settings[key] = value
     if settings.get("clip_lr_scale") is None:  # a random tiny CLIP must learn; pretrained CLIP barely moves

@@ -59,7 +59,12 @@ class HBIRetrieval(nn.Module):
     def load_teacher(self, state_dict):
         """Use a pretrained estimator network as the teacher instead of hbi_ops.banzhaf_interaction."""
         self.teacher = BanzhafEstimator().to(self.step.device)
-        self.teacher.load_state_dict(state_dict, strict=False)
+        # The reference's checkpoints may carry the unused BatchNorm and a module prefix.
+        own = self.teacher.state_dict().keys()
+        state = {k.split(".", k.count(".") - 1)[-1] if k not in own else k: v for k, v in state_dict.items()}
+        missing, _unexpected = self.teacher.load_state_dict(state, strict=False)
+        if missing:
+            raise ValueError(f"the teacher's state dict lacks {missing}")
         self.teacher.requires_grad_(False)
 
     # ---------------------------------------------------------------------------------------------

@@ -17,6 +17,15 @@ from hbi_model.data import collate
 from hbi_model.evaluate import evaluate, format_table
 
 
+def load_state_dict(path):
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state)
+
+
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
@@ -77,6 +86,8 @@ def train(settings):
     main_process = rank == 0
     seed_everything(settings["seed"])
     tokenizer, model = build.model(settings)
+    if settings.get("teacher_weights"):
+        model.load_teacher(load_state_dict(settings["teacher_weights"]))
     model.to(device)
     train_set, test_set = build.datasets(settings)
     per_rank = settings["batch_size"] // world

@@ -90,3 +90,30 @@ def test_synthetic_set_is_deterministic_and_names_shapes_in_order():
     batch = collate([a[i] for i in range(3)], tokenizer, 12)
     assert batch["input_ids"].shape == (3, 12) and (batch["input_ids"][:, 0] == 1).all()
     assert 3 not in batch["input_ids"]  # no unknown word
+
+
+def test_msvd_didemo_activitynet_annotations(tmp_path):
+    import pickle
+
+    (tmp_path / "videos").mkdir()
+    for name in ("v1", "v2", "v3"):
+        write_video(tmp_path / "videos" / f"{name}.mp4", seconds=2, fps=2)
+    settings = {"data_root": str(tmp_path), "max_frames": 2, "image_size": 32}
+    # MSVD: captions as token lists; every training caption is a pair, one caption per test video.
+    with open(tmp_path / "raw-captions.pkl", "wb") as handle:
+        pickle.dump({"v1": [["a", "dog"], ["a", "cat"]], "v2": [["a", "car"]], "v3": [["rain"]]}, handle)
+    (tmp_path / "train_list.txt").write_text("v1\nv2\n")
+    (tmp_path / "test_list.txt").write_text("v3\n")
+    train, test = datasets("msvd", settings)
+    assert len(train) == 3 and test[0]["caption"] == "rain" and test[0]["frame_mask"].all()
+    # DiDeMo: one paragraph of all of a video's sentences.
+    (tmp_path / "train_data.json").write_text(json.dumps([{"video": "v1", "description": "one."},
+                                                          {"video": "v1", "description": "two."}]))
+    (tmp_path / "test_data.json").write_text(json.dumps([{"video": "v2", "description": "three."}]))
+    train, test = datasets("didemo", settings)
+    assert [p[1] for p in train.pairs] == ["one. two."] and test[0]["video_id"] == "v2"
+    # ActivityNet Captions: paragraph-to-video, val_1 as the test split.
+    (tmp_path / "train.json").write_text(json.dumps({"v1": {"sentences": ["a", "b"]}, "v2": {"sentences": ["c"]}}))
+    (tmp_path / "val_1.json").write_text(json.dumps({"v3": {"sentences": ["d", "e"]}}))
+    train, test = datasets("activitynet", settings)
+    assert len(train) == 2 and test[0]["caption"] == "d e"

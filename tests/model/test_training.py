@@ -82,3 +82,13 @@ def test_cli_train_eval_explain(tmp_path):
     png = tmp_path / "map.png"
     assert "wrote" in run("explain", *args, "--png", str(png))
     assert png.stat().st_size > 1000
+
+
+def test_a_pretrained_estimator_can_be_the_teacher(tmp_path):
+    from hbi_model.heads import BanzhafEstimator
+
+    weights = tmp_path / "estimator.pt"
+    torch.save({f"banzhafteacher.{k}": v for k, v in BanzhafEstimator().state_dict().items()}, weights)
+    _, results = train(dict(SMALL, output=str(tmp_path / "run"), max_steps=1, skip_eval=True,
+                            teacher_weights=str(weights)))
+    assert torch.isfinite(torch.tensor(results["last_losses"]["banzhaf/entity"]))
