@@ -7,7 +7,7 @@ import torch
 
 from hbi_ops.testing import backends_for, synchronize  # noqa: F401  (used by the bench modules)
 
-BASELINES = ("torch", "torch-vectorised")
+BASELINES = ("torch", "torch-vectorised", "clip-mean-pooling")
 
 
 def devices():
@@ -26,7 +26,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     for bench in session.benchmarks:
         if bench.stats is None or not getattr(bench.stats, "rounds", 0):
             continue
-        backend = bench.params.get("backend") if bench.params else None
+        params = bench.params or {}
+        backend = str(params.get("backend", params.get("model_kind", bench.name)))
         groups.setdefault(bench.group, {})[backend] = bench.stats.median
     lines = []
     for group, medians in sorted(groups.items(), key=lambda kv: str(kv[0])):
