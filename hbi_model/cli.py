@@ -43,6 +43,8 @@ def _parser():
                 p.add_argument(flag, type=type(field.default))
         p.add_argument("--teacher-weights", help="a pretrained Banzhaf estimator's state dict (.pt or .safetensors) "
                        "to use as the teacher instead of hbi_ops.banzhaf_interaction")
+        p.add_argument("--rand-augment", type=lambda s: s.lower() in ("1", "true", "yes"), metavar="BOOL",
+                       help="RandAugment on training frames of real data sets (default true, as the reference)")
         p.add_argument("--with-direction", action="store_true", default=None,
                        help="synthetic captions also name each shape's direction of motion")
         p.add_argument("--no-resume", dest="resume", action="store_false", default=None)

@@ -7,21 +7,21 @@ import pickle
 
 import torch
 
-from hbi_model.data.video import load_video
+from hbi_model.data.video import load_video, rand_augment
 
 
 class VideoTextDataset(torch.utils.data.Dataset):
     """Pairs (video file, caption, video id) -> items like the synthetic set's."""
 
-    def __init__(self, pairs, max_frames, size=224):
-        self.pairs, self.max_frames, self.size = pairs, max_frames, size
+    def __init__(self, pairs, max_frames, size=224, augment=None):
+        self.pairs, self.max_frames, self.size, self.augment = pairs, max_frames, size, augment
 
     def __len__(self):
         return len(self.pairs)
 
     def __getitem__(self, index):
         path, caption, video_id = self.pairs[index]
-        frames, mask = load_video(path, self.max_frames, self.size)
+        frames, mask = load_video(path, self.max_frames, self.size, augment=self.augment)
         return {"frames": frames, "frame_mask": mask, "caption": caption, "video_id": video_id}
 
 
@@ -100,4 +100,6 @@ def datasets(name, settings):
         raise ValueError(f"--data {name} needs --data-root (the folder of its annotation files and videos/)")
     train, test = LOADERS[name](root)
     size = settings.get("image_size", 224)
-    return (VideoTextDataset(train, settings["max_frames"], size), VideoTextDataset(test, settings["max_frames"], size))
+    augment = rand_augment() if settings.get("rand_augment", True) else None  # training only, as the reference
+    return (VideoTextDataset(train, settings["max_frames"], size, augment),
+            VideoTextDataset(test, settings["max_frames"], size))

@@ -46,8 +46,17 @@ def decode_frames(path, fps=1.0):
     return np.stack(frames)
 
 
-def load_video(path, max_frames, size=224, fps=1.0):
-    """(frames [max_frames, 3, size, size], mask [max_frames]); all zeros with mask 0 if unreadable."""
+def rand_augment():
+    """The reference's training augmentation (RandAugment, torchvision's), one draw per video: the same
+    operations on all of a video's frames."""
+    from torchvision.transforms import v2
+
+    return v2.RandAugment()
+
+
+def load_video(path, max_frames, size=224, fps=1.0, augment=None):
+    """(frames [max_frames, 3, size, size], mask [max_frames]); all zeros with mask 0 if unreadable.
+    augment: applied to the picked uint8 frames [N, 3, H, W] together, before CLIP preprocessing."""
     out = torch.zeros(max_frames, 3, size, size)
     mask = torch.zeros(max_frames, dtype=torch.bool)
     try:
@@ -56,6 +65,8 @@ def load_video(path, max_frames, size=224, fps=1.0):
         log.warning("skipping unreadable video %s: %s", path, error)
         return out, mask
     picked = frames[uniform_pick(len(frames), max_frames)]
+    if augment is not None:
+        picked = augment(torch.from_numpy(picked).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
     out[: len(picked)] = clip_preprocess(picked, size)
     mask[: len(picked)] = True
     return out, mask

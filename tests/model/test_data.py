@@ -76,6 +76,14 @@ def test_msrvtt_annotations_and_videos(tmp_path):
     assert item["caption"] == "a test sentence" and item["frame_mask"].tolist() == [True, True, False]
     corrupt = [train[i] for i in range(len(train)) if train[i]["video_id"] == "video3"]
     assert corrupt and not corrupt[0]["frame_mask"].any()  # skipped, not a crash
+    # RandAugment on training frames only: one draw for all of a video's frames, shapes unchanged.
+    assert train.augment is not None and test.augment is None
+    plain, _ = datasets("msrvtt", {"data_root": str(tmp_path), "max_frames": 3, "image_size": 32,
+                                   "rand_augment": False})
+    torch.manual_seed(1)
+    augmented = [train[0]["frames"] for _ in range(4)]
+    assert augmented[0].shape == plain[0]["frames"].shape
+    assert any(not torch.equal(a, plain[0]["frames"]) for a in augmented)
     with pytest.raises(ValueError, match="data-root"):
         datasets("msrvtt", {"max_frames": 3})
 
