@@ -21,7 +21,9 @@ def tokenizer_and_encoders(settings):
         from hbi_model.data.tokenizer import CLIPTextTokenizer
 
         return CLIPTextTokenizer(settings["clip"]), CLIPEncoders.from_pretrained(settings["clip"])
-    tokenizer = WordTokenizer(SyntheticVideoText.vocabulary())
+    from hbi_model.data.qa import SyntheticQA
+
+    tokenizer = WordTokenizer(SyntheticVideoText.vocabulary() + SyntheticQA.words())
     config = tiny_clip_config(vocab_size=len(tokenizer), width=settings.get("tiny_width", 64),
                               projection_dim=settings.get("tiny_width", 64), image_size=32, patch_size=8,
                               max_words=settings["max_words"], layers=settings.get("tiny_layers", 2), heads=4)
@@ -31,6 +33,15 @@ def tokenizer_and_encoders(settings):
 def model(settings):
     tokenizer, encoders = tokenizer_and_encoders(settings)
     return tokenizer, HBIRetrieval(encoders, hbi_config(settings))
+
+
+def qa_model(settings, num_answers):
+    from hbi_model.qa import HBIQA, qa_config
+
+    tokenizer, encoders = tokenizer_and_encoders(settings)
+    ratios = {"t_rate0": 0.25, "t_rate1": 0.125, "v_rate0": 0.25, "v_rate1": 0.25}
+    config = hbi_config({**ratios, **settings})
+    return tokenizer, HBIQA(encoders, num_answers, config)
 
 
 def datasets(settings):

@@ -21,6 +21,7 @@ def _parser():
     for name in ("train", "eval", "explain"):
         p = commands.add_parser(name)
         p.add_argument("--config", help="JSON file of settings (any flag's name, with underscores)")
+        p.add_argument("--task", choices=["retrieval", "qa"], help="text-video retrieval (default) or video QA")
         p.add_argument("--data", choices=["synthetic", "msrvtt", "msvd", "didemo", "activitynet"])
         p.add_argument("--data-root", help="folder of the data set's annotation files and videos/")
         p.add_argument("--clip", help="CLIP weights: a local folder or hub name (default: a tiny random CLIP)")

@@ -47,3 +47,32 @@ def format_table(metrics, title=""):
         lines.append(f"| {direction} | {m['R@1']:.1f} | {m['R@5']:.1f} | {m['R@10']:.1f} | {m['MdR']:.1f} | "
                      f"{m['MnR']:.1f} |")
     return "\n".join(lines)
+
+
+@torch.no_grad()
+def evaluate_qa(model, loader, device, train_set, test_set, progress=True):
+    """Top-1 accuracy overall and per question type, beside the majority-answer baseline."""
+    from hbi_model.data.qa import accuracy, majority_baseline
+
+    model.eval()
+    predictions, answers, types = [], [], []
+    for batch in tqdm(loader, desc="answer", disable=not progress, leave=False):
+        logits = model.predict(batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                               batch["pixel_values"].to(device), batch["frame_mask"].to(device))
+        predictions.append(logits.argmax(-1).cpu())
+        answers.append(batch["answer"])
+        types += batch["question_type"]
+    model.train()
+    predictions, answers = torch.cat(predictions), torch.cat(answers)
+    train_answers, _ = train_set.answer_table()
+    return {"model": accuracy(predictions, answers, types),
+            "majority answer": majority_baseline(train_answers, answers, types)}
+
+
+def format_qa_table(metrics, title=""):
+    kinds = list(metrics["model"])
+    lines = [title] if title else []
+    lines.append("| predictor | " + " | ".join(kinds) + " |\n|---|" + "---|" * len(kinds))
+    for name, values in metrics.items():
+        lines.append(f"| {name} | " + " | ".join(f"{values.get(k, float('nan')):.1f}" for k in kinds) + " |")
+    return "\n".join(lines)

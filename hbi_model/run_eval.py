@@ -11,6 +11,8 @@ from hbi_model.train import _loader
 
 def run_eval(settings):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if settings.get("task") == "qa":
+        return _run_eval_qa(settings, device)
     tokenizer, model = build.model(settings)
     if not checkpoint.exists(settings["output"]):
         raise SystemExit(f"no checkpoint in {settings['output']} (train first: hbi train --output ...)")
@@ -20,6 +22,24 @@ def run_eval(settings):
     loader = _loader(test_set, tokenizer, settings, None, settings.get("eval_batch_size", 64))
     metrics = evaluate(model, loader, device, rates=settings.get("rates"), progress=not settings.get("quiet"))
     print(format_table(metrics, f"test set: {len(test_set)} pairs (chance R@1 = {100 / len(test_set):.2f}%)"))
+    with open(os.path.join(settings["output"], "eval.json"), "w") as handle:
+        json.dump(metrics, handle, indent=1)
+    return metrics
+
+
+def _run_eval_qa(settings, device):
+    from hbi_model.data.qa import qa_datasets
+    from hbi_model.evaluate import evaluate_qa, format_qa_table
+
+    train_set, test_set, vocabulary = qa_datasets(settings)
+    tokenizer, model = build.qa_model(settings, len(vocabulary))
+    if not checkpoint.exists(settings["output"]):
+        raise SystemExit(f"no checkpoint in {settings['output']} (train first: hbi train --task qa --output ...)")
+    checkpoint.load(settings["output"], model, map_location=device)
+    model.to(device)
+    loader = _loader(test_set, tokenizer, settings, None, settings.get("eval_batch_size", 64))
+    metrics = evaluate_qa(model, loader, device, train_set, test_set, not settings.get("quiet"))
+    print(format_qa_table(metrics, f"test set: {len(test_set)} questions"))
     with open(os.path.join(settings["output"], "eval.json"), "w") as handle:
         json.dump(metrics, handle, indent=1)
     return metrics

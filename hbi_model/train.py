@@ -85,11 +85,18 @@ def train(settings):
     rank, world, device = distributed.setup()
     main_process = rank == 0
     seed_everything(settings["seed"])
-    tokenizer, model = build.model(settings)
+    task = settings.get("task", "retrieval")
+    if task == "qa":
+        from hbi_model.data.qa import qa_datasets
+
+        train_set, test_set, vocabulary = qa_datasets(settings)
+        tokenizer, model = build.qa_model(settings, len(vocabulary))
+    else:
+        tokenizer, model = build.model(settings)
+        train_set, test_set = build.datasets(settings)
     if settings.get("teacher_weights"):
         model.load_teacher(load_state_dict(settings["teacher_weights"]))
     model.to(device)
-    train_set, test_set = build.datasets(settings)
     per_rank = settings["batch_size"] // world
     sampler = EpochSampler(len(train_set), settings["seed"], rank, world, shuffle=not settings.get("no_shuffle"))
     loader = _loader(train_set, tokenizer, settings, sampler, per_rank)
@@ -122,9 +129,10 @@ def train(settings):
             if index < skip:  # resuming inside an epoch: the same batches as an uninterrupted run
                 continue
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                extra = {"answer": batch["answer"].to(device)} if task == "qa" else {}
                 parts = wrapped(batch["input_ids"].to(device), batch["attention_mask"].to(device),
                                 batch["pixel_values"].to(device), batch["frame_mask"].to(device),
-                                gather=distributed.gather_with_grad if world > 1 else None)
+                                gather=distributed.gather_with_grad if world > 1 else None, **extra)
             optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
             if settings.get("debug_dump") and step == 0:
@@ -148,9 +156,16 @@ def train(settings):
         _save(output, model, optimizer, scheduler, step)
         if not settings.get("skip_eval"):
             test_loader = _loader(test_set, tokenizer, settings, None, settings.get("eval_batch_size", 64))
-            metrics = evaluate(model, test_loader, device, progress=not settings.get("quiet"))
+            if task == "qa":
+                from hbi_model.evaluate import evaluate_qa, format_qa_table
+
+                metrics = evaluate_qa(model, test_loader, device, train_set, test_set, not settings.get("quiet"))
+                print(format_qa_table(metrics, f"test set: {len(test_set)} questions"))
+            else:
+                metrics = evaluate(model, test_loader, device, progress=not settings.get("quiet"))
+                print(format_table(metrics, f"test set: {len(test_set)} pairs (chance R@1 = "
+                                            f"{100 / len(test_set):.2f}%)"))
             results["metrics"] = metrics
-            print(format_table(metrics, f"test set: {len(test_set)} pairs (chance R@1 = {100 / len(test_set):.2f}%)"))
         with open(os.path.join(output, "results.json"), "w") as handle:
             json.dump(results, handle, indent=1)
     distributed.cleanup()
