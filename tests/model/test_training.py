@@ -1,6 +1,7 @@
 """A training step lowers the loss; checkpoints resume to the same result; two torchrun processes on the
 CPU (gloo) give the loss and gradients of one process on the whole batch; the CLI runs end to end."""
 import os
+import socket
 import subprocess
 import sys
 
@@ -59,7 +60,10 @@ def test_two_processes_match_one_on_the_whole_batch(tmp_path):
     two = tmp_path / "two.pt"
     subprocess.run([sys.executable, "-m", "hbi_model.cli", "train", "--output", str(tmp_path / "a"),
                     "--debug-dump", str(one), *common], check=True, env=env, timeout=600)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    with socket.socket() as probe:  # a free port: another run on this machine may hold a fixed one
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
                     "-m", "hbi_model.cli", "train", "--output", str(tmp_path / "b"), "--debug-dump", str(two),
                     *common], check=True, env=env, timeout=600)
     single, double = torch.load(one), torch.load(two)
