@@ -58,32 +58,43 @@ std::vector<int> players_by_position(const Game<acc_t>& game, int T, int V) {
   return player;
 }
 
-// Stratum counts of the msr estimator: how often word i, frame j, and both, were in.
-struct MsrCounts {
+// Per-stratum totals of the msr estimator (word i in, frame j in, both): sample counts or value sums.
+struct MsrStrata {
   std::vector<double> word, frame, both;
 };
 
+// Adds `value` to the strata the game's current coalition falls in: word i in, frame j in, both.
+// With value 1 this counts samples; with value f(S) it sums the coalition values.
 template <typename acc_t>
-MsrCounts msr_counts(Game<acc_t>& game, const Settings& s, uint32_t pair, int T, int V,
+void add_to_strata(const Game<acc_t>& game, MsrStrata& strata, double value, int V) {
+  for (int i : game.real_words()) {
+    if (!game.word_in(i)) continue;
+    strata.word[i] += value;
+    for (int j : game.real_frames())
+      if (game.frame_in(j)) strata.both[i * V + j] += value;
+  }
+  for (int j : game.real_frames())
+    if (game.frame_in(j)) strata.frame[j] += value;
+}
+
+MsrStrata empty_strata(int T, int V) {
+  return MsrStrata{std::vector<double>(T, 0), std::vector<double>(V, 0), std::vector<double>(T * V, 0)};
+}
+
+template <typename acc_t>
+MsrStrata msr_counts(Game<acc_t>& game, const Settings& s, uint32_t pair, int T, int V,
                      std::vector<uint32_t>& bits) {
-  MsrCounts c{std::vector<double>(T, 0), std::vector<double>(V, 0), std::vector<double>(T * V, 0)};
+  MsrStrata c = empty_strata(T, V);
   for (int64_t sample = 0; sample < s.num_samples; ++sample) {
     coalition_bits(s.seed, static_cast<uint32_t>(sample), pair, T + V, bits.data());
     game.set_coalition_bits(bits.data());
-    for (int i : game.real_words()) {
-      if (!game.word_in(i)) continue;
-      c.word[i] += 1;
-      for (int j : game.real_frames())
-        if (game.frame_in(j)) c.both[i * V + j] += 1;
-    }
-    for (int j : game.real_frames())
-      if (game.frame_in(j)) c.frame[j] += 1;
+    add_to_strata(game, c, 1.0, V);
   }
   return c;
 }
 
 // Weight of one sample's value in cell (i, j) of the msr estimate: +-1 / (size of its stratum).
-inline double msr_weight(const MsrCounts& c, double num_samples, bool word_in, bool frame_in, int i,
+inline double msr_weight(const MsrStrata& c, double num_samples, bool word_in, bool frame_in, int i,
                          int j, int V) {
   const double both = c.both[i * V + j];
   double count;
@@ -116,39 +127,25 @@ void forward_pair(Game<acc_t>& game, const Settings& s, uint32_t pair, int T, in
     }
     for (int k = 0; k < T * V; ++k) out[k] /= static_cast<double>(s.num_samples);
   } else if (s.estimator == Estimator::kMsr) {
-    std::vector<double> sum_word(T, 0), sum_frame(V, 0), sum_both(T * V, 0);
+    MsrStrata sums = empty_strata(T, V), c = empty_strata(T, V);
     double sum_all = 0;
-    MsrCounts c{std::vector<double>(T, 0), std::vector<double>(V, 0), std::vector<double>(T * V, 0)};
     for (int64_t sample = 0; sample < s.num_samples; ++sample) {
       coalition_bits(s.seed, static_cast<uint32_t>(sample), pair, T + V, bits.data());
       game.set_coalition_bits(bits.data());
       const double f = game.template value_of<false>(-1, -1, false, false, false);
       sum_all += f;
-      for (int i : words) {
-        if (!game.word_in(i)) continue;
-        sum_word[i] += f;
-        c.word[i] += 1;
-        for (int j : frames)
-          if (game.frame_in(j)) {
-            sum_both[i * V + j] += f;
-            c.both[i * V + j] += 1;
-          }
-      }
-      for (int j : frames)
-        if (game.frame_in(j)) {
-          sum_frame[j] += f;
-          c.frame[j] += 1;
-        }
+      add_to_strata(game, sums, f, V);
+      add_to_strata(game, c, 1.0, V);
     }
     const double n = static_cast<double>(s.num_samples);
     auto mean = [](double total, double count) { return count > 0 ? total / count : 0.0; };
     for (int i : words)
       for (int j : frames) {
-        const double both = sum_both[i * V + j], count_both = c.both[i * V + j];
+        const double both = sums.both[i * V + j], count_both = c.both[i * V + j];
         out[i * V + j] = mean(both, count_both) -
-                         mean(sum_word[i] - both, c.word[i] - count_both) -
-                         mean(sum_frame[j] - both, c.frame[j] - count_both) +
-                         mean(sum_all - sum_word[i] - sum_frame[j] + both,
+                         mean(sums.word[i] - both, c.word[i] - count_both) -
+                         mean(sums.frame[j] - both, c.frame[j] - count_both) +
+                         mean(sum_all - sums.word[i] - sums.frame[j] + both,
                               n - c.word[i] - c.frame[j] + count_both);
       }
   } else {
@@ -195,7 +192,7 @@ void backward_pair(Game<acc_t>& game, const Settings& s, uint32_t pair, int T, i
         }
     }
   } else if (s.estimator == Estimator::kMsr) {
-    const MsrCounts c = msr_counts(game, s, pair, T, V, bits);
+    const MsrStrata c = msr_counts(game, s, pair, T, V, bits);
     const double n = static_cast<double>(s.num_samples);
     for (int64_t sample = 0; sample < s.num_samples; ++sample) {
       coalition_bits(s.seed, static_cast<uint32_t>(sample), pair, T + V, bits.data());

@@ -33,6 +33,8 @@
 #include <tuple>
 #include <vector>
 
+#include "dpc_knn/dpc_knn_args.h"
+
 namespace {
 
 inline float density_from_mean(float mean) {
@@ -226,19 +228,8 @@ std::tuple<at::Tensor, at::Tensor> dpc_knn_cpu(const at::Tensor& x, const at::Te
   TORCH_CHECK(x.defined() && mask.defined(), "dpc_knn: x and mask must be defined tensors");
   TORCH_CHECK(x.device().is_cpu(), "dpc_knn (cpu kernel): x must be a CPU tensor, got ", x.device());
   TORCH_CHECK(mask.device().is_cpu(), "dpc_knn (cpu kernel): mask must be a CPU tensor, got ", mask.device());
-  TORCH_CHECK(x.dim() == 3, "dpc_knn: x must have 3 dimensions [B, N, C], got shape ", x.sizes());
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()),
-              "dpc_knn: x must be a floating-point tensor (float16, bfloat16, float32 or float64), got ",
-              x.scalar_type());
+  hbi::check_dpc_knn_args(x, mask, num_clusters, k);
   const int64_t batch = x.size(0), n = x.size(1), width = x.size(2);
-  TORCH_CHECK(mask.dim() == 2 && mask.size(0) == batch && mask.size(1) == n, "dpc_knn: mask must have shape [",
-              batch, ", ", n, "], got ", mask.sizes());
-  TORCH_CHECK(mask.scalar_type() == at::kBool || at::isIntegralType(mask.scalar_type(), /*includeBool=*/false),
-              "dpc_knn: mask must be a bool or integer tensor, got ", mask.scalar_type());
-  TORCH_CHECK(num_clusters >= 1 && num_clusters <= n, "dpc_knn: num_clusters must be in [1, N=", n, "], got ",
-              num_clusters);
-  TORCH_CHECK(k >= 1 && k <= n, "dpc_knn: k must be in [1, N=", n, "], got ", k);
-  TORCH_CHECK(width >= 1, "dpc_knn: x must have at least one feature (C >= 1), got shape ", x.sizes());
 
   const at::Tensor xc = x.contiguous();
   const at::Tensor real = (mask.scalar_type() == at::kBool ? mask : mask.ne(0)).contiguous();

@@ -53,6 +53,8 @@
 #include <cstdint>
 #include <tuple>
 
+#include "dpc_knn/dpc_knn_args.h"
+
 namespace {
 
 constexpr int kWarp = 32;
@@ -691,19 +693,8 @@ std::tuple<at::Tensor, at::Tensor> dpc_knn_cuda(const at::Tensor& x, const at::T
   TORCH_CHECK(x.is_cuda(), "dpc_knn (cuda kernel): x must be a CUDA tensor, got ", x.device());
   TORCH_CHECK(mask.device() == x.device(), "dpc_knn (cuda kernel): mask must be on x's device ", x.device(),
               ", got ", mask.device());
-  TORCH_CHECK(x.dim() == 3, "dpc_knn: x must have 3 dimensions [B, N, C], got shape ", x.sizes());
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()),
-              "dpc_knn: x must be a floating-point tensor (float16, bfloat16, float32 or float64), got ",
-              x.scalar_type());
+  hbi::check_dpc_knn_args(x, mask, num_clusters, k);
   const int64_t batch = x.size(0), n = x.size(1), width = x.size(2);
-  TORCH_CHECK(mask.dim() == 2 && mask.size(0) == batch && mask.size(1) == n, "dpc_knn: mask must have shape [",
-              batch, ", ", n, "], got ", mask.sizes());
-  TORCH_CHECK(mask.scalar_type() == at::kBool || at::isIntegralType(mask.scalar_type(), /*includeBool=*/false),
-              "dpc_knn: mask must be a bool or integer tensor, got ", mask.scalar_type());
-  TORCH_CHECK(num_clusters >= 1 && num_clusters <= n, "dpc_knn: num_clusters must be in [1, N=", n, "], got ",
-              num_clusters);
-  TORCH_CHECK(k >= 1 && k <= n, "dpc_knn: k must be in [1, N=", n, "], got ", k);
-  TORCH_CHECK(width >= 1, "dpc_knn: x must have at least one feature (C >= 1), got shape ", x.sizes());
   TORCH_CHECK(n < (int64_t{1} << 31), "dpc_knn (cuda kernel): N must be below 2^31");
 
   const c10::cuda::CUDAGuard guard(x.device());

@@ -20,6 +20,8 @@
 #include <tuple>
 #include <vector>
 
+#include "merge/merge_args.h"
+
 namespace {
 
 constexpr double kEpsilon = 1e-6;
@@ -30,18 +32,7 @@ void check_inputs(const char* op, const at::Tensor& x, const at::Tensor& idx, co
   TORCH_CHECK(x.device().is_cpu(), op, " (cpu kernel): x must be a CPU tensor, got ", x.device());
   TORCH_CHECK(idx.device().is_cpu(), op, " (cpu kernel): idx must be a CPU tensor, got ", idx.device());
   TORCH_CHECK(weight.device().is_cpu(), op, " (cpu kernel): weight must be a CPU tensor, got ", weight.device());
-  TORCH_CHECK(x.dim() == 3, op, ": x must have 3 dimensions [B, N, C], got shape ", x.sizes());
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op,
-              ": x must be a floating-point tensor (float16, bfloat16, float32 or float64), got ", x.scalar_type());
-  const int64_t batch = x.size(0), n = x.size(1);
-  TORCH_CHECK(idx.scalar_type() == at::kLong, op, ": idx must be an int64 tensor, got ", idx.scalar_type());
-  TORCH_CHECK(idx.dim() == 2 && idx.size(0) == batch && idx.size(1) == n, op, ": idx must have shape [", batch,
-              ", ", n, "], got ", idx.sizes());
-  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), op, ": weight must have x's dtype ", x.scalar_type(),
-              ", got ", weight.scalar_type());
-  TORCH_CHECK(weight.dim() == 2 && weight.size(0) == batch && weight.size(1) == n, op, ": weight must have shape [",
-              batch, ", ", n, "], got ", weight.sizes());
-  TORCH_CHECK(num_clusters >= 1, op, ": num_clusters must be >= 1, got ", num_clusters);
+  hbi::check_merge_args(op, x, idx, weight, num_clusters);
 }
 
 // idx must be contiguous int64; an out-of-range value is an error, never a write out of bounds.

@@ -35,6 +35,8 @@
 #include <cstdint>
 #include <tuple>
 
+#include "merge/merge_args.h"
+
 namespace {
 
 constexpr double kEpsilon = 1e-6;
@@ -194,18 +196,8 @@ void check_inputs(const char* op, const at::Tensor& x, const at::Tensor& idx, co
   TORCH_CHECK(idx.device() == x.device(), op, ": idx must be on x's device ", x.device(), ", got ", idx.device());
   TORCH_CHECK(weight.device() == x.device(), op, ": weight must be on x's device ", x.device(), ", got ",
               weight.device());
-  TORCH_CHECK(x.dim() == 3, op, ": x must have 3 dimensions [B, N, C], got shape ", x.sizes());
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op,
-              ": x must be a floating-point tensor (float16, bfloat16, float32 or float64), got ", x.scalar_type());
-  const int64_t batch = x.size(0), n = x.size(1);
-  TORCH_CHECK(idx.scalar_type() == at::kLong, op, ": idx must be an int64 tensor, got ", idx.scalar_type());
-  TORCH_CHECK(idx.dim() == 2 && idx.size(0) == batch && idx.size(1) == n, op, ": idx must have shape [", batch,
-              ", ", n, "], got ", idx.sizes());
-  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), op, ": weight must have x's dtype ", x.scalar_type(),
-              ", got ", weight.scalar_type());
-  TORCH_CHECK(weight.dim() == 2 && weight.size(0) == batch && weight.size(1) == n, op, ": weight must have shape [",
-              batch, ", ", n, "], got ", weight.sizes());
-  TORCH_CHECK(num_clusters >= 1, op, ": num_clusters must be >= 1, got ", num_clusters);
+  hbi::check_merge_args(op, x, idx, weight, num_clusters);
+  const int64_t n = x.size(1);
   TORCH_CHECK(n < (int64_t{1} << 31) && num_clusters < (int64_t{1} << 31), op,
               ": N and num_clusters must be below 2^31 (int32 token lists)");
 }
