@@ -5,17 +5,7 @@ import os
 
 import torch
 
-from hbi_ops.testing import backends_for, synchronize  # noqa: F401  (used by the bench modules)
-
 BASELINES = ("torch", "torch-vectorised", "clip-mean-pooling")
-
-
-def devices():
-    return ["cuda"] if torch.cuda.is_available() else ["cpu"]
-
-
-def on_gpu():
-    return torch.cuda.is_available()
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

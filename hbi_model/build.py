@@ -36,11 +36,10 @@ def model(settings):
 
 
 def qa_model(settings, num_answers):
-    from hbi_model.qa import HBIQA, qa_config
+    from hbi_model.qa import HBIQA, QA_RATIOS
 
     tokenizer, encoders = tokenizer_and_encoders(settings)
-    ratios = {"t_rate0": 0.25, "t_rate1": 0.125, "v_rate0": 0.25, "v_rate1": 0.25}
-    config = hbi_config({**ratios, **settings})
+    config = hbi_config({**QA_RATIOS, **settings})
     return tokenizer, HBIQA(encoders, num_answers, config)
 
 

@@ -42,7 +42,7 @@ def evaluate(model, loader, device, rates=None, progress=True):
 
 def format_table(metrics, title=""):
     lines = [title] if title else []
-    lines.append(f"| direction | R@1 | R@5 | R@10 | MdR | MnR |\n|---|---|---|---|---|---|")
+    lines.append("| direction | R@1 | R@5 | R@10 | MdR | MnR |\n|---|---|---|---|---|---|")
     for direction, m in metrics.items():
         lines.append(f"| {direction} | {m['R@1']:.1f} | {m['R@5']:.1f} | {m['R@10']:.1f} | {m['MdR']:.1f} | "
                      f"{m['MnR']:.1f} |")

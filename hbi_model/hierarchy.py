@@ -2,7 +2,6 @@
 hbi_ops.dpc_knn and hbi_ops.merge_tokens (SPEC section 2, "Three levels")."""
 import math
 
-import torch
 from torch import nn
 
 import hbi_ops

@@ -1,6 +1,5 @@
 """Retrieval metrics as in the literature: R@1/5/10, median and mean rank, both directions."""
 import numpy as np
-import torch
 
 
 def ranks_of_positives(sim):

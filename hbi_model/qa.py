@@ -11,9 +11,12 @@ from hbi_model.retrieval import LEVELS, HBIConfig, HBIRetrieval
 PREDICTION_WEIGHTS = {"entity": 0.4, "action": 0.4, "event": 0.2}
 
 
+QA_RATIOS = {"t_rate0": 0.25, "t_rate1": 0.125, "v_rate0": 0.25, "v_rate1": 0.25}  # text 1/4, 1/8; video 1/4, 1/4
+
+
 def qa_config(**overrides):
-    """QA's cluster ratios: text 0.25 then 0.125, video 0.25 then 0.25."""
-    return HBIConfig(**{"t_rate0": 0.25, "t_rate1": 0.125, "v_rate0": 0.25, "v_rate1": 0.25, **overrides})
+    """HBIConfig with QA's cluster ratios (SPEC section 2, "Video QA")."""
+    return HBIConfig(**{**QA_RATIOS, **overrides})
 
 
 class AttentionPool(nn.Module):

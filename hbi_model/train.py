@@ -39,7 +39,7 @@ def parameter_groups(model, lr, clip_lr_scale, weight_decay):
         if not param.requires_grad:
             continue
         clip = name.startswith("encoders.")
-        no_decay = param.ndim < 2 or "norm" in name.lower() or "embedding" in name.lower() and param.ndim < 2
+        no_decay = param.ndim < 2 or "norm" in name.lower()
         key = (clip, no_decay)
         groups.setdefault(key, {"params": [], "lr": lr * (clip_lr_scale if clip else 1.0),
                                 "weight_decay": 0.0 if no_decay else weight_decay})

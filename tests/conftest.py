@@ -11,9 +11,6 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 
-from hbi_ops.testing import FLOAT_DTYPES, TOLERANCE, compiled_cpu_backends  # noqa: F401
-
-
 @pytest.fixture(autouse=True)
 def _fresh_seed(request):
     # A fixed seed per test: fresh random inputs that reproduce when a test fails.

@@ -1,8 +1,6 @@
 """A synthetic video-text data set generated on the fly: short clips of coloured shapes moving across
 the frame one after another, with captions that name them in order ("a red circle then a blue square"),
 so that words must be matched to particular frames. Deterministic per index and seed; no download."""
-import math
-
 import torch
 
 COLOURS = {"red": (1.0, 0.1, 0.1), "green": (0.1, 0.9, 0.1), "blue": (0.1, 0.2, 1.0), "yellow": (1.0, 0.9, 0.1),
@@ -79,7 +77,3 @@ class SyntheticVideoText(torch.utils.data.Dataset):
         frame_mask = torch.arange(self.max_frames) < num_frames
         return {"frames": frames, "frame_mask": frame_mask, "caption": self.caption(events),
                 "video_id": f"synthetic{self.seed}_{index}", "events": events}
-
-
-def chance_r1(num_videos):
-    return 100.0 / num_videos if num_videos else math.nan
