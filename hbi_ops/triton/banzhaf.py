@@ -48,6 +48,8 @@ import triton
 import triton.language as tl
 from triton.language.random import philox_impl
 
+from . import _launch
+
 # Triton's interpreter (TRITON_INTERPRET=1, CPU tests) re-patches the language on every call of a
 # nested @triton.jit function (~2 ms each): there the helpers below stay plain Python functions, run
 # inline with the interpreter's tl (the same code; compiled, they are @triton.jit as usual).
@@ -757,25 +759,20 @@ def _value_bwd_kernel(grad_ptr, sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, pt_ptr,
 # ------------------------------------------------------------------------------------------------
 # Launch helpers
 
-_SM_COUNT = {}
-
-
-def _programs_per_pair(device, batch, items, per_sm=8):
+def _programs_per_pair(tensor, batch, items, per_sm=8):
     """Programs per pair: enough (about per_sm per SM) to fill the GPU; a few on the interpreter."""
-    if device.type != "cuda":
+    if not _launch.compiled(tensor):
         return max(1, min(items, 3))
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _SM_COUNT:
-        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    target = per_sm * _SM_COUNT[index]
+    target = per_sm * _launch.multiprocessor_count(tensor.device)
     return max(1, min(items, -(-target // max(1, batch))))
 
 
 def _num_warps(bt, bv, backward=False):
     """Warps per program: a [BT, BV] tile over them, ~4 (forward) or ~2 (backward: more live tiles)
-    elements a thread, at most 8 warps."""
+    elements a thread, at most 16 warps (a 128 x 64 tile spills about half as much as at 8: ptxas, sm_90,
+    tests/ops/test_triton_lowering.py; the SPEC size, 32 x 16, is unaffected)."""
     per_warp = 128 if backward else 256
-    return max(1, min(8, bt * bv // per_warp))
+    return max(1, min(16, bt * bv // per_warp))
 
 
 class _Launch:
@@ -804,19 +801,18 @@ class _Launch:
         # Key halves as signed int32 (one kernel signature for every seed), read back as uint32.
         self.seed_lo, self.seed_hi = ((half ^ 0x80000000) - 0x80000000 for half in (seed & 0xFFFFFFFF, seed >> 32))
         self.exact = estimator == "exact"
-        device = sim.device
         if self.exact:
             # Player index of every position (words first, then frames); subsets are split among
             # programs inside the kernel (2^n differs by pair: no host synchronisation).
             words = self.tm.to(torch.int32).cumsum(1) - 1
             frames = self.vm.to(torch.int32).cumsum(1) - 1 + self.tm.to(torch.int32).sum(1, keepdim=True)
             self.players = torch.cat([words, frames], 1).to(torch.int32).contiguous()
-            self.nprog = _programs_per_pair(device, self.B, 1 << min(self.T + self.V, 20), per_sm)
+            self.nprog = _programs_per_pair(self.sim, self.B, 1 << min(self.T + self.V, 20), per_sm)
             self.per_prog = 0
             self.num_items = 0
         else:
             self.players = self.tm  # unused
-            self.nprog = _programs_per_pair(device, self.B, num_samples, per_sm)
+            self.nprog = _programs_per_pair(self.sim, self.B, num_samples, per_sm)
             self.per_prog = -(-num_samples // self.nprog)
             self.nprog = -(-num_samples // self.per_prog)
             self.num_items = num_samples
@@ -828,23 +824,6 @@ class _Launch:
 
     def empty_partials(self):
         return torch.empty((self.B, self.nprog, self.T, self.V), dtype=self.acc_dtype, device=self.sim.device)
-
-
-class _device_of:
-    """Launch on the tensors' device (Triton launches on the current one)."""
-
-    def __init__(self, tensor):
-        self.ctx = None
-        if tensor.is_cuda and tensor.device.index != torch.cuda.current_device():
-            self.ctx = torch.cuda.device(tensor.device)
-
-    def __enter__(self):
-        if self.ctx is not None:
-            self.ctx.__enter__()
-
-    def __exit__(self, *exc):
-        if self.ctx is not None:
-            self.ctx.__exit__(*exc)
 
 
 def _msr_strata(L):
@@ -862,7 +841,7 @@ def _forward(sim, text_mask, video_mask, text_weight, video_weight, definition, 
     L = _Launch(sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples,
                 seed)
     finish = dict(NPROG=L.nprog, BT=L.BT, BV=L.BV, num_warps=L.num_warps)
-    with _device_of(sim):
+    with _launch.device_guard(sim):
         if estimator == "msr":
             part, cnt = _msr_strata(L)
             _msr_finish_kernel[(L.B,)](part, cnt, L.tm, L.vm, out, L.T, L.V, **finish)
@@ -891,7 +870,7 @@ def _backward(grad, sim, text_mask, video_mask, text_weight, video_weight, defin
     gs = torch.empty((L.B, L.nprog, L.T, L.V), dtype=L.acc_dtype, device=device)
     gt = torch.empty((L.B, L.nprog, L.T), dtype=L.acc_dtype, device=device)
     gv = torch.empty((L.B, L.nprog, L.V), dtype=L.acc_dtype, device=device)
-    with _device_of(sim):
+    with _launch.device_guard(sim):
         if estimator == "msr" or (L.exact and definition == "textbook"):
             if estimator == "msr":
                 _part, cnt = _msr_strata(L)

@@ -29,6 +29,8 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
+from . import _launch
+
 SMALL_TOKENS = 64      # one program per sample up to here
 MAX_TOKENS = 16384     # the tiled path's row programs hold one row of the distance matrix
 
@@ -297,7 +299,7 @@ def _launch_large(x, mask, num_clusters, k, idx, centers):
     rho = torch.empty((chunk, n), dtype=acc, device=x.device)
     score = torch.empty((chunk, n), dtype=acc, device=x.device)
     rank = torch.empty((chunk, n), dtype=torch.int32, device=x.device)
-    tile = 32 if x.is_cuda else 64
+    tile = 32 if _launch.compiled(x) else 64
     for b0 in range(0, batch, chunk):
         s = min(chunk, batch - b0)
         xs, real = x[b0:b0 + s], mask[b0:b0 + s]
@@ -310,14 +312,14 @@ def _launch_large(x, mask, num_clusters, k, idx, centers):
         any_padded = ~real.all(dim=1)
         largest = torch.where(any_padded, torch.maximum(per_sample[:, 1], fill), per_sample[:, 1]).contiguous()
         _density_kernel[(s * n,)](dist, real, fill, rho, n, k, ACC_FP64=fp64, BLOCK_N=block_n,
-                                  LIBDEVICE_EXP=x.is_cuda, num_warps=row_warps)
+                                  LIBDEVICE_EXP=_launch.compiled(x), num_warps=row_warps)
         _delta_kernel[(s * n,)](dist, real, rho, fill, largest, score, n, BLOCK_N=block_n, num_warps=row_warps)
         _rank_kernel[(s * n,)](score, rank, cs, n, num_clusters, BLOCK_N=block_n, num_warps=row_warps)
         block_t = 128
         _assign_kernel[(s, triton.cdiv(n, block_t))](dist, real, rank, cs, ids, n, num_clusters, BLOCK_T=block_t)
 
 
-def _launch(x, mask, num_clusters, k):
+def _run(x, mask, num_clusters, k):
     batch, n, width = x.shape
     idx = torch.empty((batch, n), dtype=torch.int64, device=x.device)
     centers = torch.empty((batch, num_clusters), dtype=torch.int64, device=x.device)
@@ -333,7 +335,7 @@ def _launch(x, mask, num_clusters, k):
     block_n = max(16, triton.next_power_of_2(n))
     num_warps = 4 if block_n <= 32 else 8
     _dpc_knn_kernel[(batch,)](x, mask, idx, centers, n, width, num_clusters, k,
-                              ACC_FP64=x.dtype == torch.float64, BLOCK_N=block_n, LIBDEVICE_EXP=x.is_cuda,
+                              ACC_FP64=x.dtype == torch.float64, BLOCK_N=block_n, LIBDEVICE_EXP=_launch.compiled(x),
                               num_warps=num_warps)
     return idx, centers
 
@@ -342,10 +344,8 @@ def _launch(x, mask, num_clusters, k):
 def dpc_knn_op(x: torch.Tensor, mask: torch.Tensor, num_clusters: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     x = x.contiguous()
     mask = (mask if mask.dtype == torch.bool else mask != 0).contiguous()
-    if x.is_cuda:
-        with torch.cuda.device(x.device):
-            return _launch(x, mask, num_clusters, k)
-    return _launch(x, mask, num_clusters, k)
+    with _launch.device_guard(x):
+        return _run(x, mask, num_clusters, k)
 
 
 @dpc_knn_op.register_fake

@@ -8,8 +8,9 @@ stable, so ties keep the token order) and each cluster's range is found by torch
 program per (sample, cluster, block of channels) walks its cluster's tokens in ascending token order,
 accumulating in float32 (float64 for float64 inputs). The backward recomputes W and out in the accumulate
 type with the same kernel, then one program per 16 tokens writes their grad_x rows and grad_w. Out-of-range idx
-values (only possible through the raw op; the public API checks CPU tensors) sort outside every cluster's
-range: they contribute nothing and get zero gradients, and nothing is written out of bounds.
+values (the public API checks CPU tensors only: reading a GPU tensor would synchronise) fail a device-side
+assertion on CUDA tensors (torch._assert_async, as torch's index ops); the kernels stay memory-safe regardless:
+such values sort outside every cluster's range, contribute nothing and get zero gradients.
 
 Floor (H100 3.35 TB/s): text size B=128 N=32 C=512 K=16 float32 moves 12.6 MB -> 3.8 us; image size
 B=32 N=3136 C=64 K=784 moves 32 MB -> 9.6 us; plus the sort + searchsorted launches (~3 x 3 us).
@@ -18,7 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
-EPSILON = 1e-6
+from . import _launch
+
+EPSILON = tl.constexpr(1e-6)  # jit code reads globals only as constexpr
 
 
 def _acc_dtype(dtype):
@@ -48,7 +51,7 @@ def _merge_sums_kernel(x_ptr, w_ptr, order_ptr, offsets_ptr, out_ptr, total_ptr,
         xv = tl.load(x_ptr + (b * N + t) * C + cols, mask=cmask, other=0.0).to(acc.dtype)
         wsum += wt
         acc += wt * xv
-    denominator = wsum + EPSILON
+    denominator = wsum + tl.full([1], EPSILON, wsum.dtype)  # 1e-6 rounded once, to the accumulate type
     result = acc / denominator
     tl.store(out_ptr + bc * C + cols, result.to(out_ptr.dtype.element_ty), mask=cmask)
     if WRITE_TOTAL:
@@ -73,7 +76,7 @@ def _merge_backward_kernel(grad_ptr, x_ptr, idx_ptr, w_ptr, out_ptr, total_ptr, 
     else:
         total = total.to(tl.float32)
         dot = tl.zeros([BLOCK_T], dtype=tl.float32)
-    denominator = total + EPSILON
+    denominator = total + tl.full([1], EPSILON, total.dtype)
     share = tl.load(w_ptr + tokens, mask=tmask, other=0.0).to(dot.dtype) / denominator
     for c0 in range(0, C, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
@@ -108,6 +111,9 @@ def _sums(x, idx, weight, num_clusters, out_dtype, want_total):
     total = torch.empty((batch, num_clusters), dtype=_acc_dtype(x.dtype), device=x.device)
     if batch == 0 or width == 0:
         return out, total.zero_()
+    if idx.is_cuda and idx.numel() > 0:  # no host sync: the program stops at the next synchronisation
+        torch._assert_async(((idx >= 0) & (idx < num_clusters)).all(),
+                            "merge_tokens: idx must hold values in [0, num_clusters)")
     order, offsets = _buckets(idx, num_clusters)
     block_c = _block_c(width)
     grid = (batch * num_clusters, triton.cdiv(width, block_c))
@@ -119,7 +125,7 @@ def _sums(x, idx, weight, num_clusters, out_dtype, want_total):
 @torch.library.custom_op("hbi_ops_triton::merge_tokens", mutates_args=())
 def merge_tokens_op(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor, num_clusters: int) -> torch.Tensor:
     x, idx, weight = x.contiguous(), idx.to(torch.int64).contiguous(), weight.to(x.dtype).contiguous()
-    with torch.cuda.device(x.device) if x.is_cuda else _null():
+    with _launch.device_guard(x):
         out, _total = _sums(x, idx, weight, num_clusters, x.dtype, False)
     return out
 
@@ -136,7 +142,7 @@ def merge_tokens_backward_op(grad: torch.Tensor, x: torch.Tensor, idx: torch.Ten
         return grad_x, grad_w
     if width == 0:
         return grad_x, grad_w.zero_()
-    with torch.cuda.device(x.device) if x.is_cuda else _null():
+    with _launch.device_guard(x):
         out, total = _sums(x, idx, weight, num_clusters, _acc_dtype(x.dtype), True)
         block_c = min(_block_c(width), 64)
         block_t = 16
@@ -144,14 +150,6 @@ def merge_tokens_backward_op(grad: torch.Tensor, x: torch.Tensor, idx: torch.Ten
             grad, x, idx, weight, out, total, grad_x, grad_w, n, width, num_clusters, batch * n,
             ACC_FP64=x.dtype == torch.float64, BLOCK_T=block_t, BLOCK_C=block_c)
     return grad_x, grad_w
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *args):
-        return False
 
 
 @merge_tokens_op.register_fake

@@ -11,12 +11,13 @@ written (memory O(A B (T + V)), S is never materialised).
 
 Backward, two launches of one kernel (pass 1 owns texts, pass 2 videos; see the CUDA file for the formulas):
 a program owns one own item (all its rows) and a DB-wide slice of D and loops over blocks of MB other items:
-  z[r]  += sum_m c Y[m, i(n, m, r)]                     (a gather, [MB, LP, DB])
+  z[r]  += sum_m c Y[m, i(n, m, r)]                     (a gather, [LP, DB] an item)
   w[r]  += sum_{m, l: j(n, m, l) = r} c q[m, l] Y[m, l]  (a one-hot [LP, MB * LOP] @ [MB * LOP, DB] tl.dot)
 grad_own = p z + w; grad_p partials <F_own, z> per D slice are summed in torch. No atomics: deterministic.
 The one-hot product runs on tensor cores: float16 / bfloat16 inputs use TF32 there (the products c q Y are rounded
-to 2^-11 relative, about the rounding of the float16 result itself), float32 uses tf32x3 (float32-accurate),
-float64 "ieee".
+to 2^-11 relative, about the rounding of the float16 result itself), float32 uses tf32x3 (float32-accurate).
+float64 uses no tl.dot anywhere (Triton before 3.7, the device image's 3.6, has none for float64): the forward
+accumulates outer products, the backward broadcasts the one-hot product an item at a time.
 
 Floors (A = B = 1000, T = 32, V = 12, D = 512, fp16; H100 SXM: 3.35 TB/s, ~989 TFLOP/s fp16 dense, ~51 TFLOP/s
 fp32 FMA): forward 393 GFLOP on tensor cores -> 0.40 ms; its bytes (45 MB read, 178 MB written) -> 0.07 ms:
@@ -30,11 +31,12 @@ Under TRITON_INTERPRET=1 (CPU tensors) the tiles grow to the problem (few progra
 program and per operation) and bfloat16 tiles are upcast to float32 before tl.dot (the interpreter's bfloat16 dot
 is unusable; bfloat16 products are exact in float32, so the result is the same).
 """
-import contextlib
 
 import torch
 import triton
 import triton.language as tl
+
+from . import _launch
 
 __all__ = ["wti_similarity"]
 
@@ -67,19 +69,23 @@ def _wti_forward_kernel(X, Y, P, Q, MT, MV, SCORE, T2V, V2T, A, B, T, V, D, tile
     x_rows = (a_r.to(tl.int64) * T + t_r) * D
     y_rows = (b_c.to(tl.int64) * V + v_c) * D
 
-    if IS_FP64:
+    if IS_FP64:  # outer products (FMA): Triton before 3.7 (the device image has 3.6) has no float64 tl.dot
         acc = tl.zeros([M, N], dtype=tl.float64)
+        for k in range(0, D):
+            xk = tl.load(X + x_rows + k, mask=row_ok, other=0.0)
+            yk = tl.load(Y + y_rows + k, mask=col_ok, other=0.0)
+            acc += xk[:, None] * yk[None, :]
     else:
         acc = tl.zeros([M, N], dtype=tl.float32)
-    for k0 in range(0, D, BK):
-        rk = k0 + tl.arange(0, BK)
-        k_ok = rk < D
-        xk = tl.load(X + x_rows[:, None] + rk[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        yk = tl.load(Y + y_rows[None, :] + rk[:, None], mask=col_ok[None, :] & k_ok[:, None], other=0.0)
-        if UPCAST:  # the interpreter's bfloat16 dot is unusable; bf16 products are exact in fp32
-            xk = xk.to(tl.float32)
-            yk = yk.to(tl.float32)
-        acc = tl.dot(xk, yk, acc, input_precision=PRECISION)
+        for k0 in range(0, D, BK):
+            rk = k0 + tl.arange(0, BK)
+            k_ok = rk < D
+            xk = tl.load(X + x_rows[:, None] + rk[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            yk = tl.load(Y + y_rows[None, :] + rk[:, None], mask=col_ok[None, :] & k_ok[:, None], other=0.0)
+            if UPCAST:  # the interpreter's bfloat16 dot is unusable; bf16 products are exact in fp32
+                xk = xk.to(tl.float32)
+                yk = yk.to(tl.float32)
+            acc = tl.dot(xk, yk, acc, input_precision=PRECISION)
 
     mt = tl.load(MT + a_r.to(tl.int64) * T + t_r, mask=row_ok, other=0) != 0   # [M]
     mv = tl.load(MV + b_c.to(tl.int64) * V + v_c, mask=col_ok, other=0) != 0   # [N]
@@ -122,6 +128,29 @@ def _wti_forward_kernel(X, Y, P, Q, MT, MV, SCORE, T2V, V2T, A, B, T, V, D, tile
 
 
 @triton.jit
+def _one_hot_product(w, G, OTH, OTH_W, OTH_IDX, n64, m0, mb, lo, lo_ok, r, d, d_ok, n_oth, L_oth, D, ps_own, ps_oth,
+                     MB: tl.constexpr, LOP: tl.constexpr, DB: tl.constexpr, PRECISION: tl.constexpr):
+    """w += the other rows of items m0..m0+MB whose index points at an own row: a one-hot [LP, MB * LOP] @
+    [MB * LOP, DB] product on tensor cores."""
+    m = m0 + mb
+    m_ok = m < n_oth
+    m64 = m.to(tl.int64)
+    pair = n64 * ps_own + m64 * ps_oth                                            # [MB]
+    c = tl.load(G + pair, mask=m_ok, other=0.0).to(w.dtype) * 0.5                # [MB]
+    oth_rows = m64 * L_oth                                                         # [MB]
+    j = tl.load(OTH_IDX + pair[:, None] * L_oth + lo[None, :], mask=m_ok[:, None] & lo_ok[None, :], other=-1)
+    coef = c[:, None] * tl.load(OTH_W + oth_rows[:, None] + lo[None, :], mask=m_ok[:, None] & lo_ok[None, :],
+                                other=0.0).to(w.dtype)                              # [MB, LOP]
+    rows = tl.load(OTH + (oth_rows[:, None, None] + lo[None, :, None]) * D + d[None, None, :],
+                   mask=(m_ok[:, None] & lo_ok[None, :])[:, :, None] & d_ok[None, None, :],
+                   other=0.0).to(w.dtype)                                           # [MB, LOP, DB]
+    j_flat = tl.reshape(j, [MB * LOP])
+    coef_flat = tl.reshape(coef, [MB * LOP])
+    onehot = tl.where(r[:, None] == j_flat[None, :], coef_flat[None, :], 0.0)        # [LP, MB * LOP]
+    return tl.dot(onehot, tl.reshape(rows, [MB * LOP, DB]), w, input_precision=PRECISION)
+
+
+@triton.jit
 def _wti_backward_side_kernel(G, OWN, OWN_W, OTH, OTH_W, OWN_IDX, OTH_IDX, GRAD_OWN, PARTIAL,
                               n_own, n_oth, L_own, L_oth, D, ps_own, ps_oth,
                               LP: tl.constexpr, LOP: tl.constexpr, MB: tl.constexpr, DB: tl.constexpr,
@@ -143,29 +172,29 @@ def _wti_backward_side_kernel(G, OWN, OWN_W, OTH, OTH_W, OWN_IDX, OTH_IDX, GRAD_
         w = tl.zeros([LP, DB], dtype=tl.float32)
     n64 = n.to(tl.int64)
     for m0 in range(0, n_oth, MB):
-        m = m0 + mb
-        m_ok = m < n_oth
-        m64 = m.to(tl.int64)
-        pair = n64 * ps_own + m64 * ps_oth                                            # [MB]
-        c = tl.load(G + pair, mask=m_ok, other=0.0).to(z.dtype) * 0.5                # [MB]
-        oth_rows = m64 * L_oth                                                         # [MB]
-        # z: gather the other row each own row points at
-        idx = tl.load(OWN_IDX + pair[:, None] * L_own + r[None, :], mask=m_ok[:, None] & r_ok[None, :], other=-1)
-        idx_ok = (idx >= 0) & (idx < L_oth)                                            # [MB, LP]
-        gathered = tl.load(OTH + (oth_rows[:, None, None] + idx[:, :, None]) * D + d[None, None, :],
-                           mask=idx_ok[:, :, None] & d_ok[None, None, :], other=0.0).to(z.dtype)  # [MB, LP, DB]
-        z += tl.sum(c[:, None, None] * gathered, axis=0)
-        # w: the other rows whose index points at an own row, as a one-hot product
-        j = tl.load(OTH_IDX + pair[:, None] * L_oth + lo[None, :], mask=m_ok[:, None] & lo_ok[None, :], other=-1)
-        coef = c[:, None] * tl.load(OTH_W + oth_rows[:, None] + lo[None, :], mask=m_ok[:, None] & lo_ok[None, :],
-                                    other=0.0).to(z.dtype)                              # [MB, LOP]
-        rows = tl.load(OTH + (oth_rows[:, None, None] + lo[None, :, None]) * D + d[None, None, :],
-                       mask=(m_ok[:, None] & lo_ok[None, :])[:, :, None] & d_ok[None, None, :],
-                       other=0.0).to(z.dtype)                                           # [MB, LOP, DB]
-        j_flat = tl.reshape(j, [MB * LOP])
-        coef_flat = tl.reshape(coef, [MB * LOP])
-        onehot = tl.where(r[:, None] == j_flat[None, :], coef_flat[None, :], 0.0)        # [LP, MB * LOP]
-        w = tl.dot(onehot, tl.reshape(rows, [MB * LOP, DB]), w, input_precision=PRECISION)
+        # z: one other item at a time, so the gathered tile stays [LP, DB] whatever MB is
+        for i in range(MB):
+            m_i = m0 + i
+            ok_i = m_i < n_oth
+            pair_i = n64 * ps_own + m_i.to(tl.int64) * ps_oth
+            c_i = tl.load(G + pair_i, mask=ok_i, other=0.0).to(z.dtype) * 0.5
+            idx = tl.load(OWN_IDX + pair_i * L_own + r, mask=ok_i & r_ok, other=-1)              # [LP]
+            idx_ok = (idx >= 0) & (idx < L_oth)
+            gathered = tl.load(OTH + (m_i.to(tl.int64) * L_oth + idx)[:, None] * D + d[None, :],
+                               mask=idx_ok[:, None] & d_ok[None, :], other=0.0).to(z.dtype)     # [LP, DB]
+            z += c_i * gathered
+            if IS_FP64:  # the one-hot product by broadcasting: no float64 tl.dot before Triton 3.7 (device: 3.6)
+                oth_rows_i = m_i.to(tl.int64) * L_oth + lo                                        # [LOP]
+                l_ok = ok_i & lo_ok
+                j_i = tl.load(OTH_IDX + pair_i * L_oth + lo, mask=l_ok, other=-1)
+                coef_i = c_i * tl.load(OTH_W + oth_rows_i, mask=l_ok, other=0.0).to(z.dtype)
+                rows_i = tl.load(OTH + oth_rows_i[:, None] * D + d[None, :], mask=l_ok[:, None] & d_ok[None, :],
+                                 other=0.0).to(z.dtype)                                          # [LOP, DB]
+                onehot = tl.where(r[:, None] == j_i[None, :], coef_i[None, :], 0.0)               # [LP, LOP]
+                w += tl.sum(onehot[:, :, None] * rows_i[None, :, :], axis=1)
+        if not IS_FP64:
+            w = _one_hot_product(w, G, OTH, OTH_W, OTH_IDX, n64, m0, mb, lo, lo_ok, r, d, d_ok, n_oth, L_oth, D,
+                                 ps_own, ps_oth, MB, LOP, DB, PRECISION)
 
     own_rows = n64 * L_own + r                                                          # [LP]
     ok = r_ok[:, None] & d_ok[None, :]
@@ -177,10 +206,38 @@ def _wti_backward_side_kernel(G, OWN, OWN_W, OTH, OTH_W, OWN_IDX, OTH_IDX, GRAD_
     tl.store(PARTIAL + (slice_.to(tl.int64) * n_own + n64) * L_own + r, partial, mask=r_ok)
 
 
-def _forward_tiles(A, B, T, V, D, on_gpu):
+def _backward_tiles(L_own, L_oth, n_oth, D, on_gpu, fp64):
+    """(LP, LOP, MB, DB, warps) of the backward: own rows and other rows padded to powers of two, other items
+    per one-hot product (its K = MB * LOP >= 16, tl.dot's least), width of the D slice, warps a program.
+
+    On a GPU the live tiles (z, w, the gathered rows: [LP, DB]; the one-hot [LP, K]; the other rows [K, DB])
+    stay within about 4096 / 8192 elements, 32 to 64 registers a thread at 4 warps (8 beyond that): long texts
+    or many frames get a narrower D slice and a smaller K instead of tiles that would spill (and PTX that
+    takes ptxas minutes). The SPEC size (T = 32, V = 12) gets DB = 64, K = 64. float64 forms the one-hot
+    product by broadcasting, [LP, LOP, DB] a program: DB = 16 there. On the interpreter the tiles grow to
+    the problem: it pays per operation, not per element."""
+    LP = max(16, _next_pow2(L_own))
+    LOP = _next_pow2(L_oth)
+    if on_gpu:
+        K = max(16, min(64, 4096 // LP))
+        MB = max(1, K // LOP)
+        DB = 16 if fp64 else 64
+        while DB > 16 and (LP * DB > 4096 or MB * LOP * DB > 8192):
+            DB //= 2
+        live = LP * LOP * DB if fp64 else max(LP * DB, LP * MB * LOP, MB * LOP * DB)
+        warps = 4 if live <= 8192 else 8
+        return LP, LOP, MB, DB, warps
+    MB = max(1, min(4096 // LOP, _next_pow2(n_oth)))
+    while MB * LOP < 16:
+        MB *= 2
+    return LP, LOP, MB, max(16, min(256, _next_pow2(D))), 4
+
+
+def _forward_tiles(A, B, T, V, D, on_gpu, fp64=False):
     TP, VP = _next_pow2(T), _next_pow2(V)
     if on_gpu:  # fixed tiles: one compiled variant per (T, V), whatever the batch sizes
-        TA, BB = max(1, 128 // TP), max(1, 128 // VP)
+        side = 64 if fp64 else 128  # float64 accumulates in registers without tensor cores: a quarter the tile
+        TA, BB = max(1, side // TP), max(1, side // VP)
     else:  # the interpreter pays per program and per operation, not per element: few programs, no waste
         TA = max(1, min(256 // TP, _next_pow2(A)))
         BB = max(1, min(256 // VP, _next_pow2(B)))
@@ -203,14 +260,14 @@ def wti_similarity_op(text: torch.Tensor, video: torch.Tensor, text_weight: torc
     v2t = text.new_empty((A, B, V), dtype=torch.int32)
     if A == 0 or B == 0:
         return score, t2v, v2t
-    on_gpu = text.is_cuda
-    TA, TP, BB, VP, BK = _forward_tiles(A, B, T, V, D, on_gpu)
+    on_gpu = _launch.compiled(text)
+    TA, TP, BB, VP, BK = _forward_tiles(A, B, T, V, D, on_gpu, text.dtype == torch.float64)
     tiles_a, tiles_b = triton.cdiv(A, TA), triton.cdiv(B, BB)
     x, y = text.contiguous(), video.contiguous()
     p, q = text_weight.contiguous(), video_weight.contiguous()
     mt = text_mask.contiguous().view(torch.uint8)
     mv = video_mask.contiguous().view(torch.uint8)
-    with torch.cuda.device(text.device) if on_gpu else contextlib.nullcontext():
+    with _launch.device_guard(text):
         _wti_forward_kernel[(tiles_a * tiles_b,)](
             x, y, p, q, mt, mv, score, t2v, v2t, A, B, T, V, D, tiles_b,
             ZERO=bool(zero_padding), TA=TA, TP=TP, BB=BB, VP=VP, BK=BK, IS_FP64=text.dtype == torch.float64,
@@ -238,16 +295,8 @@ def _backward_side(grad, own, own_w, oth, oth_w, own_idx, oth_idx, ps_own, ps_ot
     if n_oth == 0 or L_oth == 0:
         grad_own.zero_()
         return
-    on_gpu = own.is_cuda
-    LP = max(16, _next_pow2(L_own))
-    LOP = _next_pow2(L_oth)
-    if on_gpu:
-        MB = max(1, 64 // LOP)
-    else:  # the interpreter: as few loop iterations as possible
-        MB = max(1, min(4096 // LOP, _next_pow2(n_oth)))
-    while MB * LOP < 16:
-        MB *= 2
-    DB = 64 if on_gpu else max(16, min(256, _next_pow2(D)))
+    LP, LOP, MB, DB, warps = _backward_tiles(L_own, L_oth, n_oth, D, _launch.compiled(own),
+                                             own.dtype == torch.float64)
     slices = triton.cdiv(D, DB)
     if own.dtype == torch.float64:
         precision = "ieee"
@@ -257,12 +306,12 @@ def _backward_side(grad, own, own_w, oth, oth_w, own_idx, oth_idx, ps_own, ps_ot
         precision = "tf32"
     acc_dtype = torch.float64 if own.dtype == torch.float64 else torch.float32
     partial = torch.empty((slices, n_own, L_own), dtype=acc_dtype, device=own.device)
-    with torch.cuda.device(own.device) if on_gpu else contextlib.nullcontext():
+    with _launch.device_guard(own):
         _wti_backward_side_kernel[(n_own, slices)](
             grad, own, own_w, oth, oth_w, own_idx, oth_idx, grad_own, partial,
             n_own, n_oth, L_own, L_oth, D, ps_own, ps_oth,
             LP=LP, LOP=LOP, MB=MB, DB=DB, PRECISION=precision, IS_FP64=own.dtype == torch.float64,
-            num_warps=4, num_stages=2 if on_gpu else 1)
+            num_warps=warps, num_stages=2 if _launch.compiled(own) else 1)
     grad_own_w.copy_(partial.sum(0))
 
 
