@@ -27,7 +27,7 @@ tail -5 "$OUT/tests.log"
 step "compute-sanitizer memcheck on the GPU tests (small cases)"
 if command -v compute-sanitizer > /dev/null; then
   timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 $PY -m pytest tests/gpu -q -x \
-    -k "not gradcheck and not spec_size" -p no:cacheprovider > "$OUT/memcheck.log" 2>&1
+    -k "not gradcheck and not spec_size and not out_of_range" -p no:cacheprovider > "$OUT/memcheck.log" 2>&1
   echo "memcheck exit code $? (0 clean, 9 errors found, 124 timed out)" | tee -a "$OUT/memcheck.log"
   grep -E "ERROR SUMMARY|passed|failed" "$OUT/memcheck.log" | tail -3
 fi

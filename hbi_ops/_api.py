@@ -120,8 +120,8 @@ def merge_tokens(x, idx, num_clusters, weight=None, *, backend=None):
     num_clusters = _checks.integer("num_clusters", num_clusters, low=1)
     _checks.same_device("x", x, idx=idx, weight=weight)
     weight = _checks.floating_or_default("weight", weight, (batch, num_tokens), x, 1.0)
-    # Reading idx on a GPU would synchronise, and under torch.compile it would break the graph: the
-    # kernels check the range themselves there.
+    # Reading idx on a GPU would synchronise, and under torch.compile it would break the graph: there the
+    # cuda and triton kernels fail a device-side assertion instead (the error surfaces at the next sync).
     if idx.device.type == "cpu" and idx.numel() > 0 and not torch.compiler.is_compiling():
         low, high = int(idx.min()), int(idx.max())
         if low < 0 or high >= num_clusters:

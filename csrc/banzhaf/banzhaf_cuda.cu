@@ -4,8 +4,9 @@
 //
 // Design.
 // * Every kernel block handles one pair b and one chunk of coalitions ("units": Philox samples, or subset
-//   codes for the exact estimator), grid = B * chunks (1-D). The number of chunks depends only on
-//   (B, number of units), never on the device, so results are reproducible across cards.
+//   codes for the exact estimator), grid = B * chunks (1-D). The number of chunks depends on B, the number
+//   of units and the warps per block (fewer when shared memory is short: large T * V on cards with less
+//   than an H100's), so the forward is deterministic on a card, and across cards up to rounding.
 // * Block prologue: warp 0 compacts the real words/frames (ballots), the pair's R, weights and
 //   Ew = exp(wt - max), Fw go to shared memory in compact form (real players only, row stride odd
 //   to avoid bank conflicts).
@@ -664,8 +665,10 @@ __global__ void __launch_bounds__(128) cells_kernel(const scalar_t* __restrict__
     if (n > kMaxExactPlayers) active = false;  // device guard; finalize writes NaN
     else units_b = int64_t(1) << n;
   }
-  const int64_t begin = static_cast<int64_t>(chunk) * per_chunk;
-  const int64_t end = begin + per_chunk < units_b ? begin + per_chunk : units_b;
+  // exact: the grid is sized for the largest pair; split this pair's own 2^n evenly over its chunks
+  const int64_t per_chunk_b = exact ? (units_b + chunks - 1) / chunks : per_chunk;
+  const int64_t begin = static_cast<int64_t>(chunk) * per_chunk_b;
+  const int64_t end = begin + per_chunk_b < units_b ? begin + per_chunk_b : units_b;
   if (begin >= end) active = false;
 
   DevGrads<acc_t> grads{nullptr, nullptr, nullptr};
@@ -879,8 +882,10 @@ __global__ void __launch_bounds__(kValueThreads) value_kernel(const scalar_t* __
   for (int b = tid; b < nf; b += NT) { sf[b] = 0; cf[b] = 0; }
   if (tid == 0) sa[0] = 0;
   const int nmw = member_words(T, V);
-  const int64_t begin = static_cast<int64_t>(chunk) * per_chunk;
-  const int64_t end = begin + per_chunk < units_b ? begin + per_chunk : units_b;
+  // exact: the grid is sized for the largest pair; split this pair's own 2^n evenly over its chunks
+  const int64_t per_chunk_b = exact ? (units_b + chunks - 1) / chunks : per_chunk;
+  const int64_t begin = static_cast<int64_t>(chunk) * per_chunk_b;
+  const int64_t end = begin + per_chunk_b < units_b ? begin + per_chunk_b : units_b;
   const uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   const acc_t neg_inf = static_cast<acc_t>(-INFINITY);
   __syncthreads();
@@ -1042,9 +1047,9 @@ __global__ void value_finalize_kernel(const double* __restrict__ ws, const bool*
     const int64_t pair = e / TV, k = e - pair * TV;
     const int t = static_cast<int>(k / V), v = static_cast<int>(k - static_cast<int64_t>(t) * V);
     double r = 0;
-    int nw, nf;
-    const int n = players_of(tmask, vmask, pair, T, V, nw, nf);
     if (tmask[pair * T + t] && vmask[pair * V + v]) {
+      int nw, nf;
+      const int n = exact ? players_of(tmask, vmask, pair, T, V, nw, nf) : 0;  // T + V mask reads: exact only
       if (exact && n > kMaxExactPlayers) {
         r = NAN;
       } else {
@@ -1113,9 +1118,10 @@ __global__ void stratum_weight_kernel(const double* __restrict__ ws, const bool*
 }
 
 template <typename scalar_t>
-__global__ void backward_finalize_kernel(const double* __restrict__ ws, scalar_t* __restrict__ grad_sim,
+__global__ void backward_finalize_kernel(const double* __restrict__ ws, const bool* __restrict__ tmask,
+                                         const bool* __restrict__ vmask, scalar_t* __restrict__ grad_sim,
                                          scalar_t* __restrict__ grad_wt, scalar_t* __restrict__ grad_wv,
-                                         int64_t B, int T, int V, int chunks) {
+                                         int64_t B, int T, int V, int chunks, bool exact) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t TV = static_cast<int64_t>(T) * V, per = TV + T + V, total = B * per;
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
@@ -1123,6 +1129,10 @@ __global__ void backward_finalize_kernel(const double* __restrict__ ws, scalar_t
     const int64_t pair = e / per, k = e - pair * per;
     acc_t s = 0;  // the CPU kernel accumulates gradients in acc_t
     for (int c = 0; c < chunks; ++c) s += static_cast<acc_t>(ws[(pair * chunks + c) * per + k]);
+    if (exact) {  // the forward's device guard: a pair with too many players gets NaN, not a zero gradient
+      int nw, nf;
+      if (players_of(tmask, vmask, pair, T, V, nw, nf) > kMaxExactPlayers) s = static_cast<acc_t>(NAN);
+    }
     if (k < TV) grad_sim[pair * TV + k] = static_cast<scalar_t>(s);
     else if (k < TV + T) grad_wt[pair * T + (k - TV)] = static_cast<scalar_t>(s);
     else grad_wv[pair * V + (k - TV - T)] = static_cast<scalar_t>(s);
@@ -1323,8 +1333,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> banzhaf_interaction_backward_cuda
                                         exact ? 0.0 : static_cast<double>(per_sample), warps);
     }
     backward_finalize_kernel<scalar_t><<<blocks_for(B * (T * V + T + V)), 256, 0, stream>>>(
-        ws.data_ptr<double>(), grad_sim.data_ptr<scalar_t>(), grad_wt.data_ptr<scalar_t>(),
-        grad_wv.data_ptr<scalar_t>(), B, T, V, chunks);
+        ws.data_ptr<double>(), p.tm.data_ptr<bool>(), p.vm.data_ptr<bool>(), grad_sim.data_ptr<scalar_t>(),
+        grad_wt.data_ptr<scalar_t>(), grad_wv.data_ptr<scalar_t>(), B, T, V, chunks, exact);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {grad_sim, grad_wt, grad_wv};

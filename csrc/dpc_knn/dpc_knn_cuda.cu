@@ -24,9 +24,9 @@
 //     (2) one block per row: the row in shared memory, k-th smallest by an 8-bit radix select, the
 //     smaller entries sorted by rank counting, summed ascending -> rho; (3) one block per row: delta and
 //     score; (4) ranks by counting over the sample's scores -> centres; (5) one thread per token:
-//     assignment. Limits: the row kernel keeps a row plus 2k entries in shared memory, so N is bounded by
-//     the device's opt-in shared memory (about 9,000 tokens in float64, 18,000 in float32 on an H100);
-//     above it the op raises a clear error.
+//     assignment. Limits: the row kernel keeps a row plus 2k entries in shared memory, so N + 2k is bounded
+//     by the device's opt-in shared memory (about 29,000 tokens in float64, 58,000 in float32 on an H100);
+//     above it the op raises a clear error. One sample's N x N matrix must also fit in GPU memory.
 //
 // Floors (H100: 3.35 TB/s; ~51 TFLOP/s fp32 without tensor cores = ~25.6 T FP32 instructions/s counting an
 // FMA as 2 flops; H200 4.24 TB/s), float32:
@@ -634,7 +634,7 @@ void run_large(const at::Tensor& x, const at::Tensor& real, int64_t num_clusters
   TORCH_CHECK(density_shared + static_shared <= limit, "dpc_knn (cuda kernel): N=", n, " and k=", k,
               " need ", density_shared + static_shared, " bytes of shared memory per block, more than this device's ",
               limit, "; use fewer tokens per sample (or the cpu / torch backend)");
-  if (density_shared > 48 * 1024) {
+  if (density_shared + static_shared > 48 * 1024) {  // the default limit counts static shared memory too
     C10_CUDA_CHECK(cudaFuncSetAttribute(density_kernel<acc_t>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(density_shared)));
   }

@@ -16,9 +16,9 @@
 //      `cpu` backend's. The backward recomputes W and out in the accumulate type (as the CPU does).
 //   3. backward `token_kernel`, one warp per token: grad_x row and the dot product (warp tree reduction,
 //      so grad_w differs from the CPU's sequential sum by rounding only).
-// Out-of-range idx values (possible through torch.ops, which skips the Python checks; checking on the
-// device would need a host sync) never write out of bounds: such a token belongs to no cluster, adds
-// nothing to any output and gets zero gradients (the cpu kernel raises an error instead).
+// Out-of-range idx values (the Python check reads idx on CPU tensors only: on the GPU it would need a host
+// sync) stop the program with a device-side assertion, as torch's own index ops do (the cpu kernel raises
+// an error). The kernels stay memory-safe past it: such a token belongs to no cluster and writes nothing.
 //
 // Floor (H100, 3.35 TB/s; H200 4.24 TB/s), float32 forward:
 //   text  B=128 N=32 C=512 K=16: read x 8.4 MB + write out 4.2 MB = 12.6 MB -> 3.8 us (H100);
@@ -62,6 +62,7 @@ __global__ void bucket_kernel(const int64_t* __restrict__ idx, int64_t n, int64_
   __syncwarp();
   for (int64_t t = lane; t < n; t += kWarp) {
     const int64_t c = row[t];
+    CUDA_KERNEL_ASSERT_MSG(c >= 0 && c < num_clusters, "merge_tokens: idx must hold values in [0, num_clusters)");
     if (c >= 0 && c < num_clusters) atomicAdd(&cursor[c], 1);
   }
   __syncwarp();
@@ -167,7 +168,7 @@ __global__ void token_backward_kernel(const scalar_t* __restrict__ grad, const s
   const int64_t b = token / n;
   const int64_t c = idx[token];
   scalar_t* gx = grad_x + token * width;
-  if (c < 0 || c >= num_clusters) {  // out of range: no cluster, zero gradients (see the note on top)
+  if (c < 0 || c >= num_clusters) {  // out of range (bucket_kernel asserts): no cluster, zero gradients
     for (int64_t ch = lane; ch < width; ch += kWarp) gx[ch] = static_cast<scalar_t>(0);
     if (lane == 0) grad_w[token] = static_cast<scalar_t>(0);
     return;

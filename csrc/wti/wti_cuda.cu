@@ -332,6 +332,8 @@ wti_forward_fused_kernel(const scalar_t* __restrict__ text, const scalar_t* __re
     pair_epilogue<float, float, scalar_t>(tile + r * kLdC + c, kLdC, T, V, mt_s + r, mv_s + c, p_s + r, q_s + c,
                                           zero_padding, lane, t2v + out * T, v2t + out * V, score + out);
   }
+#else
+  __trap();  // only PTX for an older architecture, JIT-compiled on a newer card: fail loudly, write nothing
 #endif
 }
 
@@ -367,6 +369,8 @@ void forward_fallback(const at::Tensor& text, const at::Tensor& video, const at:
                       const at::Tensor& video_weight, const at::Tensor& text_mask, const at::Tensor& video_mask,
                       bool zero_padding, at::Tensor& score, at::Tensor& t2v, at::Tensor& v2t) {
   using acc_t = at::opmath_type<scalar_t>;
+  // Exact float32 products whatever torch.backends.cuda.matmul.allow_tf32 says: TF32 would move the maxima
+  at::NoTF32Guard disable_tf32;
   const int64_t A = text.size(0), T = text.size(1), D = text.size(2);
   const int64_t B = video.size(0), V = video.size(1);
   const auto acc = text.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
@@ -400,6 +404,7 @@ bool forward_fused(const at::Tensor& text, const at::Tensor& video, const at::Te
     const int64_t B = video.size(0), V = video.size(1);
     if (T < 1 || V < 1 || T > fused::kRows || V > fused::kCols) return false;
     const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
+    // sm_86 / sm_89 (99 KB a block, 576 bytes short; kLdC must stay a multiple of 4 for wmma) take the fallback
     if (props->major < 8 || props->sharedMemPerBlockOptin < fused::kSmemBytes) return false;
     const int TA = static_cast<int>(fused::kRows / T), TB = static_cast<int>(fused::kCols / V);
     const int64_t tiles_a = (A + TA - 1) / TA, tiles_b = (B + TB - 1) / TB;
@@ -521,10 +526,11 @@ __device__ __forceinline__ void load2(const scalar_t* src, int64_t d, int64_t D,
 //   own_idx[pair, r] : the other row of own row r (-1: none), oth_idx[pair, l] : the own row of other row l.
 //   z[n,r] = sum_m c F_oth[m, own_idx],   w[n,r] = sum_{m, l: oth_idx = r} c w_oth[m,l] F_oth[m,l]
 //   grad_own[n,r] = w_own[n,r] z + w,     partial[slice, n, r] = <F_own[n,r], z> over the block's columns.
-// Grid: x = own groups x row chunks, y = D slices. A block: `items` own items x `chunk` rows each (<= kRows).
+// Grid (1-D): own groups x row chunks x D slices, slices fastest. A block: `items` own items x `chunk` rows
+// each (<= kRows).
 template <typename scalar_t, bool kVector>
 __global__ void __launch_bounds__(kThreads)
-wti_backward_side_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ own,
+wti_backward_side_kernel(const at::opmath_type<scalar_t>* __restrict__ grad, const scalar_t* __restrict__ own,
                          const scalar_t* __restrict__ own_weight, const scalar_t* __restrict__ oth,
                          const scalar_t* __restrict__ oth_weight, const int32_t* __restrict__ own_idx,
                          const int32_t* __restrict__ oth_idx, int64_t n_own, int64_t n_oth, int L_own, int L_oth,
@@ -538,10 +544,13 @@ wti_backward_side_kernel(const scalar_t* __restrict__ grad, const scalar_t* __re
   uint32_t* mask_s = reinterpret_cast<uint32_t*>(idx_s + batch * R);      // [batch][R][words]
 
   const int tid = threadIdx.x, warp = tid / kWarp, lane = tid % kWarp;
-  const int64_t group = blockIdx.x / chunks;
-  const int r0 = static_cast<int>(blockIdx.x % chunks) * chunk;  // first own row of the chunk
+  // Blocks: D slices fastest, so the slices of one group run together and share its index reads in L2
+  const int64_t slices = (D + kCols - 1) / kCols;
+  const int64_t slice = blockIdx.x % slices, block = blockIdx.x / slices;
+  const int64_t group = block / chunks;
+  const int r0 = static_cast<int>(block % chunks) * chunk;  // first own row of the chunk
   const int64_t n0 = group * items;
-  const int64_t d = static_cast<int64_t>(blockIdx.y) * kCols + lane * kVec;
+  const int64_t d = slice * kCols + lane * kVec;
   const bool lane_active = d < D;
 
   acc_t z[kRowsPerWarp][kVec], w[kRowsPerWarp][kVec];
@@ -561,7 +570,7 @@ wti_backward_side_kernel(const scalar_t* __restrict__ grad, const scalar_t* __re
     for (int i = tid; i < items * in_batch; i += kThreads) {
       const int item = i / in_batch, ml = i % in_batch;
       const int64_t n = n0 + item;
-      c_s[item * batch + ml] = n < n_own ? static_cast<acc_t>(grad[n * ps_own + (m0 + ml) * ps_oth]) / 2 : acc_t(0);
+      c_s[item * batch + ml] = n < n_own ? grad[n * ps_own + (m0 + ml) * ps_oth] / 2 : acc_t(0);
     }
     for (int i = tid; i < in_batch * R; i += kThreads) {
       const int ml = i / R, row = i % R, item = row / chunk, r = r0 + row % chunk;
@@ -642,7 +651,7 @@ wti_backward_side_kernel(const scalar_t* __restrict__ grad, const scalar_t* __re
     }
 #pragma unroll
     for (int offset = kWarp / 2; offset > 0; offset /= 2) dot += __shfl_xor_sync(kFull, dot, offset);
-    if (lane == 0) partial[static_cast<int64_t>(blockIdx.y) * n_own * L_own + own_row] = dot;
+    if (lane == 0) partial[slice * n_own * L_own + own_row] = dot;
   }
 }
 
@@ -679,7 +688,7 @@ void side(const at::Tensor& grad, const at::Tensor& own, const at::Tensor& own_w
   const size_t smem = static_cast<size_t>(per_item * batch) + 16;
   const int64_t groups = (n_own + items - 1) / items;
   const int64_t slices = (D + kCols - 1) / kCols;
-  TORCH_CHECK(groups * chunks <= std::numeric_limits<int32_t>::max() && slices <= 65535,
+  TORCH_CHECK(groups * chunks * slices <= std::numeric_limits<int32_t>::max(),
               "wti_similarity_backward: too many rows or features for one launch");
   const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
   TORCH_CHECK(smem <= props->sharedMemPerBlockOptin,
@@ -692,8 +701,8 @@ void side(const at::Tensor& grad, const at::Tensor& own, const at::Tensor& own_w
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   }
   auto stream = at::cuda::getCurrentCUDAStream();
-  kernel<<<dim3(static_cast<unsigned>(groups * chunks), static_cast<unsigned>(slices)), kThreads, smem, stream>>>(
-      grad.const_data_ptr<scalar_t>(), own.const_data_ptr<scalar_t>(), own_weight.const_data_ptr<scalar_t>(),
+  kernel<<<static_cast<unsigned>(groups * chunks * slices), kThreads, smem, stream>>>(
+      grad.const_data_ptr<acc_t>(), own.const_data_ptr<scalar_t>(), own_weight.const_data_ptr<scalar_t>(),
       oth.const_data_ptr<scalar_t>(), oth_weight.const_data_ptr<scalar_t>(), own_idx.const_data_ptr<int32_t>(),
       oth_idx.const_data_ptr<int32_t>(), n_own, n_oth, static_cast<int>(L_own), static_cast<int>(L_oth), D, ps_own,
       ps_oth, items, chunk, chunks, batch, words, grad_own.data_ptr<scalar_t>(), partial.data_ptr<acc_t>());
@@ -746,7 +755,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> wti_similarity_backwa
   TORCH_CHECK(T < (int64_t{1} << 30) && V < (int64_t{1} << 30), "wti_similarity_backward: too many words or frames");
 
   c10::cuda::CUDAGuard guard(device);
-  const at::Tensor g = grad_score.to(text.scalar_type()).contiguous();
   const at::Tensor x = text.contiguous(), y = video.contiguous();
   const at::Tensor p = text_weight.contiguous(), q = video_weight.contiguous();
   const at::Tensor i = t2v_argmax.contiguous(), j = v2t_argmax.contiguous();
@@ -758,6 +766,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> wti_similarity_backwa
     return {grad_text, grad_video, grad_text_weight, grad_video_weight};
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, text.scalar_type(), "wti_similarity_backward_cuda", [&] {
+    // the incoming gradient in the accumulate type, as the cpu kernel reads it (not rounded to float16 first)
+    const at::Tensor g =
+        grad_score.to(c10::CppTypeToScalarType<at::opmath_type<scalar_t>>::value).contiguous();
     // pass 1 owns texts: own rows t, own index t2v, other index v2t; pair (a, b) = a*B + b
     bwd::side<scalar_t>(g, x, p, y, q, i, j, B, 1, grad_text, grad_text_weight);
     // pass 2 owns videos: own rows v, own index v2t, other index t2v; pair (b, a) = a*B + b

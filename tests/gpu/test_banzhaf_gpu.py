@@ -66,10 +66,10 @@ def test_cuda_matches_torch(definition, estimator, dtype, shape):
 @needs_cuda_backend
 @pytest.mark.parametrize("definition,estimator", SETTINGS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("shape", [(5, 6, 5), (4, 40, 7), (2, 9, 100)])
+@pytest.mark.parametrize("shape", [(5, 6, 5), (4, 40, 7), (2, 9, 100), (2, 40, 100)])
 def test_cuda_matches_cpu_same_seed(definition, estimator, dtype, shape):
-    # Shapes with more than 32 words / frames and more than 128 players (several Philox blocks, several
-    # membership words); exact runs on the small shape only (at most 24 players).
+    # Shapes with more than 32 words / frames, more than 32 players (several membership words) and more
+    # than 128 (several Philox blocks); exact runs on the small shape only (at most 24 players).
     if estimator == "exact" and shape != (5, 6, 5):
         pytest.skip("exact enumerates 2^n coalitions")
     game = random_game(*shape, dtype=dtype)
@@ -238,7 +238,11 @@ def test_exact_refuses_too_many_players():
     with pytest.raises(ValueError, match="at most 24 players"):
         hbi_ops.banzhaf_interaction(sim, text_mask, estimator="exact", backend="cuda")
     # The raw op has no host check (it would need a sync): the device guard gives NaN for such a pair.
-    out = torch.ops.hbi_ops.banzhaf_interaction(sim, text_mask, torch.ones(2, 10, dtype=torch.bool, device="cuda"),
-                                                torch.zeros(2, 20, device="cuda"), torch.zeros(2, 10, device="cuda"),
-                                                "textbook", "exact", 1, 0)
-    assert torch.isnan(out[1]).all()
+    raw = (sim, text_mask, torch.ones(2, 10, dtype=torch.bool, device="cuda"), torch.randn(2, 20, device="cuda"),
+           torch.randn(2, 10, device="cuda"))
+    for definition in ("textbook", "reference"):
+        out = torch.ops.hbi_ops.banzhaf_interaction(*raw, definition, "exact", 1, 0)
+        assert torch.isnan(out[1]).all() and not torch.isnan(out[0]).any()
+        grads = torch.ops.hbi_ops.banzhaf_interaction_backward(torch.randn_like(sim), *raw, definition, "exact", 1, 0)
+        for grad in grads:  # the backward too: NaN for that pair, not a silent zero
+            assert torch.isnan(grad[1]).all() and not torch.isnan(grad[0]).any()

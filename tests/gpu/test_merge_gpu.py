@@ -1,6 +1,9 @@
 """hbi_ops.merge_tokens on CUDA tensors: the `cuda` and `triton` backends against the oracle, forward and
-backward, at several sizes (SPEC sizes included) and dtypes; gradcheck; opcheck; out-of-range idx through the
-raw ops; streams; no host synchronisation. Skipped without a GPU."""
+backward, at several sizes (SPEC sizes included) and dtypes; gradcheck; opcheck; out-of-range idx (a device-side
+assertion, in a child process); streams; no host synchronisation. Skipped without a GPU."""
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -100,31 +103,35 @@ def test_empty_clusters_empty_batch_and_non_contiguous(backend):
                                oracle(xt.contiguous(), it.contiguous(), wt.contiguous(), 5), rtol=1e-12, atol=1e-12)
 
 
-def _raw_ops(backend):
-    if backend == "cuda":
-        return (lambda x, i, w, k: torch.ops.hbi_ops.merge_tokens(x, i, w, k),
-                lambda g, x, i, w, m, k: torch.ops.hbi_ops.merge_tokens_backward(g, x, i, w, m, k))
-    return (lambda x, i, w, k: torch.ops.hbi_ops_triton.merge_tokens(x, i, w, k),
-            lambda g, x, i, w, m, k: torch.ops.hbi_ops_triton.merge_tokens_backward(g, x, i, w, k))
+_OUT_OF_RANGE_SCRIPT = """
+import sys, torch, hbi_ops
+backend, bad, via = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+x, idx, weight = torch.randn(3, 11, 6, device="cuda"), torch.randint(0, 4, (3, 11), device="cuda"), None
+idx[2, 7] = bad
+weight = torch.rand(3, 11, device="cuda")
+if via == "api":
+    hbi_ops.merge_tokens(x, idx, 4, weight, backend=backend)
+elif backend == "cuda":
+    torch.ops.hbi_ops.merge_tokens(x, idx, weight, 4)
+else:
+    torch.ops.hbi_ops_triton.merge_tokens(x, idx, weight, 4)
+torch.cuda.synchronize()
+print("NO ERROR")
+"""
 
 
+@pytest.mark.parametrize("via", ["api", "raw_op"])
 @pytest.mark.parametrize("bad", [-1, 4, 1 << 40])
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
-def test_out_of_range_idx_is_skipped_not_written(backend, bad):
-    # The raw ops skip the Python range check (it would synchronise): such a token belongs to no cluster.
+def test_out_of_range_idx_fails_a_device_assertion(backend, bad, via):
+    # Checking idx on the host would synchronise: the kernels fail a device-side assertion instead, which
+    # ends the CUDA context, so the call runs in a child process.
     _need(backend)
-    forward, backward = _raw_ops(backend)
-    x, idx, weight = inputs(3, 11, 6, 4, torch.float64)
-    idx[2, 7] = bad
-    out = forward(x, idx, weight, 4)
-    clean_idx, clean_weight = idx.clone(), weight.clone()
-    clean_idx[2, 7], clean_weight[2, 7] = 0, 0.0
-    torch.testing.assert_close(out, oracle(x, clean_idx, clean_weight, 4), rtol=1e-12, atol=1e-12)
-    grad = torch.randn_like(out)
-    grad_x, grad_w = backward(grad, x, idx, weight, out, 4)
-    assert torch.equal(grad_x[2, 7], torch.zeros(6, dtype=torch.float64, device="cuda"))
-    assert grad_w[2, 7].item() == 0.0
-    torch.cuda.synchronize()
+    child = subprocess.run([sys.executable, "-c", _OUT_OF_RANGE_SCRIPT, backend, str(bad), via],
+                           capture_output=True, text=True, timeout=600)
+    output = child.stdout + child.stderr
+    assert child.returncode != 0 and "NO ERROR" not in output, output[-2000:]
+    assert "device-side assert" in output or "Assertion" in output, output[-2000:]
 
 
 def test_opcheck_cuda():
