@@ -374,6 +374,27 @@ def _sample_range(c, num_items, per_prog, pt_ptr, tm, vm, b, T, V, EXACT: tl.con
     return start, end, pt, pv, total
 
 
+@_helper
+def _coalition_state(s, b, k0, k1, pt, pv, tidx, vidx, tm, vm, R, Ew, Fw, T, EXACT: tl.constexpr,
+                     NBLK: tl.constexpr, ACC: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr):
+    """Coalition s of pair b (Philox sample, or subset code for the exact estimator) and what the cell
+    deltas and their gradients share: membership, the other members' counts and softmax normalisers per
+    cell, and the row / column maxima over S without word i / frame j."""
+    if EXACT:
+        it, iv = _subset_coalition(s, pt, pv, tm, vm)
+    else:
+        it, iv = _philox_coalition(s, b, k0, k1, tidx, vidx, tm, vm, T, NBLK)
+    itf = it.to(ACC)
+    ivf = iv.to(ACC)
+    nct = _sum(it.to(tl.int32), 0) - it.to(tl.int32)
+    ncv = _sum(iv.to(tl.int32), 0) - iv.to(tl.int32)
+    Ztc = _sum(Ew * itf, 0) - itf * Ew
+    Zvc = _sum(Fw * ivf, 0) - ivf * Fw
+    r1, r2, ra, rb, is_ra, k1_, k2_, ka, kb, is_ka = _top2(R, it, iv, tidx, vidx, BT, BV)
+    W, cW, X, cX = _without(r1, r2, is_ra, k1_, k2_, is_ka, nct > 0, ncv > 0)
+    return it, iv, itf, ivf, nct, ncv, Ztc, Zvc, W, cW, X, cX, rb, is_ra, kb, is_ka
+
+
 # ------------------------------------------------------------------------------------------------
 # Kernels
 
@@ -393,20 +414,8 @@ def _cells_fwd_kernel(sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, pt_ptr, part_ptr,
     k1 = seed_hi.to(tl.uint32)
     acc = tl.zeros([BT, BV], ACC)
     for s in range(start, end):
-        if EXACT:
-            it, iv = _subset_coalition(s, pt, pv, tm, vm)
-        else:
-            it, iv = _philox_coalition(s, b, k0, k1, tidx, vidx, tm, vm, T, NBLK)
-        itf = it.to(ACC)
-        ivf = iv.to(ACC)
-        nSt = _sum(it.to(tl.int32), 0)
-        nSv = _sum(iv.to(tl.int32), 0)
-        nct = nSt - it.to(tl.int32)
-        ncv = nSv - iv.to(tl.int32)
-        Ztc = _sum(Ew * itf, 0) - itf * Ew
-        Zvc = _sum(Fw * ivf, 0) - ivf * Fw
-        r1, r2, ra, rb, is_ra, k1_, k2_, ka, kb, is_ka = _top2(R, it, iv, tidx, vidx, BT, BV)
-        W, cW, X, cX = _without(r1, r2, is_ra, k1_, k2_, is_ka, nct > 0, ncv > 0)
+        it, iv, itf, ivf, nct, ncv, Ztc, Zvc, W, cW, X, cX, rb, is_ra, kb, is_ka = _coalition_state(
+            s, b, k0, k1, pt, pv, tidx, vidx, tm, vm, R, Ew, Fw, T, EXACT, NBLK, ACC, BT, BV)
         if REFERENCE:
             text1, video1, Wr, Xr, Dt, Dv, EP, EQ, A1, A2, h_t, h_v, row_i, col_j = _ref_value1_parts(
                 R, W, X, Ew, Fw, itf, ivf, wt, wv, Ztc, Zvc, tidx, vidx, T, V)
@@ -485,23 +494,11 @@ def _cells_bwd_kernel(grad_ptr, sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, pt_ptr,
     gwt = tl.zeros([BT], ACC)
     gwv = tl.zeros([BV], ACC)
     for s in range(start, end):
-        if EXACT:
-            it, iv = _subset_coalition(s, pt, pv, tm, vm)
-        else:
-            it, iv = _philox_coalition(s, b, k0, k1, tidx, vidx, tm, vm, T, NBLK)
+        it, iv, itf, ivf, nct, ncv, Ztc, Zvc, W, cW, X, cX, rb, is_ra, kb, is_ka = _coalition_state(
+            s, b, k0, k1, pt, pv, tidx, vidx, tm, vm, R, Ew, Fw, T, EXACT, NBLK, ACC, BT, BV)
         G = g
         if EXACT:
             G = tl.where((~it)[:, None] & (~iv)[None, :], G, 0.0)
-        itf = it.to(ACC)
-        ivf = iv.to(ACC)
-        nSt = _sum(it.to(tl.int32), 0)
-        nSv = _sum(iv.to(tl.int32), 0)
-        nct = nSt - it.to(tl.int32)
-        ncv = nSv - iv.to(tl.int32)
-        Ztc = _sum(Ew * itf, 0) - itf * Ew
-        Zvc = _sum(Fw * ivf, 0) - ivf * Fw
-        r1, r2, ra, rb, is_ra, k1_, k2_, ka, kb, is_ka = _top2(R, it, iv, tidx, vidx, BT, BV)
-        W, cW, X, cX = _without(r1, r2, is_ra, k1_, k2_, is_ka, nct > 0, ncv > 0)
         if REFERENCE:
             own, at, bt, av, bv, dwt, dwv = _ref_value1_grad(G, R, W, X, cW, cX, Ew, Fw, itf, ivf, wt, wv,
                                                               Ztc, Zvc, tidx, vidx, T, V)
