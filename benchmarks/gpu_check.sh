@@ -21,8 +21,9 @@ fi
 (cd /tmp && $PY -c "import hbi_ops; print('backends', hbi_ops.backends())") | tee -a "$OUT/card.txt"
 
 step "tests (CPU, triton and the GPU tests)"
-$PY -m pytest tests/ops tests/gpu tests/test_dispatch.py -q -x --timeout=600 -p no:cacheprovider > "$OUT/tests.log" 2>&1 || status=1
-tail -5 "$OUT/tests.log"
+# --maxfail, not -x: one device run should show every failing kernel, not the first
+$PY -m pytest tests/ops tests/gpu tests/test_dispatch.py -q -rf --maxfail=25 --timeout=600 -p no:cacheprovider > "$OUT/tests.log" 2>&1 || status=1
+grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -30
 
 step "compute-sanitizer memcheck on the GPU tests (small cases)"
 if command -v compute-sanitizer > /dev/null; then
