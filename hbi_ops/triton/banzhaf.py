@@ -198,9 +198,10 @@ def _safe(z):
 
 
 @_helper
-def _kind_value(R, W, cW, X, cX, Ew, Fw, itf, ivf, Ztc, Zvc, nct, ncv, real, T, V,
+def _kind_sides(R, W, cW, X, cX, Ew, Fw, itf, ivf, Ztc, Zvc, nct, ncv, real, T, V,
                 AI: tl.constexpr, AJ: tl.constexpr, ZF: tl.constexpr):
-    """Value of X = c (+ i if AI) (+ j if AJ) for every cell: f, or the reference's F when ZF."""
+    """The text and video sides of the value of X = c (+ i if AI) (+ j if AJ) for every cell, with what
+    their gradients need: (valid, Zt, Zv, cM, cN, TX, Ms, VX, Ns)."""
     Zt = _safe(Ztc + AI * Ew)
     Zv = _safe(Zvc + AJ * Fw)
     nt = nct + AI
@@ -210,6 +211,15 @@ def _kind_value(R, W, cW, X, cX, Ew, Fw, itf, ivf, Ztc, Zvc, nct, ncv, real, T, 
     N, cN = _kind_tile(X, cX, R, AI, ZF, (nt < T)[:, None])
     TX, Ms = _side_value(M, Ew[:, None], itf[:, None], Zt[:, None], AI, 0)
     VX, Ns = _side_value(N, Fw[None, :], ivf[None, :], Zv[None, :], AJ, 1)
+    return valid, Zt, Zv, cM, cN, TX, Ms, VX, Ns
+
+
+@_helper
+def _kind_value(R, W, cW, X, cX, Ew, Fw, itf, ivf, Ztc, Zvc, nct, ncv, real, T, V,
+                AI: tl.constexpr, AJ: tl.constexpr, ZF: tl.constexpr):
+    """Value of X = c (+ i if AI) (+ j if AJ) for every cell: f, or the reference's F when ZF."""
+    valid, _Zt, _Zv, _cM, _cN, TX, _Ms, VX, _Ns = _kind_sides(R, W, cW, X, cX, Ew, Fw, itf, ivf, Ztc, Zvc,
+                                                               nct, ncv, real, T, V, AI, AJ, ZF)
     return tl.where(valid, 0.5 * (TX + VX), 0.0)
 
 
@@ -218,15 +228,8 @@ def _kind_grad(G, R, W, cW, X, cX, Ew, Fw, itf, ivf, Ztc, Zvc, nct, ncv, real, T
                AI: tl.constexpr, AJ: tl.constexpr, ZF: tl.constexpr, SIGN: tl.constexpr):
     """Gradient of sum_cells SIGN * G * value(kind): (self, text first/second argmax, video first/second
     argmax) coefficient tiles and the weight-logit gradients. G includes the factor 1/2."""
-    Zt = _safe(Ztc + AI * Ew)
-    Zv = _safe(Zvc + AJ * Fw)
-    nt = nct + AI
-    nv = ncv + AJ
-    valid = real & (nt > 0)[:, None] & (nv > 0)[None, :]
-    M, cM = _kind_tile(W, cW, R, AJ, ZF, (nv < V)[None, :])
-    N, cN = _kind_tile(X, cX, R, AI, ZF, (nt < T)[:, None])
-    TX, Ms = _side_value(M, Ew[:, None], itf[:, None], Zt[:, None], AI, 0)
-    VX, Ns = _side_value(N, Fw[None, :], ivf[None, :], Zv[None, :], AJ, 1)
+    valid, Zt, Zv, cM, cN, TX, Ms, VX, Ns = _kind_sides(R, W, cW, X, cX, Ew, Fw, itf, ivf, Ztc, Zvc, nct, ncv,
+                                                        real, T, V, AI, AJ, ZF)
     Gk = tl.where(valid, G * SIGN, 0.0)
     Kt, dwt = _side_grad(Gk, Ms, TX, Ew[:, None], itf[:, None], Zt[:, None], AI, 0)
     Kv, dwv = _side_grad(Gk, Ns, VX, Fw[None, :], ivf[None, :], Zv[None, :], AJ, 1)

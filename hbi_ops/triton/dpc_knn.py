@@ -36,6 +36,17 @@ MAX_TOKENS = 16384     # the tiled path's row programs hold one row of the dista
 
 
 @triton.jit
+def _scaled_distance(squared, C, ACC_FP64: tl.constexpr):
+    """sqrt(squared) / sqrt(C), each correctly rounded in the accumulate type, as the cpu kernel computes
+    it (float(sqrt(double(C)))); tl.sqrt and `/` are IEEE-rounded in float64, float32 needs the _rn forms."""
+    if ACC_FP64:
+        dist = tl.sqrt(squared) / tl.sqrt(tl.zeros([1, 1], dtype=tl.float64) + C)
+    else:
+        dist = tl.div_rn(tl.sqrt_rn(squared), tl.sqrt_rn(tl.zeros([1, 1], dtype=tl.float32) + C))
+    return dist
+
+
+@triton.jit
 def _dpc_knn_kernel(x_ptr, real_ptr, idx_ptr, centers_ptr, N, C, K, k,
                     ACC_FP64: tl.constexpr, BLOCK_N: tl.constexpr, LIBDEVICE_EXP: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
@@ -59,15 +70,7 @@ def _dpc_knn_kernel(x_ptr, real_ptr, idx_ptr, centers_ptr, N, C, K, k,
         v = tl.load(base + c, mask=valid, other=0.0).to(squared.dtype)
         d = v[:, None] - v[None, :]
         squared += d * d
-    # sqrt(C) correctly rounded in the accumulate type (= the cpu kernel's float(sqrt(double(C))))
-    # (tl.sqrt / `/` are IEEE-rounded in float64; float32 needs the _rn forms)
-    if ACC_FP64:
-        scale = tl.sqrt(tl.zeros([1, 1], dtype=tl.float64) + C)
-        dist = tl.sqrt(squared) / scale
-    else:
-        scale = tl.sqrt_rn(tl.zeros([1, 1], dtype=tl.float32) + C)
-        dist = tl.div_rn(tl.sqrt_rn(squared), scale)
-    dist = tl.where(rows == cols, 0.0, dist)
+    dist = tl.where(rows == cols, 0.0, _scaled_distance(squared, C, ACC_FP64))
 
     # 2. mask: padded columns -> largest real-real entry + 1
     zero = tl.zeros([BLOCK_N, BLOCK_N], dtype=squared.dtype)
@@ -157,13 +160,7 @@ def _tile_distance_kernel(x_ptr, dist_ptr, N, C, ACC_FP64: tl.constexpr, BLOCK: 
         vj = tl.load(base + j * C + c, mask=vj_mask, other=0.0).to(squared.dtype)
         d = vi[:, None] - vj[None, :]
         squared += d * d
-    if ACC_FP64:
-        scale = tl.sqrt(tl.zeros([1, 1], dtype=tl.float64) + C)
-        dist = tl.sqrt(squared) / scale
-    else:
-        scale = tl.sqrt_rn(tl.zeros([1, 1], dtype=tl.float32) + C)
-        dist = tl.div_rn(tl.sqrt_rn(squared), scale)
-    dist = tl.where(i[:, None] == j[None, :], 0.0, dist)
+    dist = tl.where(i[:, None] == j[None, :], 0.0, _scaled_distance(squared, C, ACC_FP64))
     tl.store(dist_ptr + b * N * N + i[:, None] * N + j[None, :], dist, mask=vi_mask[:, None] & vj_mask[None, :])
 
 

@@ -261,7 +261,8 @@ def wti_similarity_op(text: torch.Tensor, video: torch.Tensor, text_weight: torc
     if A == 0 or B == 0:
         return score, t2v, v2t
     on_gpu = _launch.compiled(text)
-    TA, TP, BB, VP, BK = _forward_tiles(A, B, T, V, D, on_gpu, text.dtype == torch.float64)
+    fp64 = text.dtype == torch.float64
+    TA, TP, BB, VP, BK = _forward_tiles(A, B, T, V, D, on_gpu, fp64)
     tiles_a, tiles_b = triton.cdiv(A, TA), triton.cdiv(B, BB)
     x, y = text.contiguous(), video.contiguous()
     p, q = text_weight.contiguous(), video_weight.contiguous()
@@ -270,11 +271,11 @@ def wti_similarity_op(text: torch.Tensor, video: torch.Tensor, text_weight: torc
     with _launch.device_guard(text):
         _wti_forward_kernel[(tiles_a * tiles_b,)](
             x, y, p, q, mt, mv, score, t2v, v2t, A, B, T, V, D, tiles_b,
-            ZERO=bool(zero_padding), TA=TA, TP=TP, BB=BB, VP=VP, BK=BK, IS_FP64=text.dtype == torch.float64,
+            ZERO=bool(zero_padding), TA=TA, TP=TP, BB=BB, VP=VP, BK=BK, IS_FP64=fp64,
             UPCAST=not on_gpu and text.dtype == torch.bfloat16,
-            # float32 / float64: exact FMA products ("ieee"; TF32 would miss the float32 tolerance); float16 /
-            # bfloat16 products are exact on tensor cores whatever this says
-            PRECISION="ieee" if text.dtype in (torch.float32, torch.float64) else "tf32",
+            # float32: exact FMA products ("ieee"; TF32 would miss the float32 tolerance); float16 / bfloat16
+            # products are exact on tensor cores whatever this says; float64 uses no tl.dot
+            PRECISION="ieee" if text.dtype == torch.float32 else "tf32",
             num_warps=8 if on_gpu else 4, num_stages=3 if on_gpu else 1)
     return score, t2v, v2t
 
@@ -295,23 +296,19 @@ def _backward_side(grad, own, own_w, oth, oth_w, own_idx, oth_idx, ps_own, ps_ot
     if n_oth == 0 or L_oth == 0:
         grad_own.zero_()
         return
-    LP, LOP, MB, DB, warps = _backward_tiles(L_own, L_oth, n_oth, D, _launch.compiled(own),
-                                             own.dtype == torch.float64)
+    on_gpu = _launch.compiled(own)
+    fp64 = own.dtype == torch.float64
+    LP, LOP, MB, DB, warps = _backward_tiles(L_own, L_oth, n_oth, D, on_gpu, fp64)
     slices = triton.cdiv(D, DB)
-    if own.dtype == torch.float64:
-        precision = "ieee"
-    elif own.dtype == torch.float32:
-        precision = "tf32x3"
-    else:
-        precision = "tf32"
-    acc_dtype = torch.float64 if own.dtype == torch.float64 else torch.float32
+    precision = "tf32x3" if own.dtype == torch.float32 else "tf32"  # the one-hot tl.dot (never float64)
+    acc_dtype = torch.float64 if fp64 else torch.float32
     partial = torch.empty((slices, n_own, L_own), dtype=acc_dtype, device=own.device)
     with _launch.device_guard(own):
         _wti_backward_side_kernel[(n_own, slices)](
             grad, own, own_w, oth, oth_w, own_idx, oth_idx, grad_own, partial,
             n_own, n_oth, L_own, L_oth, D, ps_own, ps_oth,
-            LP=LP, LOP=LOP, MB=MB, DB=DB, PRECISION=precision, IS_FP64=own.dtype == torch.float64,
-            num_warps=warps, num_stages=2 if _launch.compiled(own) else 1)
+            LP=LP, LOP=LOP, MB=MB, DB=DB, PRECISION=precision, IS_FP64=fp64,
+            num_warps=warps, num_stages=2 if on_gpu else 1)
     grad_own_w.copy_(partial.sum(0))
 
 

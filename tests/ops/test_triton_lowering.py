@@ -227,7 +227,6 @@ def _resource_usage(cubin):
 
 def compile_variants(variants, arch):
     """Compile in parallel (one process per core); results in the order of `variants`."""
-    os.environ.pop("TRITON_INTERPRET", None)
     workers = max(1, min(len(variants), os.cpu_count() or 1))
     with concurrent.futures.ProcessPoolExecutor(workers) as pool:
         return list(pool.map(_compile_one, variants, [arch] * len(variants)))
