@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import hbi_ops
-from hbi_ops import _dispatch
+from hbi_ops import _dispatch, testing
 from hbi_ops.testing import FLOAT_DTYPES, TOLERANCE
 
 pytestmark = pytest.mark.gpu
@@ -22,17 +22,8 @@ def _cuda_available():
 needs_cuda_backend = pytest.mark.skipif(not _cuda_available(), reason="the cuda backend is not built here")
 
 
-def random_game(batch, num_words, num_frames, dtype=torch.float64, masked=True, device="cuda"):
-    sim = torch.randn(batch, num_words, num_frames, dtype=dtype)
-    text_weight = torch.randn(batch, num_words, dtype=dtype)
-    video_weight = torch.randn(batch, num_frames, dtype=dtype)
-    text_mask = torch.ones(batch, num_words, dtype=torch.bool)
-    video_mask = torch.ones(batch, num_frames, dtype=torch.bool)
-    if masked:
-        for b in range(batch):  # padding at the end, at least one real token
-            text_mask[b, torch.randint(1, num_words + 1, ()).item():] = False
-            video_mask[b, torch.randint(1, num_frames + 1, ()).item():] = False
-    return tuple(x.to(device) for x in (sim, text_mask, video_mask, text_weight, video_weight))
+def random_game(batch, num_words, num_frames, dtype=torch.float64, device="cuda"):
+    return testing.random_game(batch, num_words, num_frames, dtype, device=device)
 
 
 def _forward_backward(backend, game, grad, **kwargs):

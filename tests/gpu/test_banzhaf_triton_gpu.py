@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import hbi_ops
-from hbi_ops.testing import FLOAT_DTYPES, TOLERANCE
+from hbi_ops.testing import FLOAT_DTYPES, TOLERANCE, random_game
 
 pytestmark = pytest.mark.gpu
 
@@ -15,19 +15,8 @@ SETTINGS = [("textbook", "exact"), ("textbook", "paired"), ("textbook", "msr"),
 DEVICE = "cuda"
 
 
-def _game(batch, num_words, num_frames, dtype=torch.float32, device=DEVICE, masked=True, real_words=None):
-    sim = torch.randn(batch, num_words, num_frames, dtype=dtype, device=device)
-    text_weight = torch.randn(batch, num_words, dtype=dtype, device=device)
-    video_weight = torch.randn(batch, num_frames, dtype=dtype, device=device)
-    text_mask = torch.ones(batch, num_words, dtype=torch.bool, device=device)
-    video_mask = torch.ones(batch, num_frames, dtype=torch.bool, device=device)
-    if real_words is not None:
-        text_mask[:, real_words:] = False
-    elif masked:
-        for b in range(batch):  # padding at the end, at least one real token
-            text_mask[b, int(torch.randint(1, num_words + 1, ())):] = False
-            video_mask[b, int(torch.randint(1, num_frames + 1, ())):] = False
-    return sim, text_mask, video_mask, text_weight, video_weight
+def _game(batch, num_words, num_frames, dtype=torch.float32, device=DEVICE, real_words=None):
+    return random_game(batch, num_words, num_frames, dtype, real_words=real_words, device=device)
 
 
 def _run(backend, game, grad, **kwargs):

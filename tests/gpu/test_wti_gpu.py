@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import hbi_ops
 from hbi_ops import _dispatch
-from hbi_ops.testing import FLOAT_DTYPES, TOLERANCE
+from hbi_ops.testing import FLOAT_DTYPES, TOLERANCE, padded_mask
 
 pytestmark = pytest.mark.gpu
 
@@ -23,20 +23,13 @@ def _require(backend, device=DEVICE):
     assert reason is None, f"{backend} cannot run {OP} on {device}: {reason}"
 
 
-def random_mask(rows, length, empty_row=None, device=DEVICE):
-    lengths = torch.randint(1, length + 1, (rows,))
-    if empty_row is not None and rows > empty_row:
-        lengths[empty_row] = 0
-    return (torch.arange(length)[None, :] < lengths[:, None]).to(device)
-
-
 def make_inputs(A, B, T, V, D, dtype, empty_rows=True, device=DEVICE):
     x = F.normalize(torch.randn(A, T, D, dtype=torch.float64), dim=-1)
     y = F.normalize(torch.randn(B, V, D, dtype=torch.float64), dim=-1)
     p = torch.softmax(torch.randn(A, T, dtype=torch.float64), dim=-1)
     q = torch.softmax(torch.randn(B, V, dtype=torch.float64), dim=-1)
-    mt = random_mask(A, T, empty_row=1 if empty_rows else None, device=device)
-    mv = random_mask(B, V, empty_row=2 if empty_rows else None, device=device)
+    mt = padded_mask(A, T, empty_row=1 if empty_rows else None, device=device)
+    mv = padded_mask(B, V, empty_row=2 if empty_rows else None, device=device)
     return [t.to(device=device, dtype=dtype) for t in (x, y, p, q)] + [mt, mv]
 
 

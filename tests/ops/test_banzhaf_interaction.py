@@ -7,7 +7,7 @@ import torch
 
 import hbi_ops
 from hbi_ops import philox
-from hbi_ops.testing import FLOAT_DTYPES, TOLERANCE, compiled_cpu_backends
+from hbi_ops.testing import FLOAT_DTYPES, TOLERANCE, compiled_cpu_backends, random_game
 
 ALL_BACKENDS = ["torch"] + compiled_cpu_backends("banzhaf_interaction")
 SETTINGS = [("textbook", "exact"), ("textbook", "paired"), ("textbook", "msr"),
@@ -100,19 +100,6 @@ def brute_force(definition, sim, text_mask, video_mask, text_weight, video_weigh
                 deltas = brute_force_deltas(definition, R, wt, wv, words, frames, i, j)
                 out[b, i, j] = sum(deltas) / len(deltas)
     return out
-
-
-def random_game(batch, num_words, num_frames, dtype=torch.float64, masked=True):
-    sim = torch.randn(batch, num_words, num_frames, dtype=dtype)
-    text_weight = torch.randn(batch, num_words, dtype=dtype)
-    video_weight = torch.randn(batch, num_frames, dtype=dtype)
-    text_mask = torch.ones(batch, num_words, dtype=torch.bool)
-    video_mask = torch.ones(batch, num_frames, dtype=torch.bool)
-    if masked:
-        for b in range(batch):  # padding at the end, at least one real token
-            text_mask[b, torch.randint(1, num_words + 1, ()).item():] = False
-            video_mask[b, torch.randint(1, num_frames + 1, ()).item():] = False
-    return sim, text_mask, video_mask, text_weight, video_weight
 
 
 # ------------------------------------------------------------------------------------------------

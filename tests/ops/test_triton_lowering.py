@@ -103,13 +103,9 @@ def recorded_launches(multiprocessors=132):
         patch.undo()
 
 
-def _masked(rows, length, real=None):
-    lengths = torch.full((rows,), real) if real is not None else torch.randint(1, length + 1, (rows,))
-    return torch.arange(length)[None, :] < lengths[:, None]
-
-
 def _banzhaf_launches(dtype):
     import hbi_ops
+    from hbi_ops.testing import padded_mask
 
     settings = [("textbook", "paired"), ("reference", "paired"), ("textbook", "msr")]
     exact = [("textbook", "exact"), ("reference", "exact")]
@@ -119,7 +115,7 @@ def _banzhaf_launches(dtype):
         for definition, estimator in cases:
             sim = torch.randn(batch, words, frames, dtype=dtype, requires_grad=True)
             weights = [torch.randn(batch, n, dtype=dtype, requires_grad=True) for n in (words, frames)]
-            masks = _masked(batch, words, real), _masked(batch, frames)
+            masks = padded_mask(batch, words, real=real), padded_mask(batch, frames)
             if estimator == "exact":
                 masks = torch.ones(batch, words, dtype=torch.bool), torch.ones(batch, frames, dtype=torch.bool)
             out = hbi_ops.banzhaf_interaction(sim, masks[0], masks[1], weights[0], weights[1],
@@ -130,6 +126,7 @@ def _banzhaf_launches(dtype):
 
 def _wti_launches(dtype):
     import hbi_ops
+    from hbi_ops.testing import padded_mask
 
     # The SPEC's retrieval size, long texts, many frames, one frame, narrow features
     for a, b, words, frames, width in ((1000, 1000, 32, 12, 512), (9, 11, 150, 7, 33), (6, 5, 20, 200, 16),
@@ -139,19 +136,20 @@ def _wti_launches(dtype):
         text_weight = torch.softmax(torch.randn(a, words), -1).to(dtype).requires_grad_()
         video_weight = torch.softmax(torch.randn(b, frames), -1).to(dtype).requires_grad_()
         for padding in ("ignore", "zero"):
-            score = hbi_ops.wti_similarity(text, video, text_weight, video_weight, _masked(a, words),
-                                           _masked(b, frames), padding=padding, backend="triton")
+            score = hbi_ops.wti_similarity(text, video, text_weight, video_weight, padded_mask(a, words),
+                                           padded_mask(b, frames), padding=padding, backend="triton")
             score.backward(torch.randn_like(score))
 
 
 def _dpc_knn_and_merge_launches(dtype):
     import hbi_ops
+    from hbi_ops.testing import padded_mask
 
     # SPEC sizes: text (masked), frames, image tokens (the tiled path); a small tiled size
     for batch, n, width, clusters, k, masked in ((128, 32, 512, 16, 3, True), (128, 12, 512, 6, 3, False),
                                                  (32, 3136, 64, 784, 5, False), (3, 100, 24, 10, 4, True)):
         x = torch.randn(batch, n, width, dtype=dtype)
-        mask = _masked(batch, n) if masked else None
+        mask = padded_mask(batch, n) if masked else None
         idx, _centers = hbi_ops.dpc_knn(x, clusters, k=k, mask=mask, backend="triton")
         idx = torch.randint(0, clusters, (batch, n))  # the launch above wrote nothing
         x.requires_grad_()

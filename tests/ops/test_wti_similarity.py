@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import hbi_ops
-from hbi_ops.testing import FLOAT_DTYPES, TOLERANCE, compiled_cpu_backends
+from hbi_ops.testing import FLOAT_DTYPES, TOLERANCE, compiled_cpu_backends, padded_mask
 from hbi_ops.reference.wti import wti_similarity as oracle
 
 PADDINGS = ("ignore", "zero")
@@ -43,14 +43,6 @@ def brute_force(x, y, p, q, mt, mv, padding):
     return out
 
 
-def random_mask(rows, length, empty_row=None):
-    """Padding at the end, random real lengths (at least one real token unless empty_row)."""
-    lengths = torch.randint(1, length + 1, (rows,))
-    if empty_row is not None and rows > empty_row:
-        lengths[empty_row] = 0
-    return torch.arange(length)[None, :] < lengths[:, None]
-
-
 def make_inputs(num_texts=3, num_videos=4, num_words=5, num_frames=4, width=16, dtype=torch.float64,
                 empty_rows=True):
     """L2-normalised random features, softmax weights (what the caller passes), padded masks."""
@@ -58,8 +50,8 @@ def make_inputs(num_texts=3, num_videos=4, num_words=5, num_frames=4, width=16, 
     y = F.normalize(torch.randn(num_videos, num_frames, width, dtype=torch.float64), dim=-1)
     p = torch.softmax(torch.randn(num_texts, num_words, dtype=torch.float64), dim=-1)
     q = torch.softmax(torch.randn(num_videos, num_frames, dtype=torch.float64), dim=-1)
-    mt = random_mask(num_texts, num_words, empty_row=1 if empty_rows else None)
-    mv = random_mask(num_videos, num_frames, empty_row=2 if empty_rows else None)
+    mt = padded_mask(num_texts, num_words, empty_row=1 if empty_rows else None)
+    mv = padded_mask(num_videos, num_frames, empty_row=2 if empty_rows else None)
     return [t.to(dtype) for t in (x, y, p, q)] + [mt, mv]
 
 
