@@ -31,6 +31,16 @@ TORCH_LIBRARY(hbi_ops, m) {
       "Tensor text_weight, Tensor video_weight, str definition, str estimator, int num_samples, "
       "int seed) -> (Tensor, Tensor, Tensor)");
 
+  // The closed-form textbook index as the CUDA kernel computes it (csrc/banzhaf/closed_form_block.h): on
+  // CUDA tensors the kernel, on CPU tensors the same code run by one thread. For the tests: the CPU runs
+  // the GPU's per-element code. Inputs as banzhaf_interaction's (masks bool).
+  m.def(
+      "closed_form_block_forward(Tensor sim, Tensor text_mask, Tensor video_mask, Tensor text_weight, "
+      "Tensor video_weight) -> Tensor");
+  m.def(
+      "closed_form_block_backward(Tensor grad, Tensor sim, Tensor text_mask, Tensor video_mask, "
+      "Tensor text_weight, Tensor video_weight) -> (Tensor, Tensor, Tensor)");
+
   // Density-peaks clustering: (idx [B, N], centers [B, K]), both int64, no gradient.
   m.def("dpc_knn(Tensor x, Tensor mask, int num_clusters, int k) -> (Tensor, Tensor)");
 

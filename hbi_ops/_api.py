@@ -38,16 +38,17 @@ def wti_similarity(text, video, text_weight, video_weight, text_mask=None, video
 
 
 def banzhaf_interaction(sim, text_mask=None, video_mask=None, text_weight=None, video_weight=None, *,
-                        definition="textbook", estimator="paired", num_samples=1000, seed=0, backend=None):
+                        definition="textbook", estimator=None, num_samples=1000, seed=0, backend=None):
     """Banzhaf interaction I[b, t, v] of word t and frame v in the WTI game of each pair b.
 
     sim: [B, T, V] similarity map of each matched pair; masks [B, T] / [B, V] (None = all real);
     text_weight / video_weight: weight logits [B, T] / [B, V] (None = uniform).
     definition: "textbook" (Grabisch-Roubens index of the WTI game) or "reference" (the authors'
-    label generator). estimator: "exact" (enumeration, at most 24 players per pair), "paired"
-    (num_samples coalitions per cell, the four values each) or "msr" (each coalition evaluated once,
-    stratified means; textbook only). Coalitions come from Philox4x32-10 keyed by `seed`, identical
-    in every backend. Zero at padded cells; differentiable in sim and both weights.
+    label generator). estimator (default "exact"): "exact" (textbook: the closed form, any number of
+    players, no samples; reference: enumeration, at most 24 players per pair), "paired" (num_samples
+    coalitions per cell, the four values each) or "msr" (each coalition evaluated once, stratified
+    means; textbook only). Sampled coalitions come from Philox4x32-10 keyed by `seed`, identical in
+    every backend. Zero at padded cells; differentiable in sim and both weights.
     """
     _checks.tensor("sim", sim, dim=3, floating=True)
     batch, num_words, num_frames = sim.shape
@@ -58,6 +59,8 @@ def banzhaf_interaction(sim, text_mask=None, video_mask=None, text_weight=None, 
     text_weight = _checks.floating_or_default("text_weight", text_weight, (batch, num_words), sim, 0.0)
     video_weight = _checks.floating_or_default("video_weight", video_weight, (batch, num_frames), sim, 0.0)
     _checks.choice("definition", definition, DEFINITIONS)
+    estimator_given = estimator is not None
+    estimator = "exact" if estimator is None else estimator
     _checks.choice("estimator", estimator, ESTIMATORS)
     if estimator == "msr" and definition == "reference":
         raise ValueError("estimator='msr' needs a coalition value, which definition='reference' does not "
@@ -66,25 +69,28 @@ def banzhaf_interaction(sim, text_mask=None, video_mask=None, text_weight=None, 
     seed = _checks.integer("seed", seed, low=0, high=2**64 - 1)
     if seed >= 2**63:  # the op schema carries a signed int64; the kernels read it back as uint64
         seed -= 2**64
-    if estimator == "exact":
-        _check_exact_players(text_mask, video_mask)
+    if estimator == "exact" and definition == "reference":
+        _check_exact_players(text_mask, video_mask, estimator_given)
     dtype = _checks.common_float_dtype(sim, text_weight, video_weight)
     return _dispatch.call("banzhaf_interaction", sim.device, backend, sim.to(dtype), text_mask, video_mask,
                           text_weight.to(dtype), video_weight.to(dtype), definition, estimator,
                           num_samples, seed)
 
 
-def _check_exact_players(text_mask, video_mask):
+def _check_exact_players(text_mask, video_mask, estimator_given=True):
+    """definition='reference' has no closed form: its exact estimator enumerates 2^n coalitions."""
     num_words, num_frames = text_mask.shape[1], video_mask.shape[1]
     if num_words + num_frames <= MAX_EXACT_PLAYERS or text_mask.shape[0] == 0:
         return  # no pair can exceed the limit: no need to read the masks
     players = text_mask.sum(1) + video_mask.sum(1)
     worst = int(players.argmax())
     if int(players[worst]) > MAX_EXACT_PLAYERS:
+        how = "estimator='exact'" if estimator_given else "the default estimator ('exact')"
         raise ValueError(
-            f"estimator='exact' enumerates all 2^n coalitions and takes at most {MAX_EXACT_PLAYERS} players "
-            f"per pair; pair {worst} has {int(players[worst])} ({int(text_mask[worst].sum())} words + "
-            f"{int(video_mask[worst].sum())} frames): use estimator='paired' or 'msr'")
+            f"definition='reference' has no closed form: {how} enumerates all 2^n coalitions and takes at "
+            f"most {MAX_EXACT_PLAYERS} players per pair; pair {worst} has {int(players[worst])} "
+            f"({int(text_mask[worst].sum())} words + {int(video_mask[worst].sum())} frames): pass "
+            f"estimator='paired' (with num_samples and seed)")
 
 
 def dpc_knn(x, num_clusters, k=5, mask=None, *, backend=None):

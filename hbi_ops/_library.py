@@ -59,6 +59,15 @@ def _register():
     torch.library.register_autograd("hbi_ops::banzhaf_interaction", banzhaf_backward,
                                     setup_context=banzhaf_setup)
 
+    # --- closed_form_block_* (the CUDA kernel's code, for the tests) -------------------------------
+    @torch.library.register_fake("hbi_ops::closed_form_block_forward")
+    def _(sim, text_mask, video_mask, text_weight, video_weight):
+        return torch.empty_like(sim)
+
+    @torch.library.register_fake("hbi_ops::closed_form_block_backward")
+    def _(grad, sim, text_mask, video_mask, text_weight, video_weight):
+        return torch.empty_like(sim), torch.empty_like(text_weight), torch.empty_like(video_weight)
+
     # --- dpc_knn (no gradient) -----------------------------------------------------------------
     @torch.library.register_fake("hbi_ops::dpc_knn")
     def _(x, mask, num_clusters, k):

@@ -1,4 +1,5 @@
 import os
+import sys
 import zlib
 
 import torch
@@ -9,6 +10,9 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+
+# Test helpers shared by the test modules (brute_force.py): importable by name under --import-mode=importlib.
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "ops"))
 
 
 @pytest.fixture(autouse=True)

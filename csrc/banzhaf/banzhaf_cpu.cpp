@@ -1,5 +1,7 @@
 // banzhaf_interaction on the CPU: forward and backward of the exact, paired and msr estimators,
-// parallel over pairs. The backward pass redraws the coalitions from the seed instead of storing them.
+// parallel over pairs. The exact textbook index is the closed form (closed_form_cpu.h); the exact
+// reference definition enumerates. The backward pass redraws the coalitions from the seed instead of
+// storing them.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -11,6 +13,7 @@
 
 #include "banzhaf/banzhaf_args.h"
 #include "banzhaf/banzhaf_game.h"
+#include "banzhaf/closed_form_cpu.h"
 #include "philox.h"
 
 namespace hbi {
@@ -148,27 +151,19 @@ void forward_pair(Game<acc_t>& game, const Settings& s, uint32_t pair, int T, in
                          mean(sum_all - sums.word[i] - sums.frame[j] + both,
                               n - c.word[i] - c.frame[j] + count_both);
       }
-  } else {
+  } else {  // exact, reference definition (the textbook one has its closed form): every c of N \ {i, j} once
     const int n = game.num_players();
     const auto player_of_position = players_by_position(game, T, V);
     const uint32_t num_subsets = 1u << n;
     for (uint32_t code = 0; code < num_subsets; ++code) {
       set_subset(game, player_of_position, code);
-      if (s.reference) {  // every c of N \ {i, j} once
-        for (int i : words) {
-          if (game.word_in(i)) continue;
-          for (int j : frames)
-            if (!game.frame_in(j)) out[i * V + j] += game.template cell_delta<false>(i, j, true);
-        }
-      } else {  // I(i, j) = 4 / 2^n sum_S f(S) s_i s_j
-        const double f = game.template value_of<false>(-1, -1, false, false, false);
-        for (int i : words) {
-          const double fi = game.word_in(i) ? f : -f;
-          for (int j : frames) out[i * V + j] += game.frame_in(j) ? fi : -fi;
-        }
+      for (int i : words) {
+        if (game.word_in(i)) continue;
+        for (int j : frames)
+          if (!game.frame_in(j)) out[i * V + j] += game.template cell_delta<false>(i, j, true);
       }
     }
-    const double scale = s.reference ? 1.0 / (num_subsets >> 2) : 4.0 / num_subsets;
+    const double scale = 1.0 / (num_subsets >> 2);
     for (int k = 0; k < T * V; ++k) out[k] *= scale;
   }
 }
@@ -203,31 +198,19 @@ void backward_pair(Game<acc_t>& game, const Settings& s, uint32_t pair, int T, i
           scale += grad[i * V + j] * msr_weight(c, n, game.word_in(i), game.frame_in(j), i, j, V);
       game.template value_of<true>(-1, -1, false, false, false, static_cast<acc_t>(scale), grads);
     }
-  } else {
+  } else {  // exact, reference definition
     const int n = game.num_players();
     const auto player_of_position = players_by_position(game, T, V);
     const uint32_t num_subsets = 1u << n;
+    const acc_t per_c = acc_t(1) / static_cast<acc_t>(num_subsets >> 2);
     for (uint32_t code = 0; code < num_subsets; ++code) {
       set_subset(game, player_of_position, code);
-      if (s.reference) {
-        const acc_t per_c = acc_t(1) / static_cast<acc_t>(num_subsets >> 2);
-        for (int i : words) {
-          if (game.word_in(i)) continue;
-          for (int j : frames) {
-            const acc_t g = grad[i * V + j] * per_c;
-            if (!game.frame_in(j) && g != acc_t(0))
-              game.template cell_delta<true>(i, j, true, g, grads);
-          }
+      for (int i : words) {
+        if (game.word_in(i)) continue;
+        for (int j : frames) {
+          const acc_t g = grad[i * V + j] * per_c;
+          if (!game.frame_in(j) && g != acc_t(0)) game.template cell_delta<true>(i, j, true, g, grads);
         }
-      } else {
-        double scale = 0;
-        for (int i : words)
-          for (int j : frames) {
-            const bool same = game.word_in(i) == game.frame_in(j);
-            scale += same ? grad[i * V + j] : -grad[i * V + j];
-          }
-        scale *= 4.0 / num_subsets;
-        game.template value_of<true>(-1, -1, false, false, false, static_cast<acc_t>(scale), grads);
       }
     }
   }
@@ -246,7 +229,7 @@ PairInputs prepare_inputs(const at::Tensor& sim, const at::Tensor& text_mask, co
   PairInputs in{sim.contiguous(), text_mask.to(at::kBool).contiguous(), video_mask.to(at::kBool).contiguous(),
                 text_weight.contiguous(), video_weight.contiguous(), sim.size(0),
                 static_cast<int>(sim.size(1)), static_cast<int>(sim.size(2))};
-  if (s.estimator == Estimator::kExact) check_exact_players(in.text_mask, in.video_mask);
+  if (s.estimator == Estimator::kExact && s.reference) check_exact_players(in.text_mask, in.video_mask);
   return in;
 }
 
@@ -269,6 +252,35 @@ void for_each_pair(const PairInputs& in, Body&& body) {
   });
 }
 
+// The exact textbook index (closed form): body(marginals, words, frames, b) for every pair, in
+// parallel over pairs, with the pair's real players compacted and its marginals computed.
+template <typename scalar_t, typename Body>
+void for_each_closed_form_pair(const PairInputs& in, Body&& body) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* sim_p = in.sim.data_ptr<scalar_t>();
+  const scalar_t* wt_p = in.text_weight.data_ptr<scalar_t>();
+  const scalar_t* wv_p = in.video_weight.data_ptr<scalar_t>();
+  const bool* tm_p = in.text_mask.data_ptr<bool>();
+  const bool* vm_p = in.video_mask.data_ptr<bool>();
+  const int T = in.T, V = in.V;
+  at::parallel_for(0, in.B, 1, [&](int64_t begin, int64_t end) {
+    closed_form::PairMarginals<acc_t> pair;
+    std::vector<int> words, frames;
+    for (int64_t b = begin; b < end; ++b) {
+      words.clear();
+      frames.clear();
+      for (int t = 0; t < T; ++t)
+        if (tm_p[b * T + t]) words.push_back(t);
+      for (int v = 0; v < V; ++v)
+        if (vm_p[b * V + v]) frames.push_back(v);
+      if (words.empty() || frames.empty()) continue;  // no real cell: the output stays 0
+      pair.load(sim_p + b * T * V, wt_p + b * T, wv_p + b * V, words, frames, V);
+      pair.compute();
+      body(pair, words, frames, b);
+    }
+  });
+}
+
 at::Tensor banzhaf_interaction_cpu(const at::Tensor& sim, const at::Tensor& text_mask,
                                    const at::Tensor& video_mask, const at::Tensor& text_weight,
                                    const at::Tensor& video_weight, c10::string_view definition,
@@ -280,6 +292,15 @@ at::Tensor banzhaf_interaction_cpu(const at::Tensor& sim, const at::Tensor& text
   if (in.B == 0 || T == 0 || V == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.sim.scalar_type(), "banzhaf_interaction_cpu", [&] {
     scalar_t* out_p = out.data_ptr<scalar_t>();
+    if (s.estimator == Estimator::kExact && !s.reference) {
+      for_each_closed_form_pair<scalar_t>(in, [&](const auto& pair, const auto& words, const auto& frames,
+                                                  int64_t b) {
+        for (int i = 0; i < pair.n; ++i)
+          for (int j = 0; j < pair.m; ++j)
+            out_p[(b * T + words[i]) * V + frames[j]] = static_cast<scalar_t>(pair.interaction(i, j));
+      });
+      return;
+    }
     for_each_pair<scalar_t>(in, [&](auto& game, int64_t b) {
       std::vector<double> pair_out(T * V);
       forward_pair(game, s, static_cast<uint32_t>(b), T, V, pair_out.data());
@@ -309,6 +330,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> banzhaf_interaction_backward_cpu(
     scalar_t* gs_p = grad_sim.data_ptr<scalar_t>();
     scalar_t* gt_p = grad_wt.data_ptr<scalar_t>();
     scalar_t* gv_p = grad_wv.data_ptr<scalar_t>();
+    if (s.estimator == Estimator::kExact && !s.reference) {
+      for_each_closed_form_pair<scalar_t>(in, [&](const auto& pair, const auto& words, const auto& frames,
+                                                  int64_t b) {
+        const int n = pair.n, m = pair.m;
+        std::vector<acc_t> G(n * m), g_sim(n * m, acc_t(0)), g_wt(n, acc_t(0)), g_wv(m, acc_t(0));
+        for (int i = 0; i < n; ++i)
+          for (int j = 0; j < m; ++j) G[i * m + j] = static_cast<acc_t>(grad_p[(b * T + words[i]) * V + frames[j]]);
+        pair.backward(G, g_sim, g_wt, g_wv);
+        for (int i = 0; i < n; ++i) {
+          gt_p[b * T + words[i]] = static_cast<scalar_t>(g_wt[i]);
+          for (int j = 0; j < m; ++j)
+            gs_p[(b * T + words[i]) * V + frames[j]] = static_cast<scalar_t>(g_sim[i * m + j]);
+        }
+        for (int j = 0; j < m; ++j) gv_p[b * V + frames[j]] = static_cast<scalar_t>(g_wv[j]);
+      });
+      return;
+    }
     for_each_pair<scalar_t>(in, [&](auto& game, int64_t b) {
       std::vector<acc_t> g_in(T * V), g_sim(T * V, acc_t(0)), g_wt(T, acc_t(0)), g_wv(V, acc_t(0));
       for (int k = 0; k < T * V; ++k) g_in[k] = static_cast<acc_t>(grad_p[b * T * V + k]);

@@ -1,6 +1,8 @@
-// banzhaf_interaction on CUDA (SPEC 1.2): forward and backward of the exact, paired and msr estimators,
-// the same function as csrc/banzhaf/banzhaf_cpu.cpp (same Philox coalitions, same per-pair game of
-// banzhaf_game.h, transliterated onto compact real-player indices) up to float rounding.
+// banzhaf_interaction on CUDA: forward and backward of the paired and msr estimators and of the exact
+// reference definition, the same function as csrc/banzhaf/banzhaf_cpu.cpp (same Philox coalitions, same
+// per-pair game of banzhaf_game.h, transliterated onto compact real-player indices) up to float rounding.
+// The exact textbook index goes to its closed form (closed_form_cuda.cu); the value kernel's enumeration
+// of it (`exact` in the value path below) is no longer reached and goes with the next rework of this file.
 //
 // Design.
 // * Every kernel block handles one pair b and one chunk of coalitions ("units": Philox samples, or subset
@@ -58,6 +60,7 @@
 #include <string>
 
 #include "banzhaf/banzhaf_args.h"
+#include "banzhaf/closed_form_cuda.h"
 #include "philox.h"
 
 namespace hbi {
@@ -1243,6 +1246,8 @@ at::Tensor banzhaf_interaction_cuda(const at::Tensor& sim_in, const at::Tensor& 
   const Settings s = parse_settings(definition, estimator, num_samples, seed);
   c10::cuda::CUDAGuard guard(sim_in.device());
   const Prepared p = prepare(sim_in, text_mask_in, video_mask_in, text_weight_in, video_weight_in);
+  if (s.estimator == Estimator::kExact && !s.reference)
+    return closed_form::forward_cuda(p.sim, p.tm, p.vm, p.wt, p.wv);
   const int64_t B = p.sim.size(0);
   const int T = static_cast<int>(p.sim.size(1)), V = static_cast<int>(p.sim.size(2));
   auto out = at::empty_like(p.sim);
@@ -1293,6 +1298,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> banzhaf_interaction_backward_cuda
   c10::cuda::CUDAGuard guard(sim_in.device());
   const Prepared p = prepare(sim_in, text_mask_in, video_mask_in, text_weight_in, video_weight_in);
   const auto grad = grad_in.to(p.sim.scalar_type()).contiguous();
+  if (s.estimator == Estimator::kExact && !s.reference)
+    return closed_form::backward_cuda(grad, p.sim, p.tm, p.vm, p.wt, p.wv);
   const int64_t B = p.sim.size(0);
   const int T = static_cast<int>(p.sim.size(1)), V = static_cast<int>(p.sim.size(2));
   auto grad_sim = at::empty_like(p.sim);

@@ -7,6 +7,7 @@ those of the definitions (a coalition value costs O(T * V)); speed is the other 
 import torch
 
 from hbi_ops import philox
+from hbi_ops.reference.banzhaf_closed_form import closed_form
 
 REFERENCE_MASK_LOGIT = -9e15  # what the reference code gives non-members before its softmax
 SUBSET_CHUNK = 1 << 12  # coalitions evaluated at once by the exact estimator
@@ -142,7 +143,8 @@ def _all_subsets(num_players, start, stop, device):
 
 
 def exact(sim, text_mask, video_mask, text_weight, video_weight, definition):
-    """Full enumeration, pair by pair, over the 2^n coalitions of its n real players."""
+    """Full enumeration, pair by pair, over the 2^n coalitions of its n real players: the reference
+    definition's exact estimator, and the independent check of the textbook closed form in the tests."""
     out = []
     for b in range(sim.shape[0]):
         words, frames = text_mask[b].nonzero().flatten(), video_mask[b].nonzero().flatten()
@@ -195,7 +197,9 @@ def banzhaf_interaction(sim, text_mask, video_mask, text_weight, video_weight, d
     compute = torch.float64 if sim.dtype == torch.float64 else torch.float32
     args = (sim.to(compute), text_mask, video_mask, text_weight.to(compute), video_weight.to(compute))
     seed = seed % (1 << 64)
-    if estimator == "exact":
+    if estimator == "exact" and definition == "textbook":
+        result = closed_form(*args)
+    elif estimator == "exact":
         result = exact(*args, definition)
     elif estimator == "paired":
         result = paired(*args, definition, num_samples, seed)

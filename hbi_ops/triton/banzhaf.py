@@ -24,7 +24,8 @@ Per-chunk partials [B, chunks, ...] are summed in a fixed order afterwards: resu
 
 msr: one pass per chunk accumulates the stratum sums and counts of f(S) (as a [T+1, V+1] tile: row T
 holds the frame sums, column V the word sums, (T, V) the total), a second small kernel sums the chunks
-in order and forms the stratified means. exact: programs over chunks of the 2^n subsets of each pair.
+in order and forms the stratified means. exact (reference definition): programs over chunks of the 2^n
+subsets of each pair. The exact textbook index is banzhaf_closed_form.py's.
 
 Floor (issue 3 target, H100: 3.35 TB/s, ~51 TFLOP/s fp32 without tensor cores): paired textbook,
 B=128, T=32 (20 real), V=12, 1000 samples. Bytes: sim + weights + out, ~0.4 MB: 0.1 us. Work per
@@ -34,27 +35,22 @@ tiles are padded to 32 x 16 (2.1x) -> ~55 us of issue; floor ~50 us, target 1 ms
 (pair, sample) -> ~0.4 GFLOP padded -> ~8 us; the floor there is the two launches (~5-10 us);
 target 0.1 ms. (Not measured: no GPU was available when this was written.)
 
-Geometry: grid (B, programs per pair), about 8 programs per SM for the cell kernels (16 for msr /
-exact-textbook), 2 warps for a 32 x 16 tile in the forward pass (ptxas, sm_90: 157 registers, no
+Geometry: grid (B, programs per pair), about 8 programs per SM for the cell kernels (16 for msr), 2
+warps for a 32 x 16 tile in the forward pass (ptxas, sm_90: 157 registers, no
 spills), 4 in the backward (199 registers textbook, 254 reference, no spills), 1 for msr (122).
 Expected from an instruction count (~1 k warp-instructions a (pair, sample) forward): ~0.3 ms for the
 paired target, ~0.05 ms of kernel time for msr, where the Python launch overhead (two launches, no
 custom-op dispatch when nothing needs a gradient) is of the same order as the 0.1 ms target.
 """
-import os
-
 import torch
 import triton
 import triton.language as tl
 from triton.language.random import philox_impl
 
-from . import _launch
+from . import _jit, _launch, banzhaf_closed_form
 
-# Triton's interpreter (TRITON_INTERPRET=1, CPU tests) re-patches the language on every call of a
-# nested @triton.jit function (~2 ms each): there the helpers below stay plain Python functions, run
-# inline with the interpreter's tl (the same code; compiled, they are @triton.jit as usual).
-_INTERPRETING = os.environ.get("TRITON_INTERPRET", "") == "1"
-_helper = (lambda fn: fn) if _INTERPRETING else triton.jit
+_INTERPRETING, _helper = _jit.INTERPRETING, _jit.helper
+_sum, _max, _min = _jit.sum_, _jit.max_, _jit.min_
 
 
 def _philox_interpreted(c0, c1, c2, c3, k0, k1, n_rounds):
@@ -71,17 +67,6 @@ def _philox_interpreted(c0, c1, c2, c3, k0, k1, n_rounds):
 
 
 _philox = _philox_interpreted if _INTERPRETING else philox_impl
-if _INTERPRETING:  # tl.sum / max / min are @jit functions too: call the interpreter's reduction directly
-    def _sum(x, axis):
-        return tl.reduce(x, axis, tl.standard._sum_combine)
-
-    def _max(x, axis):
-        return tl.reduce(x, axis, tl.standard._elementwise_max)
-
-    def _min(x, axis):
-        return tl.reduce(x, axis, tl.standard._elementwise_min)
-else:
-    _sum, _max, _min = tl.sum, tl.max, tl.min
 
 _NEG_INF = tl.constexpr(float("-inf"))  # jit code reads globals only as constexpr
 
@@ -411,8 +396,8 @@ def _cells_fwd_kernel(sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, pt_ptr, part_ptr,
     tidx, vidx, tm, vm, R, wt, wv, Ew, Fw = _load_pair(sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, b, T, V,
                                                        ACC, BT, BV)
     real = tm[:, None] & vm[None, :]
-    start, end, pt, pv, total = _sample_range(c, num_items, per_prog, pt_ptr, tm, vm, b, T, V, EXACT,
-                                              NPROG, BT, BV)
+    start, end, _pt, _pv, _total = _sample_range(c, num_items, per_prog, pt_ptr, tm, vm, b, T, V, False,
+                                                 NPROG, BT, BV)
     k0 = seed_lo.to(tl.uint32)
     k1 = seed_hi.to(tl.uint32)
     acc = tl.zeros([BT, BV], ACC)
@@ -575,16 +560,16 @@ def _coalition_value(R, it, iv, Ew, Fw, tidx, vidx, BT: tl.constexpr, BV: tl.con
 
 @triton.jit(do_not_specialize=["num_items", "per_prog", "seed_lo", "seed_hi", "NPROG"])
 def _value_fwd_kernel(sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, pt_ptr, part_ptr, cnt_ptr, T, V, num_items,
-                      per_prog, seed_lo, seed_hi, EXACT: tl.constexpr, NPROG,
+                      per_prog, seed_lo, seed_hi, NPROG,
                       NBLK: tl.constexpr, ACC: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr):
     """msr: per-program stratum sums of f(S) and counts, as [T + 1, V + 1] (row T: frame strata, column
-    V: word strata, (T, V): all samples). exact (textbook): per-program 4 / 2^n sum_S f(S) s_i s_j."""
+    V: word strata, (T, V): all samples)."""
     b = tl.program_id(0)
     c = tl.program_id(1)
     tidx, vidx, tm, vm, R, wt, wv, Ew, Fw = _load_pair(sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, b, T, V,
                                                        ACC, BT, BV)
-    start, end, pt, pv, total = _sample_range(c, num_items, per_prog, pt_ptr, tm, vm, b, T, V, EXACT,
-                                              NPROG, BT, BV)
+    start, end, _pt, _pv, _total = _sample_range(c, num_items, per_prog, pt_ptr, tm, vm, b, T, V, False,
+                                                 NPROG, BT, BV)
     k0 = seed_lo.to(tl.uint32)
     k1 = seed_hi.to(tl.uint32)
     acc = tl.zeros([BT, BV], ACC)
@@ -595,39 +580,27 @@ def _value_fwd_kernel(sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, pt_ptr, part_ptr,
     cf = tl.zeros([BV], tl.int32)
     sa = tl.zeros([], ACC)
     for s in range(start, end):
-        if EXACT:
-            it, iv = _subset_coalition(s, pt, pv, tm, vm)
-        else:
-            it, iv = _philox_coalition(s, b, k0, k1, tidx, vidx, tm, vm, T, NBLK)
+        it, iv = _philox_coalition(s, b, k0, k1, tidx, vidx, tm, vm, T, NBLK)
         f, ok, a, cw, r1s, k1s, text, video, ra, ka = _coalition_value(R, it, iv, Ew, Fw, tidx, vidx, BT, BV)
         both = it[:, None] & iv[None, :]
-        if EXACT:
-            acc += tl.where(it[:, None] == iv[None, :], f, -f)
-        else:
-            acc += tl.where(both, f, 0.0)
-            cnt += both.to(tl.int32)
-            sw += tl.where(it, f, 0.0)
-            cw_ += it.to(tl.int32)
-            sf += tl.where(iv, f, 0.0)
-            cf += iv.to(tl.int32)
-            sa += f
-    if EXACT:
-        acc = acc * (4.0 / total.to(ACC))
-        cell = (tidx[:, None] < T) & (vidx[None, :] < V)
-        base = (b.to(tl.int64) * NPROG + c) * T * V
-        tl.store(part_ptr + base + tidx[:, None] * V + vidx[None, :], acc, mask=cell)
-    else:
-        W1 = V + 1
-        base = (b.to(tl.int64) * NPROG + c) * (T + 1) * W1
-        cell = (tidx[:, None] < T) & (vidx[None, :] < V)
-        tl.store(part_ptr + base + tidx[:, None] * W1 + vidx[None, :], acc, mask=cell)
-        tl.store(cnt_ptr + base + tidx[:, None] * W1 + vidx[None, :], cnt, mask=cell)
-        tl.store(part_ptr + base + tidx * W1 + V, sw, mask=tidx < T)
-        tl.store(cnt_ptr + base + tidx * W1 + V, cw_, mask=tidx < T)
-        tl.store(part_ptr + base + T * W1 + vidx, sf, mask=vidx < V)
-        tl.store(cnt_ptr + base + T * W1 + vidx, cf, mask=vidx < V)
-        tl.store(part_ptr + base + T * W1 + V, sa)
-        tl.store(cnt_ptr + base + T * W1 + V, end - start)
+        acc += tl.where(both, f, 0.0)
+        cnt += both.to(tl.int32)
+        sw += tl.where(it, f, 0.0)
+        cw_ += it.to(tl.int32)
+        sf += tl.where(iv, f, 0.0)
+        cf += iv.to(tl.int32)
+        sa += f
+    W1 = V + 1
+    base = (b.to(tl.int64) * NPROG + c) * (T + 1) * W1
+    cell = (tidx[:, None] < T) & (vidx[None, :] < V)
+    tl.store(part_ptr + base + tidx[:, None] * W1 + vidx[None, :], acc, mask=cell)
+    tl.store(cnt_ptr + base + tidx[:, None] * W1 + vidx[None, :], cnt, mask=cell)
+    tl.store(part_ptr + base + tidx * W1 + V, sw, mask=tidx < T)
+    tl.store(cnt_ptr + base + tidx * W1 + V, cw_, mask=tidx < T)
+    tl.store(part_ptr + base + T * W1 + vidx, sf, mask=vidx < V)
+    tl.store(cnt_ptr + base + T * W1 + vidx, cf, mask=vidx < V)
+    tl.store(part_ptr + base + T * W1 + V, sa)
+    tl.store(cnt_ptr + base + T * W1 + V, end - start)
 
 
 @_helper
@@ -701,11 +674,11 @@ def _sum_finish_kernel(part_ptr, tm_ptr, vm_ptr, out_ptr, T, V, divisor, NPROG,
 
 @triton.jit(do_not_specialize=["num_items", "per_prog", "seed_lo", "seed_hi", "NPROG"])
 def _value_bwd_kernel(grad_ptr, sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, pt_ptr, cnt_ptr, gs_ptr, gt_ptr,
-                      gv_ptr, T, V, num_items, per_prog, seed_lo, seed_hi, EXACT: tl.constexpr,
+                      gv_ptr, T, V, num_items, per_prog, seed_lo, seed_hi,
                       NPROG, NBLK: tl.constexpr, ACC: tl.constexpr, BT: tl.constexpr,
                       BV: tl.constexpr):
-    """Backward of msr / exact (textbook): per sample, d estimate / d f(S) contracted with the incoming
-    gradient, times the gradient of f(S). cnt_ptr: msr stratum counts [B, T + 1, V + 1] (int32)."""
+    """Backward of msr: per sample, d estimate / d f(S) contracted with the incoming gradient, times the
+    gradient of f(S). cnt_ptr: the stratum counts [B, T + 1, V + 1] (int32)."""
     b = tl.program_id(0)
     c = tl.program_id(1)
     tidx, vidx, tm, vm, R, wt, wv, Ew, Fw = _load_pair(sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, b, T, V,
@@ -715,35 +688,27 @@ def _value_bwd_kernel(grad_ptr, sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, pt_ptr,
     b64 = b.to(tl.int64)
     g = tl.load(grad_ptr + b64 * T * V + tidx[:, None] * V + vidx[None, :], mask=cell, other=0).to(ACC)
     g = tl.where(real, g, 0.0)
-    start, end, pt, pv, total = _sample_range(c, num_items, per_prog, pt_ptr, tm, vm, b, T, V, EXACT,
-                                              NPROG, BT, BV)
-    if not EXACT:
-        W1 = V + 1
-        cbase = b64 * (T + 1) * W1
-        cb = tl.load(cnt_ptr + cbase + tidx[:, None] * W1 + vidx[None, :], mask=cell, other=0)
-        cw = tl.load(cnt_ptr + cbase + tidx * W1 + V, mask=tidx < T, other=0)[:, None]
-        cf = tl.load(cnt_ptr + cbase + T * W1 + vidx, mask=vidx < V, other=0)[None, :]
-        n_all = num_items
+    start, end, _pt, _pv, _total = _sample_range(c, num_items, per_prog, pt_ptr, tm, vm, b, T, V, False,
+                                                 NPROG, BT, BV)
+    W1 = V + 1
+    cbase = b64 * (T + 1) * W1
+    cb = tl.load(cnt_ptr + cbase + tidx[:, None] * W1 + vidx[None, :], mask=cell, other=0)
+    cw = tl.load(cnt_ptr + cbase + tidx * W1 + V, mask=tidx < T, other=0)[:, None]
+    cf = tl.load(cnt_ptr + cbase + T * W1 + vidx, mask=vidx < V, other=0)[None, :]
+    n_all = num_items
     k0 = seed_lo.to(tl.uint32)
     k1 = seed_hi.to(tl.uint32)
     gsim = tl.zeros([BT, BV], ACC)
     gwt = tl.zeros([BT], ACC)
     gwv = tl.zeros([BV], ACC)
     for s in range(start, end):
-        if EXACT:
-            it, iv = _subset_coalition(s, pt, pv, tm, vm)
-        else:
-            it, iv = _philox_coalition(s, b, k0, k1, tidx, vidx, tm, vm, T, NBLK)
+        it, iv = _philox_coalition(s, b, k0, k1, tidx, vidx, tm, vm, T, NBLK)
         same = it[:, None] == iv[None, :]
-        if EXACT:
-            scale = _sum(_sum(tl.where(same, g, -g), 1), 0) * (4.0 / total.to(ACC))
-        else:
-            i_in = it[:, None]
-            j_in = iv[None, :]
-            count = tl.where(i_in & j_in, cb, tl.where(i_in, cw - cb, tl.where(j_in, cf - cb,
-                                                                               n_all - cw - cf + cb)))
-            count = tl.where(real & (count > 0), count, 1).to(ACC)
-            scale = _sum(_sum(tl.where(same, g, -g) / count, 1), 0)
+        i_in = it[:, None]
+        j_in = iv[None, :]
+        count = tl.where(i_in & j_in, cb, tl.where(i_in, cw - cb, tl.where(j_in, cf - cb, n_all - cw - cf + cb)))
+        count = tl.where(real & (count > 0), count, 1).to(ACC)
+        scale = _sum(_sum(tl.where(same, g, -g) / count, 1), 0)
         f, ok, a, cw_, r1s, k1s, text, video, ra, ka = _coalition_value(R, it, iv, Ew, Fw, tidx, vidx, BT, BV)
         half = tl.where(ok, 0.5 * scale, 0.0)
         gsim += tl.where(vidx[None, :] == ra[:, None], (half * a)[:, None], 0.0)
@@ -791,9 +756,9 @@ class _Launch:
         self.BT = max(2, triton.next_power_of_2(self.T))
         self.BV = max(2, triton.next_power_of_2(self.V))
         self.NBLK = (self.T + self.V + 127) // 128
-        # msr / exact-textbook programs evaluate one coalition value a sample (few live tiles): one warp
+        # msr programs evaluate one coalition value a sample (few live tiles): one warp
         # up to 512 cells, no cross-warp reductions, and twice as many programs to hide latency.
-        light = estimator == "msr" or (estimator == "exact" and definition == "textbook")
+        light = estimator == "msr"
         self.num_warps = max(1, self.BT * self.BV // 512) if light else _num_warps(self.BT, self.BV)
         self.num_warps_backward = _num_warps(self.BT, self.BV, backward=True)
         per_sm = 16 if light else 8
@@ -830,11 +795,13 @@ def _msr_strata(L):
     part = torch.empty((L.B, L.nprog, L.T + 1, L.V + 1), dtype=L.acc_dtype, device=L.sim.device)
     cnt = torch.empty((L.B, L.nprog, L.T + 1, L.V + 1), dtype=torch.int32, device=L.sim.device)
     _value_fwd_kernel[L.grid](L.sim, L.tm, L.vm, L.wt, L.wv, L.players, part, cnt, L.T, L.V, L.num_items,
-                              L.per_prog, L.seed_lo, L.seed_hi, EXACT=False, **L.common())
+                              L.per_prog, L.seed_lo, L.seed_hi, **L.common())
     return part, cnt
 
 
 def _forward(sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples, seed):
+    if estimator == "exact" and definition == "textbook":
+        return banzhaf_closed_form.forward(sim, text_mask, video_mask, text_weight, video_weight)
     out = torch.empty_like(sim, memory_format=torch.contiguous_format)
     if sim.numel() == 0:
         return out.zero_()
@@ -847,13 +814,9 @@ def _forward(sim, text_mask, video_mask, text_weight, video_weight, definition, 
             _msr_finish_kernel[(L.B,)](part, cnt, L.tm, L.vm, out, L.T, L.V, **finish)
             return out
         part = L.empty_partials()
-        if L.exact and definition == "textbook":
-            _value_fwd_kernel[L.grid](L.sim, L.tm, L.vm, L.wt, L.wv, L.players, part, part, L.T, L.V, 0, 0,
-                                      L.seed_lo, L.seed_hi, EXACT=True, **L.common())
-        else:
-            _cells_fwd_kernel[L.grid](L.sim, L.tm, L.vm, L.wt, L.wv, L.players, part, L.T, L.V, L.num_items,
-                                      L.per_prog, L.seed_lo, L.seed_hi, REFERENCE=definition == "reference",
-                                      EXACT=L.exact, **L.common())
+        _cells_fwd_kernel[L.grid](L.sim, L.tm, L.vm, L.wt, L.wv, L.players, part, L.T, L.V, L.num_items,
+                                  L.per_prog, L.seed_lo, L.seed_hi, REFERENCE=definition == "reference",
+                                  EXACT=L.exact, **L.common())
         divisor = 1 if L.exact else num_samples
         _sum_finish_kernel[(L.B,)](part, L.tm, L.vm, out, L.T, L.V, divisor, **finish)
     return out
@@ -861,6 +824,8 @@ def _forward(sim, text_mask, video_mask, text_weight, video_weight, definition, 
 
 def _backward(grad, sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples,
               seed):
+    if estimator == "exact" and definition == "textbook":
+        return banzhaf_closed_form.backward(grad, sim, text_mask, video_mask, text_weight, video_weight)
     if sim.numel() == 0:
         return torch.zeros_like(sim), torch.zeros_like(text_weight), torch.zeros_like(video_weight)
     L = _Launch(sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples,
@@ -871,14 +836,11 @@ def _backward(grad, sim, text_mask, video_mask, text_weight, video_weight, defin
     gt = torch.empty((L.B, L.nprog, L.T), dtype=L.acc_dtype, device=device)
     gv = torch.empty((L.B, L.nprog, L.V), dtype=L.acc_dtype, device=device)
     with _launch.device_guard(sim):
-        if estimator == "msr" or (L.exact and definition == "textbook"):
-            if estimator == "msr":
-                _part, cnt = _msr_strata(L)
-                cnt = cnt.sum(1, dtype=torch.int32).contiguous()  # [B, T + 1, V + 1], integer: exact
-            else:
-                cnt = gs  # unused
+        if estimator == "msr":
+            _part, cnt = _msr_strata(L)
+            cnt = cnt.sum(1, dtype=torch.int32).contiguous()  # [B, T + 1, V + 1], integer: exact
             _value_bwd_kernel[L.grid](grad, L.sim, L.tm, L.vm, L.wt, L.wv, L.players, cnt, gs, gt, gv, L.T,
-                                      L.V, L.num_items, L.per_prog, L.seed_lo, L.seed_hi, EXACT=L.exact,
+                                      L.V, L.num_items, L.per_prog, L.seed_lo, L.seed_hi,
                                       **L.common(backward=True))
         else:
             _cells_bwd_kernel[L.grid](grad, L.sim, L.tm, L.vm, L.wt, L.wv, L.players, gs, gt, gv, L.T, L.V,

@@ -1,5 +1,4 @@
 """banzhaf_interaction: brute force -> oracle -> every backend, estimators, gradients, op registration."""
-import itertools
 import math
 
 import pytest
@@ -8,6 +7,8 @@ import torch
 import hbi_ops
 from hbi_ops import philox
 from hbi_ops.testing import FLOAT_DTYPES, TOLERANCE, compiled_cpu_backends, random_game
+
+from brute_force import brute_force, brute_force_deltas, subsets, textbook_value
 
 ALL_BACKENDS = ["torch"] + compiled_cpu_backends("banzhaf_interaction")
 SETTINGS = [("textbook", "exact"), ("textbook", "paired"), ("textbook", "msr"),
@@ -18,88 +19,6 @@ def _small(backend, usual, interpreted):
     """Sizes for a test: Triton's CPU interpreter costs ~0.1 ms a tile operation, hundreds a sample, so its
     cases are smaller (the GPU tests, tests/gpu/test_banzhaf_triton_gpu.py, run the usual sizes)."""
     return interpreted if backend == "triton" else usual
-
-
-# ------------------------------------------------------------------------------------------------
-# Brute force, written from SPEC 1.2 with Python loops and floats, independent of the package.
-
-def _softmax(logits):
-    top = max(logits)
-    exps = [math.exp(x - top) for x in logits]
-    return [e / sum(exps) for e in exps]
-
-
-def textbook_value(R, wt, wv, words, frames):
-    if not words or not frames:
-        return 0.0
-    a, c = _softmax([wt[t] for t in words]), _softmax([wv[v] for v in frames])
-    text = sum(a_t * max(R[t][v] for v in frames) for a_t, t in zip(a, words))
-    video = sum(c_v * max(R[t][v] for t in words) for c_v, v in zip(c, frames))
-    return 0.5 * (text + video)
-
-
-def _reference_wti(M, text_logits, video_logits):
-    T, V = len(M), len(M[0])
-    a, c = _softmax(text_logits), _softmax(video_logits)
-    return 0.5 * (sum(a[t] * max(M[t]) for t in range(T)) + sum(c[v] * max(M[t][v] for t in range(T))
-                                                                 for v in range(V)))
-
-
-def reference_F(R, wt, wv, words, frames):
-    T, V = len(R), len(R[0])
-    M = [[R[t][v] if (t in words and v in frames) else 0.0 for v in range(V)] for t in range(T)]
-    return _reference_wti(M, [wt[t] if t in words else -9e15 for t in range(T)],
-                          [wv[v] if v in frames else -9e15 for v in range(V)])
-
-
-def reference_value1(R, wt, wv, words, frames, i, j):
-    T, V = len(R), len(R[0])
-    M = [[R[t][v] if (t in words and v in frames) else 0.0 for v in range(V)] for t in range(T)]
-    M[i][j] = R[i][j]
-    p = _softmax([wt[t] if t in words else -9e15 for t in range(T)])
-    q = _softmax([wv[v] if v in frames else -9e15 for v in range(V)])
-    text_logits = [p[t] if t in words else (wt[i] if t == i else -9e15) for t in range(T)]
-    video_logits = [q[v] if v in frames else (wv[j] if v == j else -9e15) for v in range(V)]
-    return _reference_wti(M, text_logits, video_logits)
-
-
-def cell_delta(definition, R, wt, wv, words, frames, i, j):
-    if definition == "textbook":
-        f = lambda ws, fs: textbook_value(R, wt, wv, ws, fs)  # noqa: E731
-        return f(words + [i], frames + [j]) - f(words + [i], frames) - f(words, frames + [j]) + f(words, frames)
-    F = lambda ws, fs: reference_F(R, wt, wv, ws, fs)  # noqa: E731
-    return (reference_value1(R, wt, wv, words, frames, i, j) - F(words + [i], frames)
-            - F(words, frames + [j]) + F(words, frames))
-
-
-def _subsets(items):
-    for r in range(len(items) + 1):
-        yield from itertools.combinations(items, r)
-
-
-def brute_force_deltas(definition, R, wt, wv, real_words, real_frames, i, j):
-    """Every second-order difference of cell (i, j): one per c subset of N minus {i, j}."""
-    others = [("w", t) for t in real_words if t != i] + [("f", v) for v in real_frames if v != j]
-    deltas = []
-    for subset in _subsets(others):
-        words = [k for kind, k in subset if kind == "w"]
-        frames = [k for kind, k in subset if kind == "f"]
-        deltas.append(cell_delta(definition, R, wt, wv, words, frames, i, j))
-    return deltas
-
-
-def brute_force(definition, sim, text_mask, video_mask, text_weight, video_weight):
-    """I(i, j) = 2^-(n-2) sum over c of N minus {i, j} of the second-order difference, as [B, T, V]."""
-    out = torch.zeros(sim.shape, dtype=torch.float64)
-    for b in range(sim.shape[0]):
-        R, wt, wv = sim[b].tolist(), text_weight[b].tolist(), video_weight[b].tolist()
-        words = [t for t in range(sim.shape[1]) if text_mask[b, t]]
-        frames = [v for v in range(sim.shape[2]) if video_mask[b, v]]
-        for i in words:
-            for j in frames:
-                deltas = brute_force_deltas(definition, R, wt, wv, words, frames, i, j)
-                out[b, i, j] = sum(deltas) / len(deltas)
-    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -165,7 +84,7 @@ def test_vectorised_baseline_matches_oracle():
     from hbi_ops.reference.banzhaf_vectorised import paired_textbook_vectorised
 
     game = random_game(3, 6, 5)
-    expected = hbi_ops.banzhaf_interaction(*game, num_samples=50, seed=9, backend="torch")
+    expected = hbi_ops.banzhaf_interaction(*game, estimator="paired", num_samples=50, seed=9, backend="torch")
     torch.testing.assert_close(paired_textbook_vectorised(*game, 50, 9, chunk=16), expected)
 
 
@@ -214,7 +133,7 @@ def test_msr_converges_within_its_standard_error(backend):
     R, wt, wv = sim[0].tolist(), text_weight[0].tolist(), video_weight[0].tolist()
     players = [("w", t) for t in range(4)] + [("f", v) for v in range(3)]
     values = {}
-    for subset in _subsets(players):
+    for subset in subsets(players):
         words = [k for kind, k in subset if kind == "w"]
         frames = [k for kind, k in subset if kind == "f"]
         values[(frozenset(words), frozenset(frames))] = textbook_value(R, wt, wv, words, frames)
@@ -294,10 +213,11 @@ def test_batch_zero(backend):
 def test_seed_changes_estimate_and_repeats(backend):
     game = random_game(2, 5, 4, masked=False)
     n = _small(backend, 30, 8)
-    a = hbi_ops.banzhaf_interaction(*game, num_samples=n, seed=1, backend=backend)
-    b = hbi_ops.banzhaf_interaction(*game, num_samples=n, seed=2, backend=backend)
+    a = hbi_ops.banzhaf_interaction(*game, estimator="paired", num_samples=n, seed=1, backend=backend)
+    b = hbi_ops.banzhaf_interaction(*game, estimator="paired", num_samples=n, seed=2, backend=backend)
     assert not torch.equal(a, b)
-    assert torch.equal(a, hbi_ops.banzhaf_interaction(*game, num_samples=n, seed=1, backend=backend))
+    assert torch.equal(a, hbi_ops.banzhaf_interaction(*game, estimator="paired", num_samples=n, seed=1,
+                                                      backend=backend))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -332,12 +252,13 @@ def test_opcheck(definition, estimator, dtype):
     torch.library.opcheck(torch.ops.hbi_ops.banzhaf_interaction_backward.default, backward_args)
 
 
-def test_torch_compile():
+@pytest.mark.parametrize("estimator", ["exact", "paired"])
+def test_torch_compile(estimator):
     game = random_game(2, 5, 4)
 
     def fn(sim, text_mask, video_mask, text_weight, video_weight):
         return hbi_ops.banzhaf_interaction(sim * 2, text_mask, video_mask, text_weight, video_weight,
-                                           num_samples=10, seed=5, backend="cpu").sum(-1)
+                                           estimator=estimator, num_samples=10, seed=5, backend="cpu").sum(-1)
 
     compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(*game), fn(*game))
@@ -371,11 +292,13 @@ def test_bad_input_names_the_argument(call, error, words):
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
-def test_exact_refuses_too_many_players(backend):
+def test_exact_reference_refuses_too_many_players(backend):
     sim = torch.randn(2, 20, 10)
     text_mask = torch.ones(2, 20, dtype=torch.bool)
     text_mask[0, 10:] = False  # pair 0 has 20 players, pair 1 has 30
-    with pytest.raises(ValueError, match="at most 24 players.*pair 1 has 30"):
-        hbi_ops.banzhaf_interaction(sim, text_mask, estimator="exact", backend=backend)
+    with pytest.raises(ValueError, match="at most 24 players.*pair 1 has 30.*estimator='paired'"):
+        hbi_ops.banzhaf_interaction(sim, text_mask, definition="reference", estimator="exact", backend=backend)
+    with pytest.raises(ValueError, match="default estimator.*pair 1 has 30.*estimator='paired'"):
+        hbi_ops.banzhaf_interaction(sim, text_mask, definition="reference", backend=backend)
     text_mask[1, 14:] = False  # 24 players: allowed (checked through the oracle's first chunk only)
     hbi_ops._api._check_exact_players(text_mask, torch.ones(2, 10, dtype=torch.bool))

@@ -107,10 +107,12 @@ def _banzhaf_launches(dtype):
     import hbi_ops
     from hbi_ops.testing import padded_mask
 
-    settings = [("textbook", "paired"), ("reference", "paired"), ("textbook", "msr")]
-    exact = [("textbook", "exact"), ("reference", "exact")]
-    # SPEC size (B=128, T=32 with 20 real words, V=12), two tiles of players (T + V > 128), exact games
+    settings = [("textbook", "paired"), ("reference", "paired"), ("textbook", "msr"), ("textbook", "exact")]
+    exact = [("reference", "exact")]
+    # SPEC size (B=128, T=32 with 20 real words, V=12), two tiles of players (T + V > 128), a long text with
+    # few frames (the closed form's tile loops), enumerated games
     for (batch, words, frames, real), cases in (((128, 32, 12, 20), settings), ((2, 100, 40, None), settings),
+                                                ((2, 512, 3, None), [("textbook", "exact")]),
                                                 ((4, 8, 6, None), exact), ((3, 5, 4, None), exact)):
         for definition, estimator in cases:
             sim = torch.randn(batch, words, frames, dtype=dtype, requires_grad=True)
@@ -160,7 +162,7 @@ def _dpc_knn_and_merge_launches(dtype):
 
 OPERATORS = {"banzhaf_interaction": _banzhaf_launches, "wti_similarity": _wti_launches,
              "dpc_knn+merge_tokens": _dpc_knn_and_merge_launches}
-MODULES = {"banzhaf_interaction": ["banzhaf"], "wti_similarity": ["wti"], "dpc_knn+merge_tokens": ["dpc_knn", "merge"]}
+MODULES = {"banzhaf_interaction": ["banzhaf", "banzhaf_closed_form"], "wti_similarity": ["wti"], "dpc_knn+merge_tokens": ["dpc_knn", "merge"]}
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
