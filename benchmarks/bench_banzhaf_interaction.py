@@ -1,6 +1,7 @@
 """banzhaf_interaction: each backend against the torch oracle (and the vectorised plain-PyTorch version
-of the paired textbook estimator) in the same run. CPU: SPEC's training size scaled to 2 cores
-(B=16, T=32 with 20 real words, V=12, 100 samples); GPU: SPEC's size (B=128, 1000 samples)."""
+of the paired textbook estimator) in the same run, and the exact closed form against the sampled
+estimators. CPU: the training size scaled to 2 cores (B=16, T=32 with 20 real words, V=12, 100 samples);
+GPU: the full size (B=128, 1000 samples)."""
 import pytest
 import torch
 
@@ -45,7 +46,8 @@ def test_paired_textbook(benchmark, backend):
     if backend == "torch-vectorised":
         fn = lambda: paired_textbook_vectorised(*game, SAMPLES, 0)  # noqa: E731
     else:
-        fn = lambda: hbi_ops.banzhaf_interaction(*game, num_samples=SAMPLES, backend=backend)  # noqa: E731
+        fn = lambda: hbi_ops.banzhaf_interaction(*game, estimator="paired", num_samples=SAMPLES,  # noqa: E731
+                                                 backend=backend)
     _run(benchmark, fn, slow=backend.startswith("torch"))
 
 
@@ -66,7 +68,54 @@ def test_exact_action_level(benchmark, backend):
     benchmark.group = f"banzhaf exact textbook B={BATCH} T=8 V=3 (action level)"
     game = _game(num_words=8, real_words=8, num_frames=3)
     _run(benchmark, lambda: hbi_ops.banzhaf_interaction(*game, estimator="exact", backend=backend),
-         slow=backend == "torch")
+         slow=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# The exact textbook index (closed form) at the entity level, against the torch closed form and
+# against the sampled estimators it replaces.
+
+@pytest.mark.parametrize("backend", backends_for("banzhaf_interaction", DEVICE))
+def test_exact_entity_level(benchmark, backend):
+    benchmark.group = f"banzhaf exact textbook B={BATCH} T={NUM_WORDS}({REAL_WORDS}) V={NUM_FRAMES}"
+    game = _game()
+    _run(benchmark, lambda: hbi_ops.banzhaf_interaction(*game, backend=backend), slow=False)
+
+
+@pytest.mark.parametrize("backend", backends_for("banzhaf_interaction", DEVICE))
+def test_exact_entity_level_forward_backward(benchmark, backend):
+    benchmark.group = f"banzhaf exact textbook fwd+bwd B={BATCH} T={NUM_WORDS}({REAL_WORDS}) V={NUM_FRAMES}"
+    sim, text_mask, video_mask, text_weight, video_weight = _game()
+    leaves = [x.requires_grad_() for x in (sim, text_weight, video_weight)]
+
+    def step():
+        out = hbi_ops.banzhaf_interaction(leaves[0], text_mask, video_mask, leaves[1], leaves[2], backend=backend)
+        return torch.autograd.grad(out.sum(), leaves)
+
+    _run(benchmark, step, slow=False)
+
+
+DEFAULT_BACKEND = backends_for("banzhaf_interaction", DEVICE)[0]
+
+
+@pytest.mark.parametrize("variant", ["exact", "paired-100", "paired-1000"])
+def test_exact_against_sampling(benchmark, variant):
+    # The same backend, exact against what the authors ran (100 samples) and their default (1000).
+    benchmark.group = (f"banzhaf {DEFAULT_BACKEND}: exact vs paired, B={BATCH} T={NUM_WORDS}({REAL_WORDS}) "
+                       f"V={NUM_FRAMES}")
+    game = _game()
+    estimator, _, samples = variant.partition("-")
+    _run(benchmark, lambda: hbi_ops.banzhaf_interaction(*game, estimator=estimator, num_samples=int(samples or 1),
+                                                        backend=DEFAULT_BACKEND), slow=False)
+
+
+@pytest.mark.parametrize("backend", backends_for("banzhaf_interaction", DEVICE))
+@pytest.mark.parametrize("num_words,num_frames", [(32, 12), (64, 12), (128, 12), (256, 12), (32, 48)])
+def test_exact_growth(benchmark, backend, num_words, num_frames):
+    # How the closed form's cost grows with the players (all real): T^2 Q for alpha, T V (T + V) for the rest.
+    benchmark.group = f"banzhaf exact textbook growth B={BATCH} T={num_words} V={num_frames}"
+    game = _game(num_words=num_words, real_words=num_words, num_frames=num_frames)
+    _run(benchmark, lambda: hbi_ops.banzhaf_interaction(*game, backend=backend), slow=backend == "torch")
 
 
 @pytest.mark.parametrize("backend", backends_for("banzhaf_interaction", DEVICE))
@@ -77,7 +126,7 @@ def test_paired_textbook_forward_backward(benchmark, backend):
 
     def step():
         out = hbi_ops.banzhaf_interaction(leaves[0], text_mask, video_mask, leaves[1], leaves[2],
-                                          num_samples=SAMPLES, backend=backend)
+                                          estimator="paired", num_samples=SAMPLES, backend=backend)
         return torch.autograd.grad(out.sum(), leaves)
 
     _run(benchmark, step, slow=backend == "torch")

@@ -1,11 +1,12 @@
 """The ratio table of the benchmarks: every group times one operator at one size on several backends in
 the same run; the summary divides each baseline's median (the `torch` oracle and, where there is one,
-a vectorised plain-PyTorch version, `torch-vectorised`) by each kernel backend's median."""
+a vectorised plain-PyTorch version, `torch-vectorised`; for the exact Banzhaf estimator, the sampled ones it
+replaces, `paired-100` and `paired-1000`) by each kernel backend's median."""
 import os
 
 import torch
 
-BASELINES = ("torch", "torch-vectorised", "clip-mean-pooling")
+BASELINES = ("torch", "torch-vectorised", "clip-mean-pooling", "paired-100", "paired-1000")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -17,7 +18,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         if bench.stats is None or not getattr(bench.stats, "rounds", 0):
             continue
         params = bench.params or {}
-        backend = str(params.get("backend", params.get("model_kind", bench.name)))
+        backend = str(params.get("backend", params.get("model_kind", params.get("variant", bench.name))))
         groups.setdefault(bench.group, {})[backend] = bench.stats.median
     lines = []
     for group, medians in sorted(groups.items(), key=lambda kv: str(kv[0])):

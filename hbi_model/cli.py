@@ -53,9 +53,9 @@ def _parser():
         p.add_argument("--quiet", action="store_true", default=None)
         p.add_argument("--debug-dump", help=argparse.SUPPRESS)
         if name == "explain":
-            p.add_argument("--caption", help="a caption (default: the test video's own)")
-            p.add_argument("--index", type=int, default=0, help="which test video")
-            p.add_argument("--png", default="explain.png")
+            from hbi_model.explain import add_arguments
+
+            add_arguments(p)
     return parser
 
 

@@ -1,20 +1,23 @@
 """`hbi explain`: the word-by-frame Banzhaf interaction map of a caption and a video at each level, drawn
 as a PNG (the paper's visualisation): rows are words (text clusters above the entity level), columns
 frames (video clusters)."""
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+import hbi_ops
+from hbi_model import build, checkpoint
+from hbi_model.data import collate
 
-import hbi_ops  # noqa: E402
-from hbi_model import build, checkpoint  # noqa: E402
-from hbi_model.data import collate  # noqa: E402
+
+def add_arguments(parser):
+    """The flags of `hbi explain` (cli.py adds the ones every command shares)."""
+    parser.add_argument("--caption", help="a caption (default: the test video's own)")
+    parser.add_argument("--index", type=int, default=0, help="which test video")
+    parser.add_argument("--png", default="explain.png")
 
 
 @torch.no_grad()
-def interaction_maps(model, batch, num_samples=1000, seed=0):
-    """{level: (interaction [T_l, V_l], word labels)} for the single pair in `batch`."""
+def interaction_maps(model, batch):
+    """{level: (interaction [T_l, V_l], word labels)} for the single pair in `batch`: the exact index."""
     text, text_mask, video, video_mask = model.encode(batch["input_ids"], batch["attention_mask"],
                                                       batch["pixel_values"], batch["frame_mask"])
     maps = {}
@@ -23,15 +26,18 @@ def interaction_maps(model, batch, num_samples=1000, seed=0):
         tm = tm if tm is not None else torch.ones(tn.shape[:2], dtype=torch.bool)
         vm = vm if vm is not None else torch.ones(vn.shape[:2], dtype=torch.bool)
         sim = torch.einsum("btd,bvd->btv", tn, vn)
-        players = int(tm.sum() + vm.sum())
         interaction = hbi_ops.banzhaf_interaction(
-            sim.float(), tm, vm, wt.float().masked_fill(~tm, 0), wv.float().masked_fill(~vm, 0),
-            estimator="exact" if players <= 16 else "paired", num_samples=num_samples, seed=seed)[0]
+            sim.float(), tm, vm, wt.float().masked_fill(~tm, 0), wv.float().masked_fill(~vm, 0))[0]
         maps[level] = (interaction[tm[0]][:, vm[0]], int(tm.sum()), int(vm.sum()))
     return maps
 
 
 def draw(maps, words, path, caption):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, len(maps), figsize=(4.5 * len(maps), 4.5))
     axes = [axes] if len(maps) == 1 else axes
     for ax, (level, (interaction, num_words, num_frames)) in zip(axes, maps.items()):

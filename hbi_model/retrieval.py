@@ -31,8 +31,8 @@ class HBIConfig:
     use_banzhaf: bool = True  # ablation: without the Banzhaf loss
     use_hierarchy: bool = True  # ablation: entity level only
     banzhaf_definition: str = "textbook"
-    banzhaf_samples: int = 100
-    exact_max_players: int = 14  # the teacher enumerates exactly up to this many players per pair
+    banzhaf_samples: int = 100  # the reference definition's paired teacher (its exact form enumerates)
+    exact_max_players: int = 14  # the reference definition's teacher enumerates up to this many players a pair
     reference_scaling: bool = False  # the reference's quirk: teacher on 1000 * R with probabilities as logits
     entity_padding: str = "ignore"  # "zero": the reference's zero-filled maxima at the entity level
     rates: tuple = field(default=(1.0, 0.0, 0.0))  # inference weights of entity, action, event
@@ -118,7 +118,10 @@ class HBIRetrieval(nn.Module):
                 if self.config.reference_scaling:  # the reference: 1000 * R, probabilities as logits
                     r, lt, lv = 1000 * r, lt.masked_fill(~text_mask, float("-inf")).softmax(-1), \
                         lv.masked_fill(~video_mask, float("-inf")).softmax(-1)
-                exact = words + frames <= self.config.exact_max_players
+                # The textbook index is exact at any size (its closed form); the reference definition's
+                # exact estimator enumerates 2^n coalitions, so larger levels sample.
+                exact = (self.config.banzhaf_definition == "textbook"
+                         or words + frames <= self.config.exact_max_players)
                 teacher = hbi_ops.banzhaf_interaction(
                     r, text_mask, video_mask, lt.nan_to_num(0.0), lv.nan_to_num(0.0),
                     definition=self.config.banzhaf_definition, estimator="exact" if exact else "paired",
