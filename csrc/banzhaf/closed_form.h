@@ -26,10 +26,8 @@ namespace closed_form {
 
 using std::ceil;
 using std::exp;
-using std::expm1;
 using std::ldexp;
 using std::log;
-using std::log1p;
 
 // Node spacing in y = log s, the truncation tolerance of the two ends of the integral and the largest
 // logit gap kept (weights further below the maximum count as exp(-max_gap)); the trapezoid rule's error
@@ -82,19 +80,21 @@ HBI_HD bool weight_clamped(acc_t logit, acc_t max_logit) {
   return logit - max_logit < -Quadrature<acc_t>::max_gap;
 }
 
-// One player's factors at one node.
+// One player's factors at one node (e = exp(-s u); one exponential and one division).
 template <typename acc_t>
 struct NodeFactors {
-  acc_t log_phi;  // log((1 + e) / 2), summed over the players into log P
-  acc_t a;        // (e - 1) / phi: the joiner's factor
-  acc_t b;        // u e / phi: the member's factor
+  acc_t phi;  // (1 + e) / 2, multiplied over the players into P (which may underflow to 0 past ~126
+              // float players: only where its terms are below float's resolution anyway)
+  acc_t a;    // (e - 1) / phi: the joiner's factor (e - 1 is off by ~eps where s u < eps, where its
+              // contribution to the integral is ~eps^2)
+  acc_t b;    // u e / phi: the member's factor
 };
 
 template <typename acc_t>
 HBI_HD NodeFactors<acc_t> node_factors(acc_t s, acc_t u) {
   const acc_t e = exp(-s * u);
   const acc_t inv = acc_t(2) / (acc_t(1) + e);  // 1 / phi
-  return {log1p(e) - acc_t(0.69314718055994530942), expm1(-s * u) * inv, u * e * inv};
+  return {acc_t(0.5) * (acc_t(1) + e), (e - acc_t(1)) * inv, u * e * inv};
 }
 
 // Their derivatives in u.

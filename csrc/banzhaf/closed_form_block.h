@@ -139,9 +139,9 @@ HBI_HD void softmax_marginals(const acc_t* w, int n, const Side<acc_t>& side, ac
     Block::sync();
     for (int c = Block::tid(); c < len; c += Block::size) {
       const acc_t s = side.grid.node(q0 + c);
-      acc_t log_p = 0;
-      for (int k = 0; k < n; ++k) log_p += node_factors(s, relative_weight(w[k], side.top)).log_phi;
-      wp[c] = side.grid.weight(q0 + c, s) * exp(log_p);
+      acc_t p = 1;
+      for (int k = 0; k < n; ++k) p *= node_factors(s, relative_weight(w[k], side.top)).phi;
+      wp[c] = side.grid.weight(q0 + c, s) * p;
     }
     Block::sync();
     for (int k = Block::tid(); k < n; k += Block::size) {
@@ -307,9 +307,9 @@ HBI_HD void softmax_marginals_vjp(const acc_t* w, int n, const Side<acc_t>& side
     Block::sync();
     for (int c = Block::tid(); c < len; c += Block::size) {
       const acc_t s = g.node(q0 + c);
-      acc_t log_p = 0;
-      for (int k = 0; k < n; ++k) log_p += node_factors(s, relative_weight(w[k], side.top)).log_phi;
-      wp[c] = g.weight(q0 + c, s) * exp(log_p);
+      acc_t p = 1;
+      for (int k = 0; k < n; ++k) p *= node_factors(s, relative_weight(w[k], side.top)).phi;
+      wp[c] = g.weight(q0 + c, s) * p;
     }
     for (int e = Block::tid(); e < n * len; e += Block::size) {
       const int k = e / len, c = e % len;

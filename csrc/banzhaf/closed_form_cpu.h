@@ -32,10 +32,10 @@ struct NodeTiles {
   void fill(const NodeGrid<acc_t>& grid, int q0, int len, bool grads) {
     for (int c = 0; c < len; ++c) {
       const acc_t s = grid.node(q0 + c);
-      acc_t log_p = 0;
+      acc_t p = 1;
       for (int k = 0; k < n; ++k) {
         const NodeFactors<acc_t> f = node_factors(s, u[k]);
-        log_p += f.log_phi;
+        p *= f.phi;
         a[k * kNodeChunk + c] = f.a;
         b[k * kNodeChunk + c] = f.b;
         member[c * n + k] = f.b;
@@ -46,7 +46,7 @@ struct NodeTiles {
           dlog_phi[k * kNodeChunk + c] = g.log_phi;
         }
       }
-      const acc_t wp = grid.weight(q0 + c, s) * exp(log_p);
+      const acc_t wp = grid.weight(q0 + c, s) * p;
       weight_p[c] = wp;
       for (int k = 0; k < n; ++k) joiner[k * kNodeChunk + c] = a[k * kNodeChunk + c] * wp;
     }
