@@ -195,6 +195,11 @@ def banzhaf_interaction(sim, text_mask, video_mask, text_weight, video_weight, d
                         num_samples, seed):
     """The `torch` backend; arguments normalised by hbi_ops.banzhaf_interaction."""
     compute = torch.float64 if sim.dtype == torch.float64 else torch.float32
+    # Padding never matters: whatever padded positions hold (NaN, inf) is replaced before any arithmetic.
+    real_cells = text_mask[:, :, None] & video_mask[:, None, :]
+    sim = sim.masked_fill(~real_cells, 0.0)
+    text_weight = text_weight.masked_fill(~text_mask, 0.0)
+    video_weight = video_weight.masked_fill(~video_mask, 0.0)
     args = (sim.to(compute), text_mask, video_mask, text_weight.to(compute), video_weight.to(compute))
     seed = seed % (1 << 64)
     if estimator == "exact" and definition == "textbook":
@@ -205,5 +210,4 @@ def banzhaf_interaction(sim, text_mask, video_mask, text_weight, video_weight, d
         result = paired(*args, definition, num_samples, seed)
     else:
         result = msr(*args, num_samples, seed)
-    real_cells = text_mask[:, :, None] & video_mask[:, None, :]
-    return (result * real_cells).to(sim.dtype)
+    return result.masked_fill(~real_cells, 0.0).to(sim.dtype)

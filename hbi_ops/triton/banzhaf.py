@@ -396,8 +396,8 @@ def _cells_fwd_kernel(sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, pt_ptr, part_ptr,
     tidx, vidx, tm, vm, R, wt, wv, Ew, Fw = _load_pair(sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, b, T, V,
                                                        ACC, BT, BV)
     real = tm[:, None] & vm[None, :]
-    start, end, _pt, _pv, _total = _sample_range(c, num_items, per_prog, pt_ptr, tm, vm, b, T, V, False,
-                                                 NPROG, BT, BV)
+    start, end, pt, pv, total = _sample_range(c, num_items, per_prog, pt_ptr, tm, vm, b, T, V, EXACT,
+                                              NPROG, BT, BV)
     k0 = seed_lo.to(tl.uint32)
     k1 = seed_hi.to(tl.uint32)
     acc = tl.zeros([BT, BV], ACC)
