@@ -30,6 +30,11 @@ class CLIPEncoders(nn.Module):
         return cls(CLIPModel(config))
 
     @property
+    def image_size(self):
+        """The frame size the vision tower takes (frames of another size are an error in transformers)."""
+        return self.clip.config.vision_config.image_size
+
+    @property
     def logit_scale(self):
         return self.clip.logit_scale
 
@@ -42,6 +47,16 @@ class CLIPEncoders(nn.Module):
         batch, frames = pixel_values.shape[:2]
         pooled = self.clip.vision_model(pixel_values=pixel_values.flatten(0, 1)).pooler_output
         return self.clip.visual_projection(pooled).view(batch, frames, -1)
+
+
+def with_image_size(settings, encoders):
+    """settings with `image_size` (the size frames are decoded at) set to the encoder's; a different
+    size set explicitly is an error rather than a crash in the first batch."""
+    wanted = settings.get("image_size")
+    if wanted is not None and wanted != encoders.image_size:
+        raise ValueError(f"image_size {wanted} does not match the CLIP encoder's {encoders.image_size} (its "
+                         f"vision_config.image_size); leave image_size unset to follow the encoder")
+    return {**settings, "image_size": encoders.image_size}
 
 
 def tiny_clip_config(vocab_size=64, width=32, projection_dim=32, image_size=32, patch_size=8, max_words=32,

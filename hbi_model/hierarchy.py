@@ -1,5 +1,6 @@
 """Token clustering and merging (CTM) and the attention that refines merged tokens (TCBlock), on
 hbi_ops.dpc_knn and hbi_ops.merge_tokens (SPEC section 2, "Three levels")."""
+import contextlib
 import math
 
 from torch import nn
@@ -28,6 +29,9 @@ class CTM(nn.Module):
         tokens = self.norm(x)
         score = self.score(tokens).squeeze(-1)
         if mask is not None:
+            # A row with no real token (an unreadable video) is merged over its padding: a score of -inf
+            # everywhere would make the TCBlock's attention over it NaN.
+            mask = mask | ~mask.any(1, keepdim=True)
             score = score.masked_fill(~mask, float("-inf"))
         clusters = num_clusters(x.shape[1], self.ratio)
         idx, _centers = hbi_ops.dpc_knn(tokens.detach(), clusters, k=min(self.k, x.shape[1]), mask=mask)
@@ -69,3 +73,23 @@ class Level(nn.Module):
     def forward(self, x, mask=None):
         merged, tokens, score, _ = self.ctm(x, mask)
         return self.block(merged, tokens, score)
+
+
+@contextlib.contextmanager
+def recording_assignments(levels):
+    """Within the block, assignments[i] is the dpc_knn cluster of every token, idx [B, N], that levels[i]
+    computed in its latest forward. Forward hooks that exist only inside the block: outside it the
+    levels run exactly as before, at no cost."""
+    assignments = [None] * len(levels)
+
+    def keep(position):
+        def hook(_module, _inputs, outputs):
+            assignments[position] = outputs[3].detach()
+        return hook
+
+    handles = [level.ctm.register_forward_hook(keep(i)) for i, level in enumerate(levels)]
+    try:
+        yield assignments
+    finally:
+        for handle in handles:
+            handle.remove()

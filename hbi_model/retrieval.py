@@ -88,12 +88,15 @@ class HBIRetrieval(nn.Module):
         return out
 
     def _weights(self, level, text, text_mask, video, video_mask):
+        """Weight logits, -inf at padding. A side with no real token at all (an unreadable video) keeps
+        finite logits: an all -inf row would make its softmax, and every gradient through it, NaN; its
+        weights then fall on padded tokens, which the similarity ignores."""
         index = LEVELS.index(level)
         wt, wv = self.text_heads[index](text), self.video_heads[index](video)
         if text_mask is not None:
-            wt = wt.masked_fill(~text_mask, float("-inf"))
+            wt = wt.masked_fill(~text_mask & text_mask.any(-1, keepdim=True), float("-inf"))
         if video_mask is not None:
-            wv = wv.masked_fill(~video_mask, float("-inf"))
+            wv = wv.masked_fill(~video_mask & video_mask.any(-1, keepdim=True), float("-inf"))
         return wt, wv
 
     def level_similarity(self, level, text, text_mask, video, video_mask):

@@ -1,7 +1,8 @@
 """Training (SPEC section 2, "Optimiser"): AdamW with decoupled weight decay (not on biases and
 LayerNorm weights), separate learning rates for CLIP and the new modules, linear warm-up then cosine,
 gradient clipping, mixed precision on GPU, torchrun multi-process with all-gathered features,
-atomic checkpoints that resume to the same result, a progress bar, and an evaluation at the end."""
+atomic checkpoints that resume to the same result, a stop (after one retry from the last checkpoint) on a
+non-finite loss or gradient, progress on a terminal or in a log, and an evaluation at the end."""
 import functools
 import json
 import math
@@ -10,11 +11,12 @@ import random
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from hbi_model import build, checkpoint, distributed
 from hbi_model.data import collate
+from hbi_model.encoders import with_image_size
 from hbi_model.evaluate import evaluate, format_table
+from hbi_model.progress import TrainingProgress
 
 
 def load_state_dict(path):
@@ -81,19 +83,51 @@ def _loader(dataset, tokenizer, settings, sampler, batch_size):
                                                                     max_words=settings["max_words"]))
 
 
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss or gradient and a retry did not help."""
+
+
+def _datasets_and_model(settings):
+    """(settings, tokenizer, model, train_set, test_set); frames are decoded at the encoder's image size."""
+    if settings.get("task", "retrieval") == "qa":
+        from hbi_model.data.qa import qa_datasets, qa_vocabulary
+
+        vocabulary = qa_vocabulary(settings)
+        tokenizer, model = build.qa_model(settings, len(vocabulary))
+        settings = with_image_size(settings, model.encoders)
+        train_set, test_set, _ = qa_datasets(settings, vocabulary)
+    else:
+        tokenizer, model = build.model(settings)
+        settings = with_image_size(settings, model.encoders)
+        train_set, test_set = build.datasets(settings)
+    return settings, tokenizer, model, train_set, test_set
+
+
+def _restore(output, model, optimizer, scheduler, device):
+    """Load the run's checkpoint into model, optimizer and scheduler; returns its step."""
+    state = checkpoint.load(output, model, map_location=device)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    return state["step"]
+
+
+def _non_finite(parts, grad_norm):
+    """What is not finite in a step ('loss' or 'gradient') and its detail, or None."""
+    bad = [name for name, value in parts.items() if not torch.isfinite(value.detach()).all()]
+    if bad:
+        return "loss", "non-finite: " + ", ".join(f"{name}={float(parts[name].detach()):g}" for name in bad)
+    if grad_norm is not None and not torch.isfinite(grad_norm):
+        return "gradient", f"gradient norm {float(grad_norm):g}"
+    return None
+
+
 def train(settings):
     rank, world, device = distributed.setup()
     main_process = rank == 0
     seed_everything(settings["seed"])
     task = settings.get("task", "retrieval")
-    if task == "qa":
-        from hbi_model.data.qa import qa_datasets
-
-        train_set, test_set, vocabulary = qa_datasets(settings)
-        tokenizer, model = build.qa_model(settings, len(vocabulary))
-    else:
-        tokenizer, model = build.model(settings)
-        train_set, test_set = build.datasets(settings)
+    settings, tokenizer, model, train_set, test_set = _datasets_and_model(settings)
     if settings.get("teacher_weights"):
         model.load_teacher(load_state_dict(settings["teacher_weights"]))
     model.to(device)
@@ -101,30 +135,32 @@ def train(settings):
     sampler = EpochSampler(len(train_set), settings["seed"], rank, world, shuffle=not settings.get("no_shuffle"))
     loader = _loader(train_set, tokenizer, settings, sampler, per_rank)
     steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train_set)} training pairs make no batch of --batch-size {settings['batch_size']} "
+                         f"({world} process(es)): the training set is empty or too small")
     total_steps = settings.get("max_steps") or settings["epochs"] * steps_per_epoch
     optimizer = torch.optim.AdamW(parameter_groups(model, settings["lr"], settings["clip_lr_scale"],
                                                    settings["weight_decay"]), betas=(0.9, 0.98), eps=1e-6)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, functools.partial(warmup_cosine, total=total_steps, warmup_fraction=settings["warmup"]))
     step, output = 0, settings["output"]
+    saved_step = None  # the step of this run's checkpoint, the one a non-finite step retries from
     if settings.get("resume", True) and checkpoint.exists(output):
-        state = checkpoint.load(output, model, map_location=device)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step = state["step"]
-        torch.set_rng_state(state["rng"])
+        step = saved_step = _restore(output, model, optimizer, scheduler, device)
         if main_process:
             print(f"resumed from {output} at step {step}")
     wrapped = model
     if world > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
     amp = device.type == "cuda" and not settings.get("no_amp")
-    progress = tqdm(total=total_steps, initial=step, desc="train", disable=not main_process or settings.get("quiet"))
+    progress = TrainingProgress(total_steps, math.ceil(total_steps / steps_per_epoch), step,
+                                enabled=main_process and not settings.get("quiet"))
     model.train()
-    last = {}
+    last, retried_from = {}, None
     while step < total_steps:
         epoch, skip = divmod(step, steps_per_epoch)
         sampler.epoch = epoch
+        restarted = False
         for index, batch in enumerate(loader):
             if index < skip:  # resuming inside an epoch: the same batches as an uninterrupted run
                 continue
@@ -134,20 +170,41 @@ def train(settings):
                                 batch["pixel_values"].to(device), batch["frame_mask"].to(device),
                                 gather=distributed.gather_with_grad if world > 1 else None, **extra)
             optimizer.zero_grad(set_to_none=True)
-            parts["loss"].backward()
-            if settings.get("debug_dump") and step == 0:
-                _dump(settings["debug_dump"], model, parts, rank)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings["grad_clip"])
+            problem = _non_finite(parts, None)
+            if problem is None:
+                parts["loss"].backward()
+                if settings.get("debug_dump") and step == 0:
+                    _dump(settings["debug_dump"], model, parts, rank)
+                problem = _non_finite(parts, torch.nn.utils.clip_grad_norm_(model.parameters(), settings["grad_clip"]))
+            if problem is not None:
+                what, detail = problem
+                message = (f"training stopped: the {what} is not finite at step {step + 1} of {total_steps} "
+                           f"(epoch {epoch + 1}; {detail})")
+                if saved_step is None:
+                    raise NonFiniteLossError(f"{message}; there is no checkpoint to retry from (--save-every). "
+                                             f"Unreadable videos are logged as warnings; a lower --lr may help")
+                if retried_from is not None:
+                    raise NonFiniteLossError(f"{message}, after training was retried once from the checkpoint of "
+                                             f"step {retried_from}. Unreadable videos are logged as warnings; a "
+                                             f"lower --lr may help")
+                if main_process:
+                    print(f"{message}: retrying once from the checkpoint of step {saved_step}", flush=True)
+                step = retried_from = _restore(output, model, optimizer, scheduler, device)
+                progress.restart(step)
+                restarted = True
+                break
             optimizer.step()
             scheduler.step()
             step += 1
             last = {k: float(v.detach()) for k, v in parts.items()}
-            progress.update(1)
-            progress.set_postfix(loss=f"{last['loss']:.3f}")
+            progress.step(last["loss"])
             if main_process and settings.get("save_every") and step % settings["save_every"] == 0:
                 _save(output, model, optimizer, scheduler, step)
+                saved_step = step
             if step >= total_steps or step == settings.get("stop_after"):
                 break
+        if not restarted:
+            progress.end_epoch(epoch, step)
         if step == settings.get("stop_after"):  # an interruption, for tests: the checkpoint is what remains
             break
     progress.close()

@@ -46,7 +46,11 @@ class SyntheticQA(torch.utils.data.Dataset):
 
     def __init__(self, num_videos=2000, max_frames=6, seed=0, **kwargs):
         self.videos = SyntheticVideoText(num_videos, max_frames=max_frames, seed=seed, **kwargs)
-        self.vocabulary = AnswerVocabulary(list(COLOURS) + list(SHAPES) + list(COUNTS.values()))
+        self.vocabulary = self.answer_vocabulary()
+
+    @staticmethod
+    def answer_vocabulary():
+        return AnswerVocabulary(list(COLOURS) + list(SHAPES) + list(COUNTS.values()))
 
     @staticmethod
     def words():
@@ -104,20 +108,32 @@ class MSRVTTQA(torch.utils.data.Dataset):
                 "question_type": question.split()[0].lower() if question.split() else "other"}
 
 
-def qa_datasets(settings):
-    """(train, test, vocabulary)."""
+def qa_vocabulary(settings):
+    """The answer vocabulary: the synthetic set's, or MSRVTT-QA's train_ans2label.json."""
     if settings.get("data", "synthetic") == "synthetic":
-        common = dict(max_frames=settings["max_frames"])
-        train = SyntheticQA(settings["num_train"], seed=settings["seed"] * 2 + 1, **common)
-        test = SyntheticQA(settings["num_test"], seed=settings["seed"] * 2 + 2, **common)
-        return train, test, train.vocabulary
+        return SyntheticQA.answer_vocabulary()
     if settings.get("data") != "msrvtt":
         raise ValueError("video QA runs on --data synthetic or --data msrvtt (MSRVTT-QA)")
+    return AnswerVocabulary.from_file(os.path.join(_qa_root(settings), "train_ans2label.json"))
+
+
+def _qa_root(settings):
     root = settings.get("data_root")
     if not root:
         raise ValueError("--data msrvtt --task qa needs --data-root (train_qa.json, test_qa.json, "
                          "train_ans2label.json, videos/)")
-    vocabulary = AnswerVocabulary.from_file(os.path.join(root, "train_ans2label.json"))
+    return root
+
+
+def qa_datasets(settings, vocabulary=None):
+    """(train, test, vocabulary); vocabulary: qa_vocabulary(settings) unless given."""
+    vocabulary = qa_vocabulary(settings) if vocabulary is None else vocabulary
+    if settings.get("data", "synthetic") == "synthetic":
+        common = dict(max_frames=settings["max_frames"])
+        train = SyntheticQA(settings["num_train"], seed=settings["seed"] * 2 + 1, **common)
+        test = SyntheticQA(settings["num_test"], seed=settings["seed"] * 2 + 2, **common)
+        return train, test, vocabulary
+    root = _qa_root(settings)
     size = settings.get("image_size", 224)
     augment = rand_augment() if settings.get("rand_augment", True) else None
     return (MSRVTTQA(root, "train", vocabulary, settings["max_frames"], size, augment),
