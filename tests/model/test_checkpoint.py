@@ -11,7 +11,7 @@ from hbi_model.cli import DEFAULTS
 from hbi_model.run_eval import run_eval
 from hbi_model.train import train
 
-SMALL = dict(DEFAULTS, num_train=16, num_test=8, batch_size=4, max_words=8, max_frames=4, tiny_width=16,
+SMALL = dict(DEFAULTS, num_train=16, num_test=8, batch_size=4, max_words=8, max_frames=6, tiny_width=16,
              tiny_layers=1, temporal_layers=1, temporal_heads=2, attention_heads=2, quiet=True, workers=0,
              save_every=1, clip_lr_scale=1.0, skip_eval=True)
 
