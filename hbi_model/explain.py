@@ -163,7 +163,7 @@ def explain_pair(model, tokenizer, batch, show_special=False):
 # -------------------------------------------------------------------------------------------------
 # Retrieval rank among the test set's videos
 
-class TestSetRanking:
+class Ranking:
     """The test set encoded once; the rank of a caption's video among the test videos, by the rule of
     hbi_model.metrics (ties count against the caption: every candidate scoring at least as high, the
     video itself included, is counted)."""
@@ -299,9 +299,9 @@ def write_html(path, explanations, sources):
     for explanation, source in zip(explanations, sources):
         picture = base64.b64encode(png_bytes(render(explanation))).decode("ascii")
         clusters = "".join(
-            f"<li>{m.level}: " + "; ".join(html.escape(label) for label in m.row_labels) + " | frames "
-            + "; ".join(" ".join(map(str, frames)) for frames in m.column_frames) + "</li>"
-            for m in explanation.levels)
+            f"<li>{m.level} level: text clusters " + " | ".join(html.escape(label) for label in m.row_labels)
+            + "; video clusters of frames " + " | ".join(" ".join(map(str, frames)) for frames in m.column_frames)
+            + "</li>" for m in explanation.levels if m.level != "entity")
         lines = "".join(f"<p>{html.escape(line)}</p>" for line in title_lines(explanation)[1:])
         sections.append(f'<section class="pair"><h2>{html.escape(source)}: {html.escape(explanation.caption)}</h2>'
                         f'{lines}<img alt="{html.escape(explanation.caption)}" src="data:image/png;base64,{picture}">'
@@ -366,13 +366,15 @@ def explain(settings):
     model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu")).eval()
     if settings.get("top") is not None and qa:
         raise ValueError("--top ranks retrieval pairs; with --task qa give --index")
-    ranking = None if qa or settings.get("no_rank") else TestSetRanking(model, tokenizer, test_set, settings)
+    ranking = None if qa or settings.get("no_rank") else Ranking(model, tokenizer, test_set, settings)
     if settings.get("video"):
         requests = [("video " + os.path.basename(settings["video"]), _video_item(settings, model), None)]
     else:
         requests = [(f"test item {i}", dict(test_set[i]), i) for i in _indices(settings, test_set, ranking)]
     explanations = []
     for source, item, index in requests:
+        if not item["frame_mask"].any():
+            raise ValueError(f"{source} ({item['video_id']}): its video has no decodable frame")
         own_caption = not settings.get("text")
         if not own_caption:
             item["caption"] = settings["text"]
