@@ -323,8 +323,6 @@ def _video_item(settings, model):
     path = settings["video"]
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--video {path}: no such file")
-    if not settings.get("text"):
-        raise ValueError("--video needs --text (the caption or question to explain it with)")
     size = model.encoders.clip.config.vision_config.image_size
     frames, mask = load_video(path, settings["max_frames"], size)
     if not mask.any():
@@ -332,14 +330,24 @@ def _video_item(settings, model):
     return {"frames": frames, "frame_mask": mask, "caption": settings["text"], "video_id": os.path.basename(path)}
 
 
-def _indices(settings, test_set, ranking):
-    if settings.get("top") is not None:
+def _check_flags(settings, qa):
+    """Contradictory or impossible requests, before anything is loaded."""
+    top = settings.get("top")
+    if settings.get("video") and (settings.get("index") or top is not None):
+        raise ValueError("give --video or test items (--index, --top), not both")
+    if settings.get("video") and not settings.get("text"):
+        raise ValueError("--video needs --text (the caption or question to explain it with)")
+    if top is not None:
         if settings.get("index"):
             raise ValueError("give --index or --top, not both")
-        if settings["top"] < 1:
-            raise ValueError(f"--top must be at least 1, not {settings['top']}")
-        if ranking is None:
+        if top < 1:
+            raise ValueError(f"--top must be at least 1, not {top}")
+        if qa or settings.get("no_rank"):
             raise ValueError("--top ranks retrieval pairs: it needs the retrieval task and no --no-rank")
+
+
+def _indices(settings, test_set, ranking):
+    if settings.get("top") is not None:
         return ranking.best(settings["top"])
     indices = settings.get("index") or [0]
     for index in indices:
@@ -351,6 +359,7 @@ def _indices(settings, test_set, ranking):
 def explain(settings):
     """Explain the requested pairs of a run (its checkpoint in --output); returns the explanations."""
     qa = settings.get("task") == "qa"
+    _check_flags(settings, qa)
     if qa:
         from hbi_model.data.qa import qa_datasets
 
@@ -364,11 +373,10 @@ def explain(settings):
     else:
         print(f"no checkpoint in {settings['output']}: explaining an untrained model")
     model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu")).eval()
-    if settings.get("top") is not None and qa:
-        raise ValueError("--top ranks retrieval pairs; with --task qa give --index")
+    video = _video_item(settings, model) if settings.get("video") else None
     ranking = None if qa or settings.get("no_rank") else Ranking(model, tokenizer, test_set, settings)
-    if settings.get("video"):
-        requests = [("video " + os.path.basename(settings["video"]), _video_item(settings, model), None)]
+    if video is not None:
+        requests = [("video " + os.path.basename(settings["video"]), video, None)]
     else:
         requests = [(f"test item {i}", dict(test_set[i]), i) for i in _indices(settings, test_set, ranking)]
     explanations = []

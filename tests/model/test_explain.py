@@ -312,7 +312,11 @@ def test_bad_requests_are_errors_that_name_the_flag(run, tmp_path):
         explain(dict(settings, video=str(tmp_path / "junk.mp4"), text="a red circle", png=png))
     with pytest.raises(ValueError, match="--video needs --text"):
         explain(dict(settings, video=str(tmp_path / "junk.mp4"), png=png))
+    with pytest.raises(ValueError, match="give --video or test items"):
+        explain(dict(settings, video=str(tmp_path / "junk.mp4"), text="a red circle", index=[1], png=png))
     with pytest.raises(ValueError, match="--top must be at least 1"):
         explain(dict(settings, top=0, png=png))
     with pytest.raises(ValueError, match="not both"):
         explain(dict(settings, top=2, index=[1], png=png))
+    with pytest.raises(ValueError, match="--top ranks retrieval pairs"):
+        explain(dict(settings, top=2, no_rank=True, png=png))
