@@ -59,6 +59,9 @@ def evaluate_qa(model, loader, device, train_set, test_set, progress=True):
     for batch in tqdm(loader, desc="answer", disable=not progress, leave=False):
         logits = model.predict(batch["input_ids"].to(device), batch["attention_mask"].to(device),
                                batch["pixel_values"].to(device), batch["frame_mask"].to(device))
+        if not torch.isfinite(logits).all():  # argmax would silently pick the NaN's position
+            raise ValueError(f"the model's answer logits are not finite for videos {batch['video_id'][:4]}...: "
+                             f"the model's features or weights are not finite")
         predictions.append(logits.argmax(-1).cpu())
         answers.append(batch["answer"])
         types += batch["question_type"]

@@ -27,10 +27,14 @@ class AttentionPool(nn.Module):
         self.score = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 1))
 
     def forward(self, x, mask=None):
+        """A row with no real token (an unreadable video) pools to 0; its logits stay finite, since an
+        all -inf softmax would be NaN, and so would every gradient through it."""
         logits = self.score(x).squeeze(-1)
-        if mask is not None:
-            logits = logits.masked_fill(~mask, float("-inf"))
-        return (logits.softmax(-1)[..., None] * x).sum(1)
+        if mask is None:
+            return (logits.softmax(-1)[..., None] * x).sum(1)
+        real = mask.any(-1, keepdim=True)
+        weights = logits.masked_fill(~mask & real, float("-inf")).softmax(-1) * real
+        return (weights[..., None] * x).sum(1)
 
 
 class AnswerHead(nn.Module):

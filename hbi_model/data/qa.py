@@ -2,11 +2,11 @@
 synthetic QA set asked about the synthetic videos (what colour or shape appears first or last, how many
 shapes appear). Items carry 'caption' (the question), 'answer' (an id, -1 when unknown: counted wrong)
 and 'question_type'."""
-import json
 import os
 
 import torch
 
+from hbi_model.data.annotations import AnnotationError, expect, field, read_json, read_json_records
 from hbi_model.data.real import _video_path
 from hbi_model.data.synthetic import COLOURS, SHAPES, SyntheticVideoText
 from hbi_model.data.video import load_video, rand_augment
@@ -24,11 +24,13 @@ class AnswerVocabulary:
 
     @classmethod
     def from_file(cls, path):
-        """train_ans2label.json: {answer: id}."""
-        with open(path) as handle:
-            mapping = json.load(handle)
+        """train_ans2label.json: {answer: id}, the ids 0 to n - 1."""
+        mapping = expect(read_json(path), dict, path, "the top level")
         answers = [None] * len(mapping)
         for answer, i in mapping.items():
+            if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < len(answers) or answers[i] is not None:
+                raise AnnotationError(f"{path}: answers must map to distinct ids 0 to {len(answers) - 1}, got "
+                                      f"{answer!r}: {i!r}")
             answers[i] = answer
         return cls(answers)
 
@@ -84,9 +86,10 @@ class MSRVTTQA(torch.utils.data.Dataset):
 
     def __init__(self, root, split, vocabulary, max_frames, size=224, augment=None):
         path = os.path.join(root, f"{split}_qa.json")
-        with open(path) as handle:
-            text = handle.read().strip()
-        rows = json.loads(text) if text.startswith("[") else [json.loads(line) for line in text.splitlines() if line]
+        rows = read_json_records(path)
+        for i, row in enumerate(rows):  # checked now, not in a data-loader worker hours into a run
+            for key in ("video_id", "question", "answer"):
+                field(row, key, path, f"record {i}")
         self.rows, self.root, self.vocabulary = rows, root, vocabulary
         self.max_frames, self.size, self.augment = max_frames, size, augment
 

@@ -1,11 +1,13 @@
 """Video QA: answer vocabulary (unknown answers), the answer head, a training step, MSRVTT-QA files."""
 import json
 
+import pytest
 import torch
 
 from hbi_model import build
 from hbi_model.cli import DEFAULTS
 from hbi_model.data import collate
+from hbi_model.data.annotations import AnnotationError
 from hbi_model.data.qa import UNKNOWN, AnswerVocabulary, MSRVTTQA, SyntheticQA, accuracy, majority_baseline
 from hbi_model.qa import AnswerHead, HBIQA
 
@@ -98,3 +100,45 @@ def test_cli_train_and_eval_qa(tmp_path):
                                     capture_output=True, text=True, timeout=600).stdout
     assert "majority answer" in run("train", *args)
     assert "overall" in run("eval", *args)
+
+
+def test_a_video_with_no_frame_gives_finite_answers_losses_and_gradients():
+    data = SyntheticQA(8, max_frames=4)
+    tokenizer, model = build.qa_model(SMALL, len(data.vocabulary))
+    batch = collate([data[i] for i in range(4)], tokenizer, SMALL["max_words"])
+    batch["frame_mask"][2] = False  # what an unreadable video loads as
+    batch["pixel_values"][2] = 0
+    args = (batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["frame_mask"])
+    parts = model(*args, batch["answer"])
+    for name, value in parts.items():
+        assert torch.isfinite(value), name
+    parts["loss"].backward()
+    for name, param in model.named_parameters():
+        assert param.grad is None or torch.isfinite(param.grad).all(), name
+    assert torch.isfinite(model.predict(*args)).all()
+    # Pooling no frame gives nothing: the empty video's pooled vector is 0.
+    pool = model.answer_heads[0].video_pool
+    pooled = pool(torch.randn(2, 4, pool.score[0].in_features), torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0]]).bool())
+    assert torch.isfinite(pooled).all() and (pooled[1] == 0).all() and (pooled[0] != 0).any()
+
+
+MALFORMED_QA = [  # (file, content, what the error must say)
+    ("test_qa.json", "", "test_qa.json is empty"),
+    ("test_qa.json", '{"video_id": 7, "question": "what is it"}\n', "test_qa.json: record 0 has no key 'answer'"),
+    ("test_qa.json", '[{"video_id": 7, "answer": "dog"}]', "test_qa.json: record 0 has no key 'question'"),
+    ("test_qa.json", '{"video_id": 7, "question": "what', "test_qa.json, line 1, is not valid JSON"),
+    ("train_ans2label.json", "", "train_ans2label.json is empty"),
+    ("train_ans2label.json", '["man", "dog"]', "train_ans2label.json: the top level should be a dict, got list"),
+    ("train_ans2label.json", '{"man": 0, "dog": 5}', "train_ans2label.json: .*ids 0 to 1.*'dog': 5"),
+    ("train_ans2label.json", '{"man": 0, "dog": "1"}', "train_ans2label.json: .*ids 0 to 1.*'dog': '1'"),
+]
+
+
+@pytest.mark.parametrize("name, content, message", MALFORMED_QA)
+def test_malformed_msrvtt_qa_files_are_named(tmp_path, name, content, message):
+    (tmp_path / "train_ans2label.json").write_text(json.dumps({"man": 0, "dog": 1}))
+    (tmp_path / "test_qa.json").write_text(json.dumps({"video_id": 7, "question": "what is it", "answer": "dog"}))
+    (tmp_path / name).write_text(content)
+    with pytest.raises(AnnotationError, match=message):
+        vocabulary = AnswerVocabulary.from_file(tmp_path / "train_ans2label.json")
+        MSRVTTQA(str(tmp_path), "test", vocabulary, max_frames=2, size=32)

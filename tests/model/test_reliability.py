@@ -138,3 +138,17 @@ def test_on_a_terminal_a_progress_bar_with_the_loss_and_steps_per_second(tmp_pat
     assert re.search(r"train: 100%.* 10/10 .*[\d.]+ steps/s, loss=([\d.]+)", final), printed.err
     assert float(re.search(r"loss=([\d.]+)", final)[1]) == pytest.approx(losses[-1], abs=1e-3)
     assert not any(line.startswith("epoch") for line in printed.out.splitlines())
+
+
+def test_non_finite_answer_logits_are_an_error_not_an_answer():
+    from hbi_model.evaluate import evaluate_qa
+
+    class NaNModel(torch.nn.Module):
+        def predict(self, input_ids, *_):
+            return torch.full((input_ids.shape[0], 5), float("nan"))
+
+    batch = {"input_ids": torch.zeros(2, 3), "attention_mask": torch.ones(2, 3), "pixel_values": torch.zeros(2, 1),
+             "frame_mask": torch.ones(2, 1), "answer": torch.tensor([0, 1]), "question_type": ["what", "who"],
+             "video_id": ["video1", "video2"]}
+    with pytest.raises(ValueError, match="answer logits are not finite"):
+        evaluate_qa(NaNModel(), [batch], torch.device("cpu"), None, None, progress=False)
