@@ -273,7 +273,8 @@ HBI_HD void pair_forward(const scalar_t* sim, const bool* tm, const bool* vm, co
   }
 }
 
-// grad_u[k] = d/dw_k of sum_{i,t} X[i, t] alpha[i, t], for the n compacted logits w.
+// grad_u[k] = d/dw_k of sum_{i,t} X[i, t] alpha[i, t], for the n compacted logits w (node_factor_grads
+// are derivatives in w).
 template <typename Block, typename acc_t>
 HBI_HD void softmax_marginals_vjp(const acc_t* w, int n, const Side<acc_t>& side, const acc_t* X, acc_t* grad_u,
                                   acc_t* smem) {
@@ -343,8 +344,7 @@ HBI_HD void softmax_marginals_vjp(const acc_t* w, int n, const Side<acc_t>& side
   Block::sync();
   for (int k = Block::tid(); k < n; k += Block::size) {
     const acc_t wk = w[k];
-    grad_u[k] = !side.finite ? acc_t(NAN)
-                             : (weight_clamped(wk, side.top) ? acc_t(0) : grad_u[k] * relative_weight(wk, side.top));
+    grad_u[k] = !side.finite ? acc_t(NAN) : (weight_clamped(wk, side.top) ? acc_t(0) : grad_u[k]);
   }
   Block::sync();
 }

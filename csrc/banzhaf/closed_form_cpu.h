@@ -142,7 +142,7 @@ void softmax_marginals_vjp(const acc_t* w, int n, const acc_t* X, acc_t* grad_w)
       }
   }
   for (int k = 0; k < n; ++k)
-    if (!weight_clamped(w[k], top)) grad_w[k] += grad_u[k] * tiles.u[k];
+    if (!weight_clamped(w[k], top)) grad_w[k] += grad_u[k];  // (node_factor_grads are in w already)
 }
 
 // Sorts the n entries x[0], x[stride], ... into `order` (sorts_before).

@@ -1,4 +1,4 @@
-"""banzhaf_interaction (SPEC 1.2) in Triton: forward and backward of every definition and estimator.
+"""banzhaf_interaction (docs/banzhaf.md) in Triton: forward and backward of every definition and estimator.
 
 Design. One program per (pair b, chunk of samples); R [BT, BV] (BT = next_power_of_2(T), BV likewise)
 stays in registers. Per sample the program draws the Philox coalition (tl Philox4x32-10 on uint32,
@@ -9,15 +9,16 @@ tiles hold, for every cell (i, j), "row t's maximum over S_v without frame j" (W
 v's maximum over S_t without word i" (X[i, v]). Every value the estimators need for cell (i, j)
 (f(c + i + j), f(c + i), f(c + j), f(c) for c = S \\ {i, j}, and the reference's zero-filled F) is a
 softmax-weighted sum whose terms depend on (t, j) (text side) or (i, v) (video side) only, plus a
-correction at t = i (v = j): one column sum over t (row sum over v) of a [BT, BV] tile and O(1) per
-cell. So a sample costs O(T * V) for all T * V cells at once (the textbook fast path of the CPU code,
+correction at t = i (v = j): column sums over t (row sums over v) of a [BT, BV] tile and O(1) per
+cell. The softmax weights are taken relative to the coalition's own largest logit (and to the second
+largest for c = S minus the top member; a joining player above c's largest rescales c's terms), so
+they are exact for any finite logits (_softmax_state). So a sample costs O(T * V) for all T * V cells at once (the textbook fast path of the CPU code,
 done as tile operations). The reference's value1 has softmax weights exp(p_t / Z(i)) that depend on
 (t, i): a loop over t (and over v) of [BT, BV] tile updates, O(T * V * (T + V)) a sample.
 
 Backward differentiates the same per-sample expressions, recomputing the coalitions from the seed.
-For a value whose text part is sum_{t in X_t(i)} Ew[t] M[t, j] / Z(i), the gradient coefficient of
-every (t, j) is K[t, j] = Ew[t] (in[t] sum_i g_ij / Z(i) + (add_i - in[t]) g_tj / Z(t)), which goes
-to sim[t, argmax of M[t, j]]: the argmax is row t's first or second argmax (scattered by a one-hot
+For a value whose text part is sum_{t in X_t(i)} a_t(i) M[t, j], the gradient coefficient of every
+(t, j) is K[t, j] = sum_i G[i, j] a_t(i) (_side_grad), which goes to sim[t, argmax of M[t, j]]: the argmax is row t's first or second argmax (scattered by a one-hot
 compare after summing over j), or (t, j) itself when the added frame j wins. Same for the video side.
 Per-chunk partials [B, chunks, ...] are summed in a fixed order afterwards: results are deterministic
 (no atomics). fp16/bf16 accumulate in fp32, fp64 in fp64.
@@ -157,22 +158,67 @@ def _kind_tile(base, code, R, ADD_OTHER: tl.constexpr, CLAMP: tl.constexpr, clam
 
 
 @_helper
-def _side_value(M, ew, inm, Z, ADD: tl.constexpr, AXIS: tl.constexpr):
-    """sum over members t of X_t(i) of ew[t] M[t, j] / Z(i) for every cell; AXIS is the token axis
-    (0: text side, tiles [t|i, j]; 1: video side, tiles [i, v|j]). ew, inm, Z broadcast along it."""
-    Ms = tl.where(M == _NEG_INF, 0.0, M)
-    s = tl.expand_dims(_sum(ew * inm * Ms, AXIS), AXIS)
-    return (s + (ADD - inm) * ew * Ms) / Z, Ms
+def _softmax_state(w, members, idx, BIG: tl.constexpr):
+    """One side's softmax weights over the coalition, relative to the coalition's own largest logit
+    (exact for any finite logits). Vectors over the side's players: E1 = exp(w - m1) at members (m1 the
+    largest member logit, of the first top member), E2 = exp(w - m2) at the members but the top one
+    (m2: the largest of those), the top member's mask, and for every player k the coalition c = S minus
+    k: own = k's term in E1's sum (0 for the top member, whose c uses E2), Zc = c's sum, and the join
+    factors of c + k (c's terms weigh g, k's weighs e: no overflow when k's logit exceeds c's)."""
+    wm = tl.where(members, w, _NEG_INF)
+    m1 = _max(wm, 0)
+    top = _min(tl.where(members & (wm == m1), idx, BIG), 0)
+    is_top = members & (idx == top)
+    rest = members & ~is_top
+    m2 = _max(tl.where(rest, w, _NEG_INF), 0)
+    E1 = tl.where(members, tl.exp(w - m1), 0.0)
+    E2 = tl.where(rest, tl.exp(w - m2), 0.0)
+    own = tl.where(rest, E1, 0.0)
+    Zc = tl.where(is_top, _sum(E2, 0), _sum(E1, 0) - own)
+    base = tl.where(is_top, m2, m1)  # the largest logit of c
+    above = w > base
+    g = tl.where(above, tl.where(base == _NEG_INF, 0.0, tl.exp(base - w)), 1.0)
+    e = tl.where(above, 1.0, tl.exp(w - base))
+    return E1, E2, is_top, own, Zc, g, e
 
 
 @_helper
-def _side_grad(G, Ms, TX, ew, inm, Z, ADD: tl.constexpr, AXIS: tl.constexpr):
+def _side_value(M, E1, E2, top, own, Zc, g, e, ADD: tl.constexpr, AXIS: tl.constexpr):
+    """The softmax-weighted sum over the members t of X_t(i) of M[t, j] for every cell, X = c + i when
+    ADD (c = S minus the cell's own player i); AXIS is the token axis (0: text side, tiles [t|i, j]; 1:
+    video side, tiles [i, v|j]) and the state vectors (_softmax_state) broadcast along it."""
+    Ms = tl.where(M == _NEG_INF, 0.0, M)
+    s1 = tl.expand_dims(_sum(E1 * Ms, AXIS), AXIS)
+    s2 = tl.expand_dims(_sum(E2 * Ms, AXIS), AXIS)
+    base = tl.where(top, s2, s1 - own * Ms)  # c's weighted sum
+    if ADD:
+        return (base * g + e * Ms) / (Zc * g + e), Ms
+    else:
+        return base / _safe(Zc), Ms
+
+
+@_helper
+def _side_grad(G, Ms, TX, E1, E2, top, Zc, g, e, ADD: tl.constexpr, AXIS: tl.constexpr):
     """Gradient of sum_cells G * _side_value: coefficient K of every (token, cell) entry of M (to be
-    scattered to M's argmax) and the gradient of the token weight logits."""
-    gz = G / Z
-    K = ew * (inm * tl.expand_dims(_sum(gz, AXIS), AXIS) + (ADD - inm) * gz)
-    y = gz * TX
-    L = ew * (inm * tl.expand_dims(_sum(y, AXIS), AXIS) + (ADD - inm) * y)
+    scattered to M's argmax) and the gradient of the token weight logits. Member t of c(i) weighs E1[t]
+    (E2[t] when i is the top member) times g_i / Z(i); the joining player i weighs e_i / Z(i)."""
+    if ADD:
+        Z = Zc * g + e
+        gz = G * g / Z
+    else:
+        gz = G / _safe(Zc)
+    gz1 = tl.where(top, 0.0, gz)
+    gz2 = tl.where(top, gz, 0.0)
+    y1 = gz1 * TX
+    y2 = gz2 * TX
+    K = (E1 * (tl.expand_dims(_sum(gz1, AXIS), AXIS) - gz1)
+         + E2 * (tl.expand_dims(_sum(gz2, AXIS), AXIS) - gz2))
+    L = (E1 * (tl.expand_dims(_sum(y1, AXIS), AXIS) - y1)
+         + E2 * (tl.expand_dims(_sum(y2, AXIS), AXIS) - y2))
+    if ADD:
+        ge = G * e / Z
+        K += ge
+        L += ge * TX
     dw = _sum(K * Ms - L, 1 - AXIS)
     return K, dw
 
@@ -183,81 +229,99 @@ def _safe(z):
 
 
 @_helper
-def _kind_sides(R, W, cW, X, cX, Ew, Fw, itf, ivf, Ztc, Zvc, nct, ncv, real, T, V,
-                AI: tl.constexpr, AJ: tl.constexpr, ZF: tl.constexpr):
+def _rows(x):
+    return x[:, None]
+
+
+@_helper
+def _cols(x):
+    return x[None, :]
+
+
+@_helper
+def _kind_sides(R, W, cW, X, cX, tE1, tE2, ttop, town, tZc, tg, te, vE1, vE2, vtop, vown, vZc, vg, ve, nct, ncv,
+                real, T, V, AI: tl.constexpr, AJ: tl.constexpr, ZF: tl.constexpr):
     """The text and video sides of the value of X = c (+ i if AI) (+ j if AJ) for every cell, with what
-    their gradients need: (valid, Zt, Zv, cM, cN, TX, Ms, VX, Ns)."""
-    Zt = _safe(Ztc + AI * Ew)
-    Zv = _safe(Zvc + AJ * Fw)
+    their gradients need: (valid, cM, cN, TX, Ms, VX, Ns). t* / v*: the sides' _softmax_state."""
     nt = nct + AI
     nv = ncv + AJ
     valid = real & (nt > 0)[:, None] & (nv > 0)[None, :]
     M, cM = _kind_tile(W, cW, R, AJ, ZF, (nv < V)[None, :])
     N, cN = _kind_tile(X, cX, R, AI, ZF, (nt < T)[:, None])
-    TX, Ms = _side_value(M, Ew[:, None], itf[:, None], Zt[:, None], AI, 0)
-    VX, Ns = _side_value(N, Fw[None, :], ivf[None, :], Zv[None, :], AJ, 1)
-    return valid, Zt, Zv, cM, cN, TX, Ms, VX, Ns
+    TX, Ms = _side_value(M, _rows(tE1), _rows(tE2), _rows(ttop), _rows(town), _rows(tZc), _rows(tg), _rows(te),
+                         AI, 0)
+    VX, Ns = _side_value(N, _cols(vE1), _cols(vE2), _cols(vtop), _cols(vown), _cols(vZc), _cols(vg), _cols(ve),
+                         AJ, 1)
+    return valid, cM, cN, TX, Ms, VX, Ns
 
 
 @_helper
-def _kind_value(R, W, cW, X, cX, Ew, Fw, itf, ivf, Ztc, Zvc, nct, ncv, real, T, V,
-                AI: tl.constexpr, AJ: tl.constexpr, ZF: tl.constexpr):
+def _kind_value(R, W, cW, X, cX, tE1, tE2, ttop, town, tZc, tg, te, vE1, vE2, vtop, vown, vZc, vg, ve, nct, ncv,
+                real, T, V, AI: tl.constexpr, AJ: tl.constexpr, ZF: tl.constexpr):
     """Value of X = c (+ i if AI) (+ j if AJ) for every cell: f, or the reference's F when ZF."""
-    valid, _Zt, _Zv, _cM, _cN, TX, _Ms, VX, _Ns = _kind_sides(R, W, cW, X, cX, Ew, Fw, itf, ivf, Ztc, Zvc,
-                                                               nct, ncv, real, T, V, AI, AJ, ZF)
+    valid, _cM, _cN, TX, _Ms, VX, _Ns = _kind_sides(R, W, cW, X, cX, tE1, tE2, ttop, town, tZc, tg, te, vE1, vE2,
+                                                    vtop, vown, vZc, vg, ve, nct, ncv, real, T, V, AI, AJ, ZF)
     return tl.where(valid, 0.5 * (TX + VX), 0.0)
 
 
 @_helper
-def _kind_grad(G, R, W, cW, X, cX, Ew, Fw, itf, ivf, Ztc, Zvc, nct, ncv, real, T, V,
-               AI: tl.constexpr, AJ: tl.constexpr, ZF: tl.constexpr, SIGN: tl.constexpr):
+def _kind_grad(G, R, W, cW, X, cX, tE1, tE2, ttop, town, tZc, tg, te, vE1, vE2, vtop, vown, vZc, vg, ve, nct, ncv,
+               real, T, V, AI: tl.constexpr, AJ: tl.constexpr, ZF: tl.constexpr, SIGN: tl.constexpr):
     """Gradient of sum_cells SIGN * G * value(kind): (self, text first/second argmax, video first/second
     argmax) coefficient tiles and the weight-logit gradients. G includes the factor 1/2."""
-    valid, Zt, Zv, cM, cN, TX, Ms, VX, Ns = _kind_sides(R, W, cW, X, cX, Ew, Fw, itf, ivf, Ztc, Zvc, nct, ncv,
-                                                        real, T, V, AI, AJ, ZF)
+    valid, cM, cN, TX, Ms, VX, Ns = _kind_sides(R, W, cW, X, cX, tE1, tE2, ttop, town, tZc, tg, te, vE1, vE2, vtop,
+                                                vown, vZc, vg, ve, nct, ncv, real, T, V, AI, AJ, ZF)
     Gk = tl.where(valid, G * SIGN, 0.0)
-    Kt, dwt = _side_grad(Gk, Ms, TX, Ew[:, None], itf[:, None], Zt[:, None], AI, 0)
-    Kv, dwv = _side_grad(Gk, Ns, VX, Fw[None, :], ivf[None, :], Zv[None, :], AJ, 1)
+    Kt, dwt = _side_grad(Gk, Ms, TX, _rows(tE1), _rows(tE2), _rows(ttop), _rows(tZc), _rows(tg), _rows(te), AI, 0)
+    Kv, dwv = _side_grad(Gk, Ns, VX, _cols(vE1), _cols(vE2), _cols(vtop), _cols(vZc), _cols(vg), _cols(ve), AJ, 1)
     own = tl.where(cM == 3, Kt, 0.0) + tl.where(cN == 3, Kv, 0.0)
     return (own, tl.where(cM == 1, Kt, 0.0), tl.where(cM == 2, Kt, 0.0), tl.where(cN == 1, Kv, 0.0),
             tl.where(cN == 2, Kv, 0.0), dwt, dwv)
 
 
 @_helper
-def _ref_value1_parts(R, W, X, Ew, Fw, itf, ivf, wt, wv, Ztc, Zvc, tidx, vidx, T, V):
-    """The reference's value1 for every cell: text and video parts with what their gradients need."""
+def _value4_probability(sel, idx, E1, E2, top, Zc, itf):
+    """Player t's (sel) probability in value4's softmax over c(i) for every cell row i (a vector over i),
+    and whether t is a member of c(i) (t in S, t != i)."""
+    e1 = _sum(tl.where(sel, E1, 0.0), 0)
+    e2 = _sum(tl.where(sel, E2, 0.0), 0)
+    in_s = _sum(tl.where(sel, itf, 0.0), 0)
+    member = ~sel & ((idx * 0 + in_s) > 0)  # (broadcast: the interpreter has no vector & scalar)
+    return tl.where(top, e2, e1) / _safe(Zc), member
+
+
+@_helper
+def _ref_value1_parts(R, W, X, tE1, tE2, ttop, tZc, vE1, vE2, vtop, vZc, itf, ivf, wt, wv, nct, ncv, tidx, vidx,
+                      T, V):
+    """The reference's value1 for every cell: text and video parts with what their gradients need. Its
+    logits are value4's probabilities at members of c and the raw logit at i (j): shifted by a bound of
+    their maximum (probabilities are at most 1; without other members the raw logit is alone)."""
     Wr = tl.where(W < 0, 0.0, W)
     Xr = tl.where(X < 0, 0.0, X)
-    shift_t = tl.maximum(wt, 1.0)
-    shift_v = tl.maximum(wv, 1.0)
-    Zts = _safe(Ztc)
-    Zvs = _safe(Zvc)
-    Dsum = tl.zeros(Ew.shape, Ew.dtype)
-    EP = tl.zeros(Ew.shape, Ew.dtype)
+    shift_t = tl.where(nct > 0, tl.maximum(wt, 1.0), wt)
+    shift_v = tl.where(ncv > 0, tl.maximum(wv, 1.0), wv)
+    Dsum = tl.zeros(wt.shape, wt.dtype)
+    EP = tl.zeros(wt.shape, wt.dtype)
     S1 = tl.zeros(R.shape, R.dtype)
     A1 = tl.zeros(R.shape, R.dtype)
     for t in range(0, T):
         sel = tidx == t
-        ew_t = _sum(tl.where(sel, Ew, 0.0), 0)
-        in_t = _sum(tl.where(sel, itf, 0.0), 0)
+        p, member = _value4_probability(sel, tidx, tE1, tE2, ttop, tZc, itf)
         row_t = _sum(tl.where(sel[:, None], Wr, 0.0), 0)
-        p = ew_t / Zts
-        e = tl.where(tidx != t, tl.where(in_t > 0, tl.exp(p - shift_t), 0.0), 0.0)
+        e = tl.where(member, tl.exp(p - shift_t), 0.0)
         Dsum += e
         EP += e * p
         S1 += e[:, None] * row_t[None, :]
         A1 += (e * p)[:, None] * row_t[None, :]
-    Dvsum = tl.zeros(Fw.shape, Fw.dtype)
-    EQ = tl.zeros(Fw.shape, Fw.dtype)
+    Dvsum = tl.zeros(wv.shape, wv.dtype)
+    EQ = tl.zeros(wv.shape, wv.dtype)
     S2 = tl.zeros(R.shape, R.dtype)
     A2 = tl.zeros(R.shape, R.dtype)
     for v in range(0, V):
         sel = vidx == v
-        fw_v = _sum(tl.where(sel, Fw, 0.0), 0)
-        in_v = _sum(tl.where(sel, ivf, 0.0), 0)
+        q, member = _value4_probability(sel, vidx, vE1, vE2, vtop, vZc, ivf)
         col_v = _sum(tl.where(sel[None, :], Xr, 0.0), 1)
-        q = fw_v / Zvs
-        e = tl.where(vidx != v, tl.where(in_v > 0, tl.exp(q - shift_v), 0.0), 0.0)
+        e = tl.where(member, tl.exp(q - shift_v), 0.0)
         Dvsum += e
         EQ += e * q
         S2 += col_v[:, None] * e[None, :]
@@ -270,18 +334,16 @@ def _ref_value1_parts(R, W, X, Ew, Fw, itf, ivf, wt, wv, Ztc, Zvc, tidx, vidx, T
     col_j = tl.where((T > 1) & (R < 0), 0.0, R)
     text1 = (head_t[:, None] * row_i + S1) / Dt[:, None]
     video1 = (head_v[None, :] * col_j + S2) / Dv[None, :]
-    return text1, video1, Wr, Xr, Dt, Dv, EP, EQ, A1, A2, head_t, head_v, row_i, col_j
+    return text1, video1, Wr, Xr, Dt, Dv, EP, EQ, A1, A2, head_t, head_v, row_i, col_j, shift_t, shift_v
 
 
 @_helper
-def _ref_value1_grad(G1, R, W, X, cW, cX, Ew, Fw, itf, ivf, wt, wv, Ztc, Zvc, tidx, vidx, T, V):
+def _ref_value1_grad(G1, R, W, X, cW, cX, tE1, tE2, ttop, tZc, vE1, vE2, vtop, vZc, itf, ivf, wt, wv, nct, ncv,
+                     tidx, vidx, T, V):
     """Gradient of sum_cells G1 * value1 (G1 includes the factor 1/2)."""
-    text1, video1, Wr, Xr, Dt, Dv, EP, EQ, A1, A2, head_t, head_v, row_i, col_j = _ref_value1_parts(
-        R, W, X, Ew, Fw, itf, ivf, wt, wv, Ztc, Zvc, tidx, vidx, T, V)
-    shift_t = tl.maximum(wt, 1.0)
-    shift_v = tl.maximum(wv, 1.0)
-    Zts = _safe(Ztc)
-    Zvs = _safe(Zvc)
+    text1, video1, Wr, Xr, Dt, Dv, EP, EQ, A1, A2, head_t, head_v, row_i, col_j, shift_t, shift_v = \
+        _ref_value1_parts(R, W, X, tE1, tE2, ttop, tZc, vE1, vE2, vtop, vZc, itf, ivf, wt, wv, nct, ncv, tidx, vidx,
+                          T, V)
     alpha_i = head_t / Dt
     beta_j = head_v / Dv
     own = tl.where((V > 1) & (R < 0), 0.0, G1 * alpha_i[:, None])
@@ -293,24 +355,20 @@ def _ref_value1_grad(G1, R, W, X, cW, cX, Ew, Fw, itf, ivf, wt, wv, Ztc, Zvc, ti
     Kt = tl.zeros(R.shape, R.dtype)
     for t in range(0, T):
         sel = tidx == t
-        ew_t = _sum(tl.where(sel, Ew, 0.0), 0)
-        in_t = _sum(tl.where(sel, itf, 0.0), 0)
+        p, memb = _value4_probability(sel, tidx, tE1, tE2, ttop, tZc, itf)
         row_t = _sum(tl.where(sel[:, None], Wr, 0.0), 0)
-        memb = (tidx != t) & ((tidx * 0 + in_t) > 0)
-        p = tl.where(memb, ew_t / Zts, 0.0)
-        alpha = tl.where(memb, tl.exp(ew_t / Zts - shift_t), 0.0) / Dt
+        p = tl.where(memb, p, 0.0)
+        alpha = tl.where(memb, tl.exp(p - shift_t), 0.0) / Dt
         Kt += tl.where(sel[:, None], _sum(G1 * alpha[:, None], 0)[None, :], 0.0)
         term = G1 * p[:, None] * (alpha[:, None] * (row_t[None, :] - text1) - gdp)
         dwt += tl.where(sel, _sum(_sum(term, 1), 0), 0.0)
     Kv = tl.zeros(R.shape, R.dtype)
     for v in range(0, V):
         sel = vidx == v
-        fw_v = _sum(tl.where(sel, Fw, 0.0), 0)
-        in_v = _sum(tl.where(sel, ivf, 0.0), 0)
+        q, memb = _value4_probability(sel, vidx, vE1, vE2, vtop, vZc, ivf)
         col_v = _sum(tl.where(sel[None, :], Xr, 0.0), 1)
-        memb = (vidx != v) & ((vidx * 0 + in_v) > 0)
-        q = tl.where(memb, fw_v / Zvs, 0.0)
-        beta = tl.where(memb, tl.exp(fw_v / Zvs - shift_v), 0.0) / Dv
+        q = tl.where(memb, q, 0.0)
+        beta = tl.where(memb, tl.exp(q - shift_v), 0.0) / Dv
         Kv += tl.where(sel[None, :], _sum(G1 * beta[None, :], 1)[:, None], 0.0)
         term = G1 * q[None, :] * (beta[None, :] * (col_v[:, None] - video1) - gdq)
         dwv += tl.where(sel, _sum(_sum(term, 1), 0), 0.0)
@@ -329,13 +387,12 @@ def _load_pair(sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, b, T, V, ACC: tl.constex
     tm = tl.load(tm_ptr + b64 * T + tidx, mask=tidx < T, other=0) != 0
     vm = tl.load(vm_ptr + b64 * V + vidx, mask=vidx < V, other=0) != 0
     cell = (tidx[:, None] < T) & (vidx[None, :] < V)
-    R = tl.load(sim_ptr + b64 * T * V + tidx[:, None] * V + vidx[None, :], mask=cell, other=0).to(ACC)
-    wt = tl.load(wt_ptr + b64 * T + tidx, mask=tidx < T, other=0).to(ACC)
-    wv = tl.load(wv_ptr + b64 * V + vidx, mask=vidx < V, other=0).to(ACC)
-    # Softmax is shift-invariant: exp(w - max over real tokens) never overflows.
-    Ew = tl.where(tm, tl.exp(wt - _max(tl.where(tm, wt, _NEG_INF), 0)), 0.0)
-    Fw = tl.where(vm, tl.exp(wv - _max(tl.where(vm, wv, _NEG_INF), 0)), 0.0)
-    return tidx, vidx, tm, vm, R, wt, wv, Ew, Fw
+    # Padded positions are never read (whatever they hold, NaN included, never matters).
+    R = tl.load(sim_ptr + b64 * T * V + tidx[:, None] * V + vidx[None, :], mask=cell & tm[:, None] & vm[None, :],
+                other=0).to(ACC)
+    wt = tl.load(wt_ptr + b64 * T + tidx, mask=tm, other=0).to(ACC)
+    wv = tl.load(wv_ptr + b64 * V + vidx, mask=vm, other=0).to(ACC)
+    return tidx, vidx, tm, vm, R, wt, wv
 
 
 @_helper
@@ -363,11 +420,11 @@ def _sample_range(c, num_items, per_prog, pt_ptr, tm, vm, b, T, V, EXACT: tl.con
 
 
 @_helper
-def _coalition_state(s, b, k0, k1, pt, pv, tidx, vidx, tm, vm, R, Ew, Fw, T, EXACT: tl.constexpr,
+def _coalition_state(s, b, k0, k1, pt, pv, tidx, vidx, tm, vm, R, wt, wv, T, EXACT: tl.constexpr,
                      NBLK: tl.constexpr, ACC: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr):
     """Coalition s of pair b (Philox sample, or subset code for the exact estimator) and what the cell
-    deltas and their gradients share: membership, the other members' counts and softmax normalisers per
-    cell, and the row / column maxima over S without word i / frame j."""
+    deltas and their gradients share: membership, the other members' counts, both sides' softmax state
+    (_softmax_state), and the row / column maxima over S without word i / frame j."""
     if EXACT:
         it, iv = _subset_coalition(s, pt, pv, tm, vm)
     else:
@@ -376,11 +433,12 @@ def _coalition_state(s, b, k0, k1, pt, pv, tidx, vidx, tm, vm, R, Ew, Fw, T, EXA
     ivf = iv.to(ACC)
     nct = _sum(it.to(tl.int32), 0) - it.to(tl.int32)
     ncv = _sum(iv.to(tl.int32), 0) - iv.to(tl.int32)
-    Ztc = _sum(Ew * itf, 0) - itf * Ew
-    Zvc = _sum(Fw * ivf, 0) - ivf * Fw
+    tE1, tE2, ttop, town, tZc, tg, te = _softmax_state(wt, it, tidx, BT)
+    vE1, vE2, vtop, vown, vZc, vg, ve = _softmax_state(wv, iv, vidx, BV)
     r1, r2, ra, rb, is_ra, k1_, k2_, ka, kb, is_ka = _top2(R, it, iv, tidx, vidx, BT, BV)
     W, cW, X, cX = _without(r1, r2, is_ra, k1_, k2_, is_ka, nct > 0, ncv > 0)
-    return it, iv, itf, ivf, nct, ncv, Ztc, Zvc, W, cW, X, cX, rb, is_ra, kb, is_ka
+    return (it, iv, itf, ivf, nct, ncv, tE1, tE2, ttop, town, tZc, tg, te, vE1, vE2, vtop, vown, vZc, vg, ve,
+            W, cW, X, cX, rb, is_ra, kb, is_ka)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -393,8 +451,7 @@ def _cells_fwd_kernel(sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, pt_ptr, part_ptr,
     """paired (both definitions) and exact (reference): per-program sums of the cell deltas."""
     b = tl.program_id(0)
     c = tl.program_id(1)
-    tidx, vidx, tm, vm, R, wt, wv, Ew, Fw = _load_pair(sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, b, T, V,
-                                                       ACC, BT, BV)
+    tidx, vidx, tm, vm, R, wt, wv = _load_pair(sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, b, T, V, ACC, BT, BV)
     real = tm[:, None] & vm[None, :]
     start, end, pt, pv, total = _sample_range(c, num_items, per_prog, pt_ptr, tm, vm, b, T, V, EXACT,
                                               NPROG, BT, BV)
@@ -402,42 +459,36 @@ def _cells_fwd_kernel(sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, pt_ptr, part_ptr,
     k1 = seed_hi.to(tl.uint32)
     acc = tl.zeros([BT, BV], ACC)
     for s in range(start, end):
-        it, iv, itf, ivf, nct, ncv, Ztc, Zvc, W, cW, X, cX, rb, is_ra, kb, is_ka = _coalition_state(
-            s, b, k0, k1, pt, pv, tidx, vidx, tm, vm, R, Ew, Fw, T, EXACT, NBLK, ACC, BT, BV)
+        (it, iv, itf, ivf, nct, ncv, tE1, tE2, ttop, town, tZc, tg, te, vE1, vE2, vtop, vown, vZc, vg, ve,
+         W, cW, X, cX, rb, is_ra, kb, is_ka) = _coalition_state(s, b, k0, k1, pt, pv, tidx, vidx, tm, vm, R, wt,
+                                                                wv, T, EXACT, NBLK, ACC, BT, BV)
         if REFERENCE:
-            text1, video1, Wr, Xr, Dt, Dv, EP, EQ, A1, A2, h_t, h_v, row_i, col_j = _ref_value1_parts(
-                R, W, X, Ew, Fw, itf, ivf, wt, wv, Ztc, Zvc, tidx, vidx, T, V)
+            text1, video1, _Wr, _Xr, _Dt, _Dv, _EP, _EQ, _A1, _A2, _ht, _hv, _ri, _cj, _st, _sv = _ref_value1_parts(
+                R, W, X, tE1, tE2, ttop, tZc, vE1, vE2, vtop, vZc, itf, ivf, wt, wv, nct, ncv, tidx, vidx, T, V)
             delta = 0.5 * (text1 + video1)
-            delta -= _kind_value(R, W, cW, X, cX, Ew, Fw, itf, ivf, Ztc, Zvc, nct, ncv, real, T, V, 1, 0, True)
-            delta -= _kind_value(R, W, cW, X, cX, Ew, Fw, itf, ivf, Ztc, Zvc, nct, ncv, real, T, V, 0, 1, True)
-            delta += _kind_value(R, W, cW, X, cX, Ew, Fw, itf, ivf, Ztc, Zvc, nct, ncv, real, T, V, 0, 0, True)
+            delta -= _kind_value(R, W, cW, X, cX, tE1, tE2, ttop, town, tZc, tg, te, vE1, vE2, vtop, vown, vZc, vg,
+                                 ve, nct, ncv, real, T, V, 1, 0, True)
+            delta -= _kind_value(R, W, cW, X, cX, tE1, tE2, ttop, town, tZc, tg, te, vE1, vE2, vtop, vown, vZc, vg,
+                                 ve, nct, ncv, real, T, V, 0, 1, True)
+            delta += _kind_value(R, W, cW, X, cX, tE1, tE2, ttop, town, tZc, tg, te, vE1, vE2, vtop, vown, vZc, vg,
+                                 ve, nct, ncv, real, T, V, 0, 0, True)
         else:
             # Textbook fast path: the four values share two row-max tiles (without / with frame j)
-            # and two column-max tiles, so four reductions serve all cells.
+            # and two column-max tiles.
             M0 = tl.where(W == _NEG_INF, 0.0, W)
             M1 = tl.maximum(W, R)
             N0 = tl.where(X == _NEG_INF, 0.0, X)
             N1 = tl.maximum(X, R)
-            ewc = Ew[:, None]
-            inc = itf[:, None]
-            fwr = Fw[None, :]
-            inr = ivf[None, :]
-            P = _sum(ewc * inc * M0, 0)[None, :]
-            Q = _sum(ewc * inc * M1, 0)[None, :]
-            G = _sum(fwr * inr * N0, 1)[:, None]
-            H = _sum(fwr * inr * N1, 1)[:, None]
-            rzt0 = (1.0 / _safe(Ztc))[:, None]
-            rzt1 = (1.0 / _safe(Ztc + Ew))[:, None]
-            rzv0 = (1.0 / _safe(Zvc))[None, :]
-            rzv1 = (1.0 / _safe(Zvc + Fw))[None, :]
-            t0M0 = (P - inc * ewc * M0) * rzt0
-            t1M0 = (P + (1.0 - inc) * ewc * M0) * rzt1
-            t0M1 = (Q - inc * ewc * M1) * rzt0
-            t1M1 = (Q + (1.0 - inc) * ewc * M1) * rzt1
-            v0N0 = (G - inr * fwr * N0) * rzv0
-            v1N0 = (G + (1.0 - inr) * fwr * N0) * rzv1
-            v0N1 = (H - inr * fwr * N1) * rzv0
-            v1N1 = (H + (1.0 - inr) * fwr * N1) * rzv1
+            ts = (_rows(tE1), _rows(tE2), _rows(ttop), _rows(town), _rows(tZc), _rows(tg), _rows(te))
+            vs = (_cols(vE1), _cols(vE2), _cols(vtop), _cols(vown), _cols(vZc), _cols(vg), _cols(ve))
+            t0M0, _m = _side_value(M0, ts[0], ts[1], ts[2], ts[3], ts[4], ts[5], ts[6], 0, 0)
+            t1M0, _m = _side_value(M0, ts[0], ts[1], ts[2], ts[3], ts[4], ts[5], ts[6], 1, 0)
+            t0M1, _m = _side_value(M1, ts[0], ts[1], ts[2], ts[3], ts[4], ts[5], ts[6], 0, 0)
+            t1M1, _m = _side_value(M1, ts[0], ts[1], ts[2], ts[3], ts[4], ts[5], ts[6], 1, 0)
+            v0N0, _n = _side_value(N0, vs[0], vs[1], vs[2], vs[3], vs[4], vs[5], vs[6], 0, 1)
+            v1N0, _n = _side_value(N0, vs[0], vs[1], vs[2], vs[3], vs[4], vs[5], vs[6], 1, 1)
+            v0N1, _n = _side_value(N1, vs[0], vs[1], vs[2], vs[3], vs[4], vs[5], vs[6], 0, 1)
+            v1N1, _n = _side_value(N1, vs[0], vs[1], vs[2], vs[3], vs[4], vs[5], vs[6], 1, 1)
             has_t = (nct > 0)[:, None]
             has_v = (ncv > 0)[None, :]
             delta = t1M1 + v1N1
@@ -463,8 +514,7 @@ def _cells_bwd_kernel(grad_ptr, sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, pt_ptr,
     """Backward of _cells_fwd_kernel: per-program partial gradients of sim and both weight logits."""
     b = tl.program_id(0)
     c = tl.program_id(1)
-    tidx, vidx, tm, vm, R, wt, wv, Ew, Fw = _load_pair(sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, b, T, V,
-                                                       ACC, BT, BV)
+    tidx, vidx, tm, vm, R, wt, wv = _load_pair(sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, b, T, V, ACC, BT, BV)
     real = tm[:, None] & vm[None, :]
     cell = (tidx[:, None] < T) & (vidx[None, :] < V)
     b64 = b.to(tl.int64)
@@ -482,19 +532,23 @@ def _cells_bwd_kernel(grad_ptr, sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, pt_ptr,
     gwt = tl.zeros([BT], ACC)
     gwv = tl.zeros([BV], ACC)
     for s in range(start, end):
-        it, iv, itf, ivf, nct, ncv, Ztc, Zvc, W, cW, X, cX, rb, is_ra, kb, is_ka = _coalition_state(
-            s, b, k0, k1, pt, pv, tidx, vidx, tm, vm, R, Ew, Fw, T, EXACT, NBLK, ACC, BT, BV)
+        (it, iv, itf, ivf, nct, ncv, tE1, tE2, ttop, town, tZc, tg, te, vE1, vE2, vtop, vown, vZc, vg, ve,
+         W, cW, X, cX, rb, is_ra, kb, is_ka) = _coalition_state(s, b, k0, k1, pt, pv, tidx, vidx, tm, vm, R, wt,
+                                                                wv, T, EXACT, NBLK, ACC, BT, BV)
         G = g
         if EXACT:
             G = tl.where((~it)[:, None] & (~iv)[None, :], G, 0.0)
         if REFERENCE:
-            own, at, bt, av, bv, dwt, dwv = _ref_value1_grad(G, R, W, X, cW, cX, Ew, Fw, itf, ivf, wt, wv,
-                                                              Ztc, Zvc, tidx, vidx, T, V)
+            own, at, bt, av, bv, dwt, dwv = _ref_value1_grad(G, R, W, X, cW, cX, tE1, tE2, ttop, tZc, vE1, vE2,
+                                                              vtop, vZc, itf, ivf, wt, wv, nct, ncv, tidx, vidx,
+                                                              T, V)
         else:
-            own, at, bt, av, bv, dwt, dwv = _kind_grad(G, R, W, cW, X, cX, Ew, Fw, itf, ivf, Ztc, Zvc,
-                                                        nct, ncv, real, T, V, 1, 1, False, 1)
-        o2, a2, b2, c2, d2, e2, f2 = _kind_grad(G, R, W, cW, X, cX, Ew, Fw, itf, ivf, Ztc, Zvc, nct, ncv,
-                                                real, T, V, 1, 0, REFERENCE, -1)
+            own, at, bt, av, bv, dwt, dwv = _kind_grad(G, R, W, cW, X, cX, tE1, tE2, ttop, town, tZc, tg, te, vE1,
+                                                        vE2, vtop, vown, vZc, vg, ve, nct, ncv, real, T, V, 1, 1,
+                                                        False, 1)
+        o2, a2, b2, c2, d2, e2, f2 = _kind_grad(G, R, W, cW, X, cX, tE1, tE2, ttop, town, tZc, tg, te, vE1, vE2,
+                                                vtop, vown, vZc, vg, ve, nct, ncv, real, T, V, 1, 0, REFERENCE,
+                                                -1)
         own += o2
         at += a2
         bt += b2
@@ -502,8 +556,9 @@ def _cells_bwd_kernel(grad_ptr, sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, pt_ptr,
         bv += d2
         dwt += e2
         dwv += f2
-        o2, a2, b2, c2, d2, e2, f2 = _kind_grad(G, R, W, cW, X, cX, Ew, Fw, itf, ivf, Ztc, Zvc, nct, ncv,
-                                                real, T, V, 0, 1, REFERENCE, -1)
+        o2, a2, b2, c2, d2, e2, f2 = _kind_grad(G, R, W, cW, X, cX, tE1, tE2, ttop, town, tZc, tg, te, vE1, vE2,
+                                                vtop, vown, vZc, vg, ve, nct, ncv, real, T, V, 0, 1, REFERENCE,
+                                                -1)
         own += o2
         at += a2
         bt += b2
@@ -511,8 +566,8 @@ def _cells_bwd_kernel(grad_ptr, sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, pt_ptr,
         bv += d2
         dwt += e2
         dwv += f2
-        o2, a2, b2, c2, d2, e2, f2 = _kind_grad(G, R, W, cW, X, cX, Ew, Fw, itf, ivf, Ztc, Zvc, nct, ncv,
-                                                real, T, V, 0, 0, REFERENCE, 1)
+        o2, a2, b2, c2, d2, e2, f2 = _kind_grad(G, R, W, cW, X, cX, tE1, tE2, ttop, town, tZc, tg, te, vE1, vE2,
+                                                vtop, vown, vZc, vg, ve, nct, ncv, real, T, V, 0, 0, REFERENCE, 1)
         own += o2
         at += a2
         bt += b2
@@ -535,10 +590,9 @@ def _cells_bwd_kernel(grad_ptr, sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, pt_ptr,
 
 
 @_helper
-def _coalition_value(R, it, iv, Ew, Fw, tidx, vidx, BT: tl.constexpr, BV: tl.constexpr):
-    """f(S) with what its gradient needs: row maxima and first argmax, column maxima and first argmax."""
-    itf = it.to(Ew.dtype)
-    ivf = iv.to(Fw.dtype)
+def _coalition_value(R, it, iv, wt, wv, tidx, vidx, BT: tl.constexpr, BV: tl.constexpr):
+    """f(S) with what its gradient needs: the softmax weights (relative to S's own largest logits), row
+    maxima and first argmax, column maxima and first argmax."""
     nSt = _sum(it.to(tl.int32), 0)
     nSv = _sum(iv.to(tl.int32), 0)
     ok = (nSt > 0) & (nSv > 0)
@@ -548,8 +602,10 @@ def _coalition_value(R, it, iv, Ew, Fw, tidx, vidx, BT: tl.constexpr, BV: tl.con
     Cm = tl.where(it[:, None], R, _NEG_INF)
     k1 = _max(Cm, 0)
     ka = _min(tl.where((Cm == k1[None, :]) & it[:, None], tidx[:, None], BT), 0)
-    a = Ew * itf / _safe(_sum(Ew * itf, 0))
-    cw = Fw * ivf / _safe(_sum(Fw * ivf, 0))
+    Et = tl.where(it, tl.exp(wt - _max(tl.where(it, wt, _NEG_INF), 0)), 0.0)
+    Ev = tl.where(iv, tl.exp(wv - _max(tl.where(iv, wv, _NEG_INF), 0)), 0.0)
+    a = Et / _safe(_sum(Et, 0))
+    cw = Ev / _safe(_sum(Ev, 0))
     r1s = tl.where(it & ok, r1, 0.0)
     k1s = tl.where(iv & ok, k1, 0.0)
     text = _sum(a * r1s, 0)
@@ -566,8 +622,7 @@ def _value_fwd_kernel(sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, pt_ptr, part_ptr,
     V: word strata, (T, V): all samples)."""
     b = tl.program_id(0)
     c = tl.program_id(1)
-    tidx, vidx, tm, vm, R, wt, wv, Ew, Fw = _load_pair(sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, b, T, V,
-                                                       ACC, BT, BV)
+    tidx, vidx, tm, vm, R, wt, wv = _load_pair(sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, b, T, V, ACC, BT, BV)
     start, end, _pt, _pv, _total = _sample_range(c, num_items, per_prog, pt_ptr, tm, vm, b, T, V, False,
                                                  NPROG, BT, BV)
     k0 = seed_lo.to(tl.uint32)
@@ -581,7 +636,7 @@ def _value_fwd_kernel(sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, pt_ptr, part_ptr,
     sa = tl.zeros([], ACC)
     for s in range(start, end):
         it, iv = _philox_coalition(s, b, k0, k1, tidx, vidx, tm, vm, T, NBLK)
-        f, ok, a, cw, r1s, k1s, text, video, ra, ka = _coalition_value(R, it, iv, Ew, Fw, tidx, vidx, BT, BV)
+        f, ok, a, cw, r1s, k1s, text, video, ra, ka = _coalition_value(R, it, iv, wt, wv, tidx, vidx, BT, BV)
         both = it[:, None] & iv[None, :]
         acc += tl.where(both, f, 0.0)
         cnt += both.to(tl.int32)
@@ -681,8 +736,7 @@ def _value_bwd_kernel(grad_ptr, sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, pt_ptr,
     gradient of f(S). cnt_ptr: the stratum counts [B, T + 1, V + 1] (int32)."""
     b = tl.program_id(0)
     c = tl.program_id(1)
-    tidx, vidx, tm, vm, R, wt, wv, Ew, Fw = _load_pair(sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, b, T, V,
-                                                       ACC, BT, BV)
+    tidx, vidx, tm, vm, R, wt, wv = _load_pair(sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, b, T, V, ACC, BT, BV)
     real = tm[:, None] & vm[None, :]
     cell = (tidx[:, None] < T) & (vidx[None, :] < V)
     b64 = b.to(tl.int64)
@@ -709,7 +763,7 @@ def _value_bwd_kernel(grad_ptr, sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, pt_ptr,
         count = tl.where(i_in & j_in, cb, tl.where(i_in, cw - cb, tl.where(j_in, cf - cb, n_all - cw - cf + cb)))
         count = tl.where(real & (count > 0), count, 1).to(ACC)
         scale = _sum(_sum(tl.where(same, g, -g) / count, 1), 0)
-        f, ok, a, cw_, r1s, k1s, text, video, ra, ka = _coalition_value(R, it, iv, Ew, Fw, tidx, vidx, BT, BV)
+        f, ok, a, cw_, r1s, k1s, text, video, ra, ka = _coalition_value(R, it, iv, wt, wv, tidx, vidx, BT, BV)
         half = tl.where(ok, 0.5 * scale, 0.0)
         gsim += tl.where(vidx[None, :] == ra[:, None], (half * a)[:, None], 0.0)
         gsim += tl.where(tidx[:, None] == ka[None, :], (half * cw_)[None, :], 0.0)

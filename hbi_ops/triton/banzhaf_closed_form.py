@@ -120,7 +120,8 @@ def _nodes(q0, low, spacing, count, ACC: tl.constexpr, QB: tl.constexpr, LIBDEVI
     """Nodes q0 .. q0 + QB: s_q, the trapezoid weight in ds, and which exist."""
     q = q0 + tl.arange(0, QB)
     live = q < count
-    s = _exp(low + q.to(ACC) * spacing, LIBDEVICE)
+    # Nodes past the grid would overflow s (inf * 0 = NaN in the derivatives): 0 there, weight 0.
+    s = tl.where(live, _exp(low + q.to(ACC) * spacing, LIBDEVICE), 0.0)
     weight = tl.where((q == 0) | (q == count - 1), 0.5, 1.0) * s * spacing
     return s, tl.where(live, weight, 0.0), live
 
@@ -135,11 +136,13 @@ def _factors(s, u, LIBDEVICE: tl.constexpr):
 
 @_helper
 def _factor_grads(s, u, LIBDEVICE: tl.constexpr):
-    """Their derivatives in u [PB, QB]."""
-    e = _exp(-s[None, :] * u[:, None], LIBDEVICE)
+    """Their derivatives in the logit (u d/du) [PB, QB]: all bounded, so that no product with a node's
+    weight (up to ~1/u_min) overflows."""
+    su = s[None, :] * u[:, None]
+    e = _exp(-su, LIBDEVICE)
     one_e = 1.0 + e
-    se = s[None, :] * e
-    return -se / one_e, -4.0 * se / (one_e * one_e), 2.0 * e * (one_e - s[None, :] * u[:, None]) / (one_e * one_e)
+    xe = su * e
+    return -xe / one_e, -4.0 * xe / (one_e * one_e), 2.0 * u[:, None] * e * (one_e - su) / (one_e * one_e)
 
 
 @_helper
@@ -406,7 +409,7 @@ def _softmax_marginals_grad(w_ptr, m_ptr, base, n, x_ptr, k_ptr, grad_ptr, STEP:
             node = (dlog_phi * K[None, :] + 0.5 * (Xb * da + Xta * db)
                     + d[:, None] * (db * (1.0 - 0.5 * a_k) - 0.5 * b_k * da))
             grad_u += _sum(wp[None, :] * node, 1)
-        grad = tl.where(real_k & ~clamped, grad_u * u_k, 0.0)
+        grad = tl.where(real_k & ~clamped, grad_u, 0.0)
         grad = tl.where(finite | ~real_k, grad, float("nan"))
         tl.store(grad_ptr + base + k, grad.to(grad_ptr.dtype.element_ty), mask=k < n)
 
