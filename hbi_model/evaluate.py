@@ -10,7 +10,8 @@ from hbi_model.retrieval import LEVELS
 @torch.no_grad()
 def encode_all(model, loader, device, progress=True):
     texts, text_masks, videos, video_masks = [], [], [], []
-    for batch in tqdm(loader, desc="encode", disable=not progress, leave=False):
+    # disable=None: tqdm draws no bar where stderr is not a terminal (a log)
+    for batch in tqdm(loader, desc="encode", disable=None if progress else True, leave=False):
         t, tm, v, vm = model.encode(batch["input_ids"].to(device), batch["attention_mask"].to(device),
                                     batch["pixel_values"].to(device), batch["frame_mask"].to(device))
         texts.append(t), text_masks.append(tm), videos.append(v), video_masks.append(vm)
@@ -56,7 +57,7 @@ def evaluate_qa(model, loader, device, train_set, test_set, progress=True):
 
     model.eval()
     predictions, answers, types = [], [], []
-    for batch in tqdm(loader, desc="answer", disable=not progress, leave=False):
+    for batch in tqdm(loader, desc="answer", disable=None if progress else True, leave=False):
         logits = model.predict(batch["input_ids"].to(device), batch["attention_mask"].to(device),
                                batch["pixel_values"].to(device), batch["frame_mask"].to(device))
         if not torch.isfinite(logits).all():  # argmax would silently pick the NaN's position
