@@ -9,11 +9,12 @@
 //   codes for the exact estimator), grid = B * chunks (1-D). The number of chunks depends on B, the number
 //   of units and the warps per block (fewer when shared memory is short: large T * V on cards with less
 //   than an H100's), so the forward is deterministic on a card, and across cards up to rounding.
-// * Block prologue: warp 0 compacts the real words/frames (ballots), the pair's R, weights and
-//   Ew = exp(wt - max), Fw go to shared memory in compact form (real players only, row stride odd
-//   to avoid bank conflicts).
-// * "Cells" kernel (paired forward/backward, exact-reference, msr/exact-textbook backward): one warp per
-//   coalition. Lanes draw the Philox block(s), set the membership, warp-reduce |S_t|, |S_v|, Z_t, Z_v,
+// * Block prologue: warp 0 compacts the real words/frames (ballots), the pair's R and weight logits go to
+//   shared memory in compact form (real players only, row stride odd to avoid bank conflicts).
+// * Softmax weights are taken per coalition relative to its own largest logit (DevSide, as
+//   banzhaf_game.h's Side): exact for any finite logits.
+// * "Cells" kernel (paired forward/backward, exact-reference, msr backward): one warp per
+//   coalition. Lanes draw the Philox block(s), set the membership, warp-reduce |S_t|, |S_v|, the softmax state,
 //   compute the row top-2 over S_v of every real word and the column top-2 over S_t of every real frame
 //   (lanes over rows+columns), then
 //     - textbook forward: per-frame P_j/Q_j, per-word G_i/H_i and the reciprocal normalisers, then the
@@ -55,6 +56,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -125,9 +127,9 @@ struct Carver {
 __host__ __device__ inline int odd_stride(int V) { return V | 1; }
 
 // Shared-memory layout of the pair (common to both kernels): compact player lists, their ranks, the
-// compact R [T rows of stride ld], Ew, Fw and the raw logits.
+// compact R [T rows of stride ld] and the raw logits.
 struct PairLayout {
-  size_t words, frames, rank_w, rank_f, counts, R, Ew, Fw, wt, wv;
+  size_t words, frames, rank_w, rank_f, counts, R, wt, wv;
 };
 
 template <typename acc_t>
@@ -138,8 +140,6 @@ __host__ __device__ inline void carve_pair(Carver& c, int T, int V, PairLayout& 
   L.rank_f = c.take(sizeof(int) * V);
   L.counts = c.take(sizeof(int) * 4);
   L.R = c.take(sizeof(acc_t) * static_cast<size_t>(T) * odd_stride(V));
-  L.Ew = c.take(sizeof(acc_t) * T);
-  L.Fw = c.take(sizeof(acc_t) * V);
   L.wt = c.take(sizeof(acc_t) * T);
   L.wv = c.take(sizeof(acc_t) * V);
 }
@@ -148,7 +148,7 @@ template <typename acc_t>
 struct PairData {
   int T, V, ld, nw, nf;
   int *words, *frames, *rank_w, *rank_f;
-  acc_t *R, *Ew, *Fw, *wt, *wv;
+  acc_t *R, *wt, *wv;
 };
 
 // Loads pair `pair` into shared memory. Must be called by every thread of the block; ends with a
@@ -166,8 +166,6 @@ __device__ void load_pair(unsigned char* smem, const PairLayout& L, int T, int V
   P.rank_f = reinterpret_cast<int*>(smem + L.rank_f);
   int* counts = reinterpret_cast<int*>(smem + L.counts);
   P.R = reinterpret_cast<acc_t*>(smem + L.R);
-  P.Ew = reinterpret_cast<acc_t*>(smem + L.Ew);
-  P.Fw = reinterpret_cast<acc_t*>(smem + L.Fw);
   P.wt = reinterpret_cast<acc_t*>(smem + L.wt);
   P.wv = reinterpret_cast<acc_t*>(smem + L.wv);
   const int tid = threadIdx.x, lane = tid & 31;
@@ -211,18 +209,6 @@ __device__ void load_pair(unsigned char* smem, const PairLayout& L, int T, int V
   for (int a = tid; a < nw; a += blockDim.x) P.wt[a] = static_cast<acc_t>(wt_in[pair * T + P.words[a]]);
   for (int b = tid; b < nf; b += blockDim.x) P.wv[b] = static_cast<acc_t>(wv_in[pair * V + P.frames[b]]);
   __syncthreads();
-  if (tid < kWarp) {  // softmax numerators, shifted by the maximum over real tokens
-    const acc_t neg_inf = static_cast<acc_t>(-INFINITY);
-    acc_t m = neg_inf;
-    for (int a = lane; a < nw; a += kWarp) m = mx(m, P.wt[a]);
-    m = warp_max(m);
-    for (int a = lane; a < nw; a += kWarp) P.Ew[a] = dev_exp(P.wt[a] - m);
-    m = neg_inf;
-    for (int b = lane; b < nf; b += kWarp) m = mx(m, P.wv[b]);
-    m = warp_max(m);
-    for (int b = lane; b < nf; b += kWarp) P.Fw[b] = dev_exp(P.wv[b] - m);
-  }
-  __syncthreads();
 }
 
 template <typename acc_t>
@@ -232,18 +218,88 @@ struct DevGrads {
 
 // Per-warp coalition state, the device twin of PairGame (banzhaf_game.h) on compact indices:
 // words a in [0, nw), frames b in [0, nf); i / j below are compact indices too (or -1).
+// Softmax weights of one side of a value: member t weighs of(t, k) / Z, k the player removed and possibly
+// re-added (its own weight e, the others' scaled by g). As PairGame::Weights.
+template <typename acc_t>
+struct DevWeights {
+  const acc_t* E;
+  acc_t g, e, Z;
+  __device__ acc_t of(int t, int k) const { return t == k ? e : E[t] * g; }
+};
+
+// One side's softmax state for the warp's coalition, relative to the coalition's own largest logit: the
+// device twin of PairGame::Side (E1, E2, join factors per player; Z1, Z2, top warp-uniform).
+template <typename acc_t>
+struct DevSide {
+  acc_t *E1, *E2, *join_g, *join_e;
+  acc_t Z1, Z2;
+  int top;
+
+  __device__ void set(const acc_t* w, const uint8_t* in, int n, int lane) {
+    const acc_t neg_inf = static_cast<acc_t>(-INFINITY);
+    acc_t m1 = neg_inf;
+    for (int k = lane; k < n; k += kWarp)
+      if (in[k]) m1 = mx(m1, w[k]);
+    m1 = warp_max(m1);
+    int first = INT_MAX;
+    for (int k = lane; k < n; k += kWarp)
+      if (in[k] && w[k] == m1 && k < first) first = k;
+    for (int o = 16; o > 0; o >>= 1) first = min(first, __shfl_xor_sync(kFull, first, o));
+    top = first == INT_MAX ? -1 : first;
+    acc_t m2 = neg_inf;
+    for (int k = lane; k < n; k += kWarp)
+      if (in[k] && k != top) m2 = mx(m2, w[k]);
+    m2 = warp_max(m2);
+    acc_t z1 = 0, z2 = 0;
+    for (int k = lane; k < n; k += kWarp) {
+      E1[k] = E2[k] = 0;
+      if (in[k]) {
+        E1[k] = dev_exp(w[k] - m1);
+        z1 += E1[k];
+        if (k != top) {
+          E2[k] = dev_exp(w[k] - m2);
+          z2 += E2[k];
+        }
+      }
+      const acc_t base = k == top ? m2 : m1;  // the largest logit of S minus k
+      if (w[k] > base) {
+        join_g[k] = base == neg_inf ? acc_t(0) : dev_exp(base - w[k]);
+        join_e[k] = 1;
+      } else {
+        join_g[k] = 1;
+        join_e[k] = dev_exp(w[k] - base);
+      }
+    }
+    Z1 = warp_sum(z1);
+    Z2 = warp_sum(z2);
+    __syncwarp();
+  }
+
+  __device__ DevWeights<acc_t> weights(int k, bool add) const {
+    DevWeights<acc_t> out;
+    const bool second = k >= 0 && k == top;
+    out.E = second ? E2 : E1;
+    const acc_t own = (k >= 0 && !second) ? E1[k] : acc_t(0);
+    const acc_t Zc = second ? Z2 : Z1 - own;
+    out.g = add ? join_g[k] : acc_t(1);
+    out.e = add ? join_e[k] : acc_t(0);
+    out.Z = Zc * out.g + out.e;
+    return out;
+  }
+};
+
 template <typename acc_t>
 struct WarpGame {
   const PairData<acc_t>* pd;
   int T, V, ld, nw, nf;
-  const acc_t *R, *Ew, *Fw, *wt, *wv;
+  const acc_t *R, *wt, *wv;
   uint32_t* bits;  // Philox words of the current sample
   uint8_t *in_t, *in_v;
   acc_t *r1, *r2, *k1, *k2;
   int *ra, *rb, *ka, *kb;
-  acc_t *P, *Q, *G, *H, *iZtc, *iZti, *iZvc, *iZvj;
+  acc_t *P1, *Q1, *P2, *Q2, *G1, *H1, *G2, *H2;
+  DevSide<acc_t> text, video;
   int nSt, nSv;     // warp-uniform
-  acc_t ZtS, ZvS;   // warp-uniform
 
   __device__ acc_t row_without(int t, int j, int& arg) const {
     if (ra[t] == j && j >= 0) { arg = rb[t]; return r2[t]; }
@@ -282,18 +338,16 @@ struct WarpGame {
     __syncwarp();
   }
 
-  // |S_t|, |S_v|, Z over S, row top-2 over S_v of every real word, column top-2 over S_t of every frame.
+  // |S_t|, |S_v|, both sides' softmax state, row top-2 over S_v of every real word, column top-2 over S_t
+  // of every frame.
   __device__ void build_state(int lane) {
     int ct = 0, cv = 0;
-    acc_t zt = 0, zv = 0;
-    for (int a = lane; a < nw; a += kWarp)
-      if (in_t[a]) { ++ct; zt += Ew[a]; }
-    for (int b = lane; b < nf; b += kWarp)
-      if (in_v[b]) { ++cv; zv += Fw[b]; }
+    for (int a = lane; a < nw; a += kWarp) ct += in_t[a];
+    for (int b = lane; b < nf; b += kWarp) cv += in_v[b];
     nSt = warp_sum(ct);
     nSv = warp_sum(cv);
-    ZtS = warp_sum(zt);
-    ZvS = warp_sum(zv);
+    text.set(wt, in_t, nw, lane);
+    video.set(wv, in_v, nf, lane);
     const acc_t neg_inf = static_cast<acc_t>(-INFINITY);
     for (int idx = lane; idx < nw + nf; idx += kWarp) {
       acc_t m1 = neg_inf, m2 = neg_inf;
@@ -328,8 +382,7 @@ struct WarpGame {
     const bool ei = i >= 0 && in_t[i], ej = j >= 0 && in_v[j];
     const int nt = nSt - ei + add_i, nv = nSv - ej + add_j;
     if (nt == 0 || nv == 0) return 0;
-    const acc_t Zt = ZtS - (ei ? Ew[i] : acc_t(0)) + (add_i ? Ew[i] : acc_t(0));
-    const acc_t Zv = ZvS - (ej ? Fw[j] : acc_t(0)) + (add_j ? Fw[j] : acc_t(0));
+    const DevWeights<acc_t> tw = text.weights(i, add_i), vw = video.weights(j, add_j);
     const bool clamp_rows = zero_fill && nv < V;
     const bool clamp_cols = zero_fill && nt < T;
     const bool rest_v = nSv - ej > 0, rest_t = nSt - ei > 0;
@@ -354,39 +407,39 @@ struct WarpGame {
     auto word_member = [&](int t) { return t == i ? add_i : static_cast<bool>(in_t[t]); };
     auto frame_member = [&](int v) { return v == j ? add_j : static_cast<bool>(in_v[v]); };
 
-    acc_t text = 0, video = 0;
+    acc_t text_part = 0, video_part = 0;
     int arg;
     for (int t = 0; t < nw; ++t)
-      if (word_member(t)) text += Ew[t] * row(t, arg);
+      if (word_member(t)) text_part += tw.of(t, i) * row(t, arg);
     for (int v = 0; v < nf; ++v)
-      if (frame_member(v)) video += Fw[v] * col(v, arg);
-    text /= Zt;
-    video /= Zv;
+      if (frame_member(v)) video_part += vw.of(v, j) * col(v, arg);
+    text_part /= tw.Z;
+    video_part /= vw.Z;
     if (kGrad) {
       const acc_t half = acc_t(0.5) * scale;
       for (int t = 0; t < nw; ++t) {
         if (!word_member(t)) continue;
         const acc_t m = row(t, arg);
-        const acc_t a = Ew[t] / Zt;
+        const acc_t a = tw.of(t, i) / tw.Z;
         if (arg >= 0) atomicAdd(&grads->sim[t * ld + arg], half * a);
-        atomicAdd(&grads->text_weight[t], half * a * (m - text));
+        atomicAdd(&grads->text_weight[t], half * a * (m - text_part));
       }
       for (int v = 0; v < nf; ++v) {
         if (!frame_member(v)) continue;
         const acc_t m = col(v, arg);
-        const acc_t c = Fw[v] / Zv;
+        const acc_t c = vw.of(v, j) / vw.Z;
         if (arg >= 0) atomicAdd(&grads->sim[arg * ld + v], half * c);
-        atomicAdd(&grads->video_weight[v], half * c * (m - video));
+        atomicAdd(&grads->video_weight[v], half * c * (m - video_part));
       }
     }
-    return acc_t(0.5) * (text + video);
+    return acc_t(0.5) * (text_part + video_part);
   }
 
   template <bool kGrad>
   __device__ acc_t reference_value1(int i, int j, acc_t scale, const DevGrads<acc_t>* grads) const {
     const bool ei = in_t[i], ej = in_v[j];
     const bool rest_v = nSv - ej > 0, rest_t = nSt - ei > 0;
-    const acc_t Ztc = ZtS - (ei ? Ew[i] : acc_t(0)), Zvc = ZvS - (ej ? Fw[j] : acc_t(0));
+    const DevWeights<acc_t> tc = text.weights(i, false), vc = video.weights(j, false);  // value4's, over c
     const acc_t rij = R[i * ld + j];
     const acc_t row_i = (V > 1 && rij < 0) ? acc_t(0) : rij;
     const acc_t col_j = (T > 1 && rij < 0) ? acc_t(0) : rij;
@@ -404,66 +457,69 @@ struct WarpGame {
       if (m < 0) { arg = -1; return acc_t(0); }
       return m;
     };
-    const acc_t shift_t = mx(wt[i], acc_t(1)), shift_v = mx(wv[j], acc_t(1));
-    acc_t Dt = dev_exp(wt[i] - shift_t), text = Dt * row_i;
-    acc_t Dv = dev_exp(wv[j] - shift_v), video = Dv * col_j;
+    // Softmax over logits in [0, 1] (probabilities) and the raw logit: shift by (a bound of) their
+    // maximum; without other members the raw logit is alone.
+    const acc_t shift_t = rest_t ? mx(wt[i], acc_t(1)) : wt[i];
+    const acc_t shift_v = rest_v ? mx(wv[j], acc_t(1)) : wv[j];
+    acc_t Dt = dev_exp(wt[i] - shift_t), text_part = Dt * row_i;
+    acc_t Dv = dev_exp(wv[j] - shift_v), video_part = Dv * col_j;
     int arg;
     for (int t = 0; t < nw; ++t) {
       if (t == i || !in_t[t]) continue;
-      const acc_t e = dev_exp(Ew[t] / Ztc - shift_t);
+      const acc_t e = dev_exp(tc.of(t, i) / tc.Z - shift_t);
       Dt += e;
-      text += e * row(t, arg);
+      text_part += e * row(t, arg);
     }
     for (int v = 0; v < nf; ++v) {
       if (v == j || !in_v[v]) continue;
-      const acc_t e = dev_exp(Fw[v] / Zvc - shift_v);
+      const acc_t e = dev_exp(vc.of(v, j) / vc.Z - shift_v);
       Dv += e;
-      video += e * col(v, arg);
+      video_part += e * col(v, arg);
     }
-    text /= Dt;
-    video /= Dv;
+    text_part /= Dt;
+    video_part /= Dv;
     if (kGrad) {
       const acc_t half = acc_t(0.5) * scale;
       const acc_t alpha_i = dev_exp(wt[i] - shift_t) / Dt;
       if (!(V > 1 && rij < 0)) atomicAdd(&grads->sim[i * ld + j], half * alpha_i);
-      atomicAdd(&grads->text_weight[i], half * alpha_i * (row_i - text));
+      atomicAdd(&grads->text_weight[i], half * alpha_i * (row_i - text_part));
       acc_t gamma_dot_p = 0;
       for (int t = 0; t < nw; ++t) {
         if (t == i || !in_t[t]) continue;
-        const acc_t p = Ew[t] / Ztc;
+        const acc_t p = tc.of(t, i) / tc.Z;
         const acc_t alpha = dev_exp(p - shift_t) / Dt;
         const acc_t m = row(t, arg);
         if (arg >= 0) atomicAdd(&grads->sim[t * ld + arg], half * alpha);
-        gamma_dot_p += alpha * (m - text) * p;
+        gamma_dot_p += alpha * (m - text_part) * p;
       }
       for (int t = 0; t < nw; ++t) {
         if (t == i || !in_t[t]) continue;
-        const acc_t p = Ew[t] / Ztc;
+        const acc_t p = tc.of(t, i) / tc.Z;
         const acc_t alpha = dev_exp(p - shift_t) / Dt;
-        const acc_t gamma = alpha * (row(t, arg) - text);
+        const acc_t gamma = alpha * (row(t, arg) - text_part);
         atomicAdd(&grads->text_weight[t], half * p * (gamma - gamma_dot_p));
       }
       const acc_t beta_j = dev_exp(wv[j] - shift_v) / Dv;
       if (!(T > 1 && rij < 0)) atomicAdd(&grads->sim[i * ld + j], half * beta_j);
-      atomicAdd(&grads->video_weight[j], half * beta_j * (col_j - video));
+      atomicAdd(&grads->video_weight[j], half * beta_j * (col_j - video_part));
       acc_t delta_dot_q = 0;
       for (int v = 0; v < nf; ++v) {
         if (v == j || !in_v[v]) continue;
-        const acc_t q = Fw[v] / Zvc;
+        const acc_t q = vc.of(v, j) / vc.Z;
         const acc_t beta = dev_exp(q - shift_v) / Dv;
         const acc_t m = col(v, arg);
         if (arg >= 0) atomicAdd(&grads->sim[arg * ld + v], half * beta);
-        delta_dot_q += beta * (m - video) * q;
+        delta_dot_q += beta * (m - video_part) * q;
       }
       for (int v = 0; v < nf; ++v) {
         if (v == j || !in_v[v]) continue;
-        const acc_t q = Fw[v] / Zvc;
+        const acc_t q = vc.of(v, j) / vc.Z;
         const acc_t beta = dev_exp(q - shift_v) / Dv;
-        const acc_t delta = beta * (col(v, arg) - video);
+        const acc_t delta = beta * (col(v, arg) - video_part);
         atomicAdd(&grads->video_weight[v], half * q * (delta - delta_dot_q));
       }
     }
-    return acc_t(0.5) * (text + video);
+    return acc_t(0.5) * (text_part + video_part);
   }
 
   template <bool kGrad>
@@ -477,41 +533,43 @@ struct WarpGame {
   }
 
   // ---- fast path (textbook forward) ----------------------------------------------------------------
+  // As PairGame::prepare_cells / cell_delta_fast: sums over S_t (scale E1) and over S_t minus its top
+  // word (scale E2), likewise for frames.
   __device__ void prepare_cells(int lane) {
     const acc_t neg_inf = static_cast<acc_t>(-INFINITY);
     for (int idx = lane; idx < nw + nf; idx += kWarp) {
       if (idx < nf) {
         const int j = idx;
         const bool rest_v = nSv - in_v[j] > 0;
-        acc_t p = 0, q = 0;
+        acc_t p1 = 0, q1 = 0, p2 = 0, q2 = 0;
         for (int t = 0; t < nw; ++t) {
           if (!in_t[t]) continue;
           int arg;
           const acc_t m = rest_v ? row_without(t, j, arg) : neg_inf;
-          if (rest_v) p += Ew[t] * m;
-          q += Ew[t] * mx(m, R[t * ld + j]);
+          const acc_t mj = mx(m, R[t * ld + j]);
+          if (rest_v) p1 += text.E1[t] * m;
+          q1 += text.E1[t] * mj;
+          if (t == text.top) continue;
+          if (rest_v) p2 += text.E2[t] * m;
+          q2 += text.E2[t] * mj;
         }
-        P[j] = p;
-        Q[j] = q;
-        const acc_t Zvc = ZvS - (in_v[j] ? Fw[j] : acc_t(0));
-        iZvc[j] = acc_t(1) / Zvc;
-        iZvj[j] = acc_t(1) / (Zvc + Fw[j]);
+        P1[j] = p1; Q1[j] = q1; P2[j] = p2; Q2[j] = q2;
       } else {
         const int i = idx - nf;
         const bool rest_t = nSt - in_t[i] > 0;
-        acc_t g = 0, h = 0;
+        acc_t g1 = 0, h1 = 0, g2 = 0, h2 = 0;
         for (int v = 0; v < nf; ++v) {
           if (!in_v[v]) continue;
           int arg;
           const acc_t m = rest_t ? col_without(v, i, arg) : neg_inf;
-          if (rest_t) g += Fw[v] * m;
-          h += Fw[v] * mx(m, R[i * ld + v]);
+          const acc_t mi = mx(m, R[i * ld + v]);
+          if (rest_t) g1 += video.E1[v] * m;
+          h1 += video.E1[v] * mi;
+          if (v == video.top) continue;
+          if (rest_t) g2 += video.E2[v] * m;
+          h2 += video.E2[v] * mi;
         }
-        G[i] = g;
-        H[i] = h;
-        const acc_t Ztc = ZtS - (in_t[i] ? Ew[i] : acc_t(0));
-        iZtc[i] = acc_t(1) / Ztc;
-        iZti[i] = acc_t(1) / (Ztc + Ew[i]);
+        G1[i] = g1; H1[i] = h1; G2[i] = g2; H2[i] = h2;
       }
     }
     __syncwarp();
@@ -522,54 +580,51 @@ struct WarpGame {
     const int nct = nSt - ei, ncv = nSv - ej;
     const acc_t neg_inf = static_cast<acc_t>(-INFINITY);
     const acc_t rij = R[i * ld + j];
-    const acc_t Ewi = Ew[i], Fwj = Fw[j];
-    const acc_t izti = iZti[i], izvj = iZvj[j];
     int arg;
     const acc_t row_i = ncv > 0 ? row_without(i, j, arg) : neg_inf;
     const acc_t row_ij = mx(row_i, rij);
     const acc_t col_j = nct > 0 ? col_without(j, i, arg) : neg_inf;
     const acc_t col_ij = mx(col_j, rij);
-    const acc_t text_cj = Q[j] - (ei ? Ewi * row_ij : acc_t(0));
-    const acc_t video_ci = H[i] - (ej ? Fwj * col_ij : acc_t(0));
-    acc_t delta = acc_t(0.5) * ((text_cj + Ewi * row_ij) * izti + (video_ci + Fwj * col_ij) * izvj);
-    if (ncv > 0) {
-      const acc_t text_c = P[j] - (ei ? Ewi * row_i : acc_t(0));
-      delta -= acc_t(0.5) * ((text_c + Ewi * row_i) * izti + video_ci * iZvc[j]);
-    }
-    if (nct > 0) {
-      const acc_t video_c = G[i] - (ej ? Fwj * col_j : acc_t(0));
-      delta -= acc_t(0.5) * (text_cj * iZtc[i] + (video_c + Fwj * col_j) * izvj);
-    }
-    if (nct > 0 && ncv > 0) {
-      const acc_t text_c = P[j] - (ei ? Ewi * row_i : acc_t(0));
-      const acc_t video_c = G[i] - (ej ? Fwj * col_j : acc_t(0));
-      delta += acc_t(0.5) * (text_c * iZtc[i] + video_c * iZvc[j]);
-    }
+    const bool second_t = ei && i == text.top, second_v = ej && j == video.top;
+    const acc_t own_i = (ei && !second_t) ? text.E1[i] : acc_t(0);
+    const acc_t own_j = (ej && !second_v) ? video.E1[j] : acc_t(0);
+    const acc_t Ztc = second_t ? text.Z2 : text.Z1 - own_i;
+    const acc_t Zvc = second_v ? video.Z2 : video.Z1 - own_j;
+    const acc_t text_cj = second_t ? Q2[j] : Q1[j] - own_i * row_ij;
+    const acc_t video_ci = second_v ? H2[i] : H1[i] - own_j * col_ij;
+    const acc_t g = text.join_g[i], e = text.join_e[i], h = video.join_g[j], f = video.join_e[j];
+    const acc_t Zti = Ztc * g + e, Zvj = Zvc * h + f;
+    acc_t delta = acc_t(0.5) * ((text_cj * g + e * row_ij) / Zti + (video_ci * h + f * col_ij) / Zvj);
+    const acc_t text_c = ncv > 0 ? (second_t ? P2[j] : P1[j] - own_i * row_i) : acc_t(0);
+    const acc_t video_c = nct > 0 ? (second_v ? G2[i] : G1[i] - own_j * col_j) : acc_t(0);
+    if (ncv > 0) delta -= acc_t(0.5) * ((text_c * g + e * row_i) / Zti + video_ci / Zvc);
+    if (nct > 0) delta -= acc_t(0.5) * (text_cj / Ztc + (video_c * h + f * col_j) / Zvj);
+    if (nct > 0 && ncv > 0) delta += acc_t(0.5) * (text_c / Ztc + video_c / Zvc);
     return delta;
   }
 
-  // Gradient of f(S) itself (the msr / exact-textbook backward), by the whole warp, times `scale`.
+  // Gradient of f(S) itself (the msr backward), by the whole warp, times `scale`.
   __device__ void value_grad_warp(acc_t scale, const DevGrads<acc_t>* grads, int lane) const {
     if (nSt == 0 || nSv == 0) return;
-    acc_t text = 0, video = 0;
+    acc_t text_part = 0, video_part = 0;
     for (int t = lane; t < nw; t += kWarp)
-      if (in_t[t]) text += Ew[t] * r1[t];
+      if (in_t[t]) text_part += text.E1[t] * r1[t];
     for (int v = lane; v < nf; v += kWarp)
-      if (in_v[v]) video += Fw[v] * k1[v];
-    text = warp_sum(text) / ZtS;
-    video = warp_sum(video) / ZvS;
+      if (in_v[v]) video_part += video.E1[v] * k1[v];
+    text_part = warp_sum(text_part) / text.Z1;
+    video_part = warp_sum(video_part) / video.Z1;
     const acc_t half = acc_t(0.5) * scale;
     for (int t = lane; t < nw; t += kWarp) {
       if (!in_t[t]) continue;
-      const acc_t a = Ew[t] / ZtS;
+      const acc_t a = text.E1[t] / text.Z1;
       if (ra[t] >= 0) atomicAdd(&grads->sim[t * ld + ra[t]], half * a);
-      atomicAdd(&grads->text_weight[t], half * a * (r1[t] - text));
+      atomicAdd(&grads->text_weight[t], half * a * (r1[t] - text_part));
     }
     for (int v = lane; v < nf; v += kWarp) {
       if (!in_v[v]) continue;
-      const acc_t c = Fw[v] / ZvS;
+      const acc_t c = video.E1[v] / video.Z1;
       if (ka[v] >= 0) atomicAdd(&grads->sim[ka[v] * ld + v], half * c);
-      atomicAdd(&grads->video_weight[v], half * c * (k1[v] - video));
+      atomicAdd(&grads->video_weight[v], half * c * (k1[v] - video_part));
     }
   }
 };
@@ -588,7 +643,7 @@ struct CellsLayout {
   PairLayout pair;
   size_t grad_sim, grad_wt, grad_wv, gc, gw;  // block (backward)
   size_t warp0, warp_stride;                  // per warp, from warp0
-  size_t bits, in_t, in_v, r1, r2, k1, k2, ra, rb, ka, kb, P, Q, G, H, iZtc, iZti, iZvc, iZvj, acc;
+  size_t bits, in_t, in_v, r1, r2, k1, k2, ra, rb, ka, kb, side[8], fast[8], acc;
   size_t total;
 };
 
@@ -619,16 +674,10 @@ __host__ __device__ inline CellsLayout cells_layout(int T, int V, int warps, int
   L.rb = w.take(sizeof(int) * T);
   L.ka = w.take(sizeof(int) * V);
   L.kb = w.take(sizeof(int) * V);
-  if (mode == kFwdFast) {
-    L.P = w.take(sizeof(acc_t) * V);
-    L.Q = w.take(sizeof(acc_t) * V);
-    L.G = w.take(sizeof(acc_t) * T);
-    L.H = w.take(sizeof(acc_t) * T);
-    L.iZtc = w.take(sizeof(acc_t) * T);
-    L.iZti = w.take(sizeof(acc_t) * T);
-    L.iZvc = w.take(sizeof(acc_t) * V);
-    L.iZvj = w.take(sizeof(acc_t) * V);
-  }
+  // Softmax state: E1, E2, join_g, join_e of the words [T], then of the frames [V].
+  for (int k = 0; k < 8; ++k) L.side[k] = w.take(sizeof(acc_t) * (k < 4 ? T : V));
+  if (mode == kFwdFast)  // P1, Q1, P2, Q2 [V], then G1, H1, G2, H2 [T]
+    for (int k = 0; k < 8; ++k) L.fast[k] = w.take(sizeof(acc_t) * (k < 4 ? V : T));
   if (!bwd) L.acc = w.take(sizeof(double) * TV);
   L.warp_stride = w.off;
   L.total = L.warp0 + L.warp_stride * warps;
@@ -703,7 +752,7 @@ __global__ void __launch_bounds__(128) cells_kernel(const scalar_t* __restrict__
   WarpGame<acc_t> g;
   g.pd = &pd;
   g.T = T; g.V = V; g.ld = ld; g.nw = nw; g.nf = nf;
-  g.R = pd.R; g.Ew = pd.Ew; g.Fw = pd.Fw; g.wt = pd.wt; g.wv = pd.wv;
+  g.R = pd.R; g.wt = pd.wt; g.wv = pd.wv;
   g.bits = reinterpret_cast<uint32_t*>(wbase + L.bits);
   g.in_t = wbase + L.in_t;
   g.in_v = wbase + L.in_v;
@@ -715,15 +764,15 @@ __global__ void __launch_bounds__(128) cells_kernel(const scalar_t* __restrict__
   g.rb = reinterpret_cast<int*>(wbase + L.rb);
   g.ka = reinterpret_cast<int*>(wbase + L.ka);
   g.kb = reinterpret_cast<int*>(wbase + L.kb);
+  acc_t* side[8];
+  for (int k = 0; k < 8; ++k) side[k] = reinterpret_cast<acc_t*>(wbase + L.side[k]);
+  g.text.E1 = side[0]; g.text.E2 = side[1]; g.text.join_g = side[2]; g.text.join_e = side[3];
+  g.video.E1 = side[4]; g.video.E2 = side[5]; g.video.join_g = side[6]; g.video.join_e = side[7];
   if (kMode == kFwdFast) {
-    g.P = reinterpret_cast<acc_t*>(wbase + L.P);
-    g.Q = reinterpret_cast<acc_t*>(wbase + L.Q);
-    g.G = reinterpret_cast<acc_t*>(wbase + L.G);
-    g.H = reinterpret_cast<acc_t*>(wbase + L.H);
-    g.iZtc = reinterpret_cast<acc_t*>(wbase + L.iZtc);
-    g.iZti = reinterpret_cast<acc_t*>(wbase + L.iZti);
-    g.iZvc = reinterpret_cast<acc_t*>(wbase + L.iZvc);
-    g.iZvj = reinterpret_cast<acc_t*>(wbase + L.iZvj);
+    acc_t* fast[8];
+    for (int k = 0; k < 8; ++k) fast[k] = reinterpret_cast<acc_t*>(wbase + L.fast[k]);
+    g.P1 = fast[0]; g.Q1 = fast[1]; g.P2 = fast[2]; g.Q2 = fast[3];
+    g.G1 = fast[4]; g.H1 = fast[5]; g.G2 = fast[6]; g.H2 = fast[7];
   }
   double* acc = kBwd ? nullptr : reinterpret_cast<double*>(wbase + L.acc);
   if (!kBwd)
@@ -923,28 +972,33 @@ __global__ void __launch_bounds__(kValueThreads) value_kernel(const scalar_t* __
       if (p < 64) return (m1 >> (p - 32)) & 1u;
       return (memb[(p >> 5) * MS + tid] >> (p & 31)) & 1u;
     };
+    // Softmax weights relative to the coalition's own largest logits (exact for any finite logits).
     int nSt = 0, nSv = 0;
-    acc_t Zt = 0, Zv = 0;
+    acc_t top_t = neg_inf, top_v = neg_inf;
     for (int a = 0; a < nw; ++a)
-      if (member(a)) { ++nSt; Zt += pd.Ew[a]; }
+      if (member(a)) { ++nSt; top_t = mx(top_t, pd.wt[a]); }
     for (int b = 0; b < nf; ++b)
-      if (member(nw + b)) { ++nSv; Zv += pd.Fw[b]; }
+      if (member(nw + b)) { ++nSv; top_v = mx(top_v, pd.wv[b]); }
     double f = 0;
     if (nSt > 0 && nSv > 0) {
-      acc_t text = 0, video = 0;
+      acc_t text = 0, video = 0, Zt = 0, Zv = 0;
       for (int a = 0; a < nw; ++a) {
         if (!member(a)) continue;
         acc_t m = neg_inf;
         for (int b = 0; b < nf; ++b)
           if (member(nw + b)) m = mx(m, pd.R[a * ld + b]);
-        text += pd.Ew[a] * m;
+        const acc_t e = dev_exp(pd.wt[a] - top_t);
+        Zt += e;
+        text += e * m;
       }
       for (int b = 0; b < nf; ++b) {
         if (!member(nw + b)) continue;
         acc_t m = neg_inf;
         for (int a = 0; a < nw; ++a)
           if (member(a)) m = mx(m, pd.R[a * ld + b]);
-        video += pd.Fw[b] * m;
+        const acc_t e = dev_exp(pd.wv[b] - top_v);
+        Zv += e;
+        video += e * m;
       }
       text /= Zt;
       video /= Zv;
