@@ -15,7 +15,9 @@ def wti_similarity(text, video, text_weight, video_weight, text_mask=None, video
 
     score = (sum_t p[a,t] max_v S[a,b,t,v] + sum_v q[b,v] max_t S[a,b,t,v]) / 2, S = <text, video>.
     padding="ignore": maxima over real tokens only; "zero": the reference's zero-filled maxima.
-    Returns [A, B] in the promoted dtype of the inputs; differentiable in all four float inputs.
+    Returns [A, B] in the promoted dtype of the inputs; differentiable in all four float inputs. Padded
+    tokens never matter; a NaN or infinite feature or weight at a real token makes its text's (video's)
+    scores NaN.
     """
     _checks.tensor("text", text, dim=3, floating=True)
     _checks.tensor("video", video, dim=3, floating=True)
@@ -32,9 +34,23 @@ def wti_similarity(text, video, text_weight, video_weight, text_mask=None, video
     video_mask = _checks.mask("video_mask", video_mask, (num_videos, num_frames), text)
     _checks.choice("padding", padding, PADDINGS)
     dtype = _checks.common_float_dtype(text, video, text_weight, video_weight)
-    return _dispatch.call("wti_similarity", text.device, backend, text.to(dtype), video.to(dtype),
-                          text_weight.to(dtype), video_weight.to(dtype), text_mask, video_mask,
-                          padding == "zero")
+    # Weights of padded tokens never count, whatever they hold.
+    text_weight = text_weight.masked_fill(~text_mask, 0.0)
+    video_weight = video_weight.masked_fill(~video_mask, 0.0)
+    score = _dispatch.call("wti_similarity", text.device, backend, text.to(dtype), video.to(dtype),
+                           text_weight.to(dtype), video_weight.to(dtype), text_mask, video_mask,
+                           padding == "zero")
+    # A non-finite feature or weight at a real position makes every score of its text (video) NaN, in every
+    # backend alike (a maximum would otherwise drop a NaN); padded positions never matter.
+    broken_text = _nonfinite_at_real(text, text_weight, text_mask)
+    broken_video = _nonfinite_at_real(video, video_weight, video_mask)
+    return score.masked_fill(broken_text[:, None] | broken_video[None, :], float("nan"))
+
+
+def _nonfinite_at_real(features, weights, mask):
+    """[N] bool: whether sample n has a NaN or infinite feature or weight at a real token."""
+    bad = ~(torch.isfinite(features).all(-1) & torch.isfinite(weights))
+    return (bad & mask).any(-1)
 
 
 def banzhaf_interaction(sim, text_mask=None, video_mask=None, text_weight=None, video_weight=None, *,
@@ -98,7 +114,9 @@ def dpc_knn(x, num_clusters, k=5, mask=None, *, backend=None):
 
     Returns (idx [B, N], centers [B, K]), int64: the cluster of every token and the token index of every
     cluster's centre, centres ordered by decreasing score. Deterministic tie rules; padded tokens
-    (mask 0) never change the result of the real ones of their sample. No gradient.
+    (mask 0) never change the result of the real ones of their sample, whatever they hold. A sample with
+    a non-finite feature at a real token still gets valid indices, but which ones is not specified (and
+    may differ between backends). No gradient.
     """
     _checks.tensor("x", x, dim=3, floating=True)
     batch, num_tokens, width = x.shape
@@ -108,6 +126,8 @@ def dpc_knn(x, num_clusters, k=5, mask=None, *, backend=None):
     k = _checks.integer("k", k, low=1, high=num_tokens)
     _checks.same_device("x", x, mask=mask)
     mask = _checks.mask("mask", mask, (batch, num_tokens), x)
+    # Padding never matters: whatever padded tokens hold (NaN, inf) is replaced before any backend runs.
+    x = x.masked_fill(~mask[..., None], 0.0)
     return _dispatch.call("dpc_knn", x.device, backend, x, mask, num_clusters, k)
 
 

@@ -6,6 +6,7 @@ the ops work under torch.compile (fakes) and autograd (backward ops, also compil
 import torch
 
 from hbi_ops import _extension
+from hbi_ops._autograd import refuse_double_backward
 
 ops = torch.ops.hbi_ops
 
@@ -96,6 +97,9 @@ def _register():
         return grad_x, None, grad_weight, None
 
     torch.library.register_autograd("hbi_ops::merge_tokens", merge_backward, setup_context=merge_setup)
+
+    for backward_op in ("wti_similarity_backward", "banzhaf_interaction_backward", "merge_tokens_backward"):
+        refuse_double_backward(f"hbi_ops::{backward_op}")
 
 
 if _extension.LOAD_ERROR is None:

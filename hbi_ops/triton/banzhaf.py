@@ -48,6 +48,8 @@ import triton
 import triton.language as tl
 from triton.language.random import philox_impl
 
+from hbi_ops._autograd import refuse_double_backward
+
 from . import _jit, _launch, banzhaf_closed_form
 
 _INTERPRETING, _helper = _jit.INTERPRETING, _jit.helper
@@ -950,6 +952,7 @@ def _autograd_backward(ctx, grad):
 
 
 banzhaf_interaction_op.register_autograd(_autograd_backward, setup_context=_setup_context)
+refuse_double_backward("hbi_ops_triton::banzhaf_interaction_backward")
 
 
 def banzhaf_interaction(sim, text_mask, video_mask, text_weight, video_weight, definition, estimator,

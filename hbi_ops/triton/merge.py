@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from hbi_ops._autograd import refuse_double_backward
+
 from . import _launch
 
 EPSILON = tl.constexpr(1e-6)  # jit code reads globals only as constexpr
@@ -176,6 +178,7 @@ def _backward(ctx, grad):
 
 
 merge_tokens_op.register_autograd(_backward, setup_context=_setup_context)
+refuse_double_backward("hbi_ops_triton::merge_tokens_backward")
 
 
 def merge_tokens(x, idx, weight, num_clusters):

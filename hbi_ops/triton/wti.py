@@ -36,6 +36,8 @@ import torch
 import triton
 import triton.language as tl
 
+from hbi_ops._autograd import refuse_double_backward
+
 from . import _launch
 
 __all__ = ["wti_similarity"]
@@ -353,6 +355,7 @@ def _backward(ctx, grad_score, _grad_t2v, _grad_v2t):
 
 
 wti_similarity_op.register_autograd(_backward, setup_context=_setup_context)
+refuse_double_backward("hbi_ops_triton::wti_similarity_backward")
 
 
 def wti_similarity(text, video, text_weight, video_weight, text_mask, video_mask, zero_padding):
