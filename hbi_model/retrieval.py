@@ -9,9 +9,11 @@ import hbi_ops
 from hbi_model.encoders import TemporalTransformer
 from hbi_model.heads import BanzhafEstimator, WeightHead
 from hbi_model.hierarchy import Level
-from hbi_model.losses import banzhaf_kl, info_nce, level_kl
+from hbi_model.init import INITS, initialise
+from hbi_model.losses import BANZHAF_REDUCTIONS, BANZHAF_TRANSPOSES, banzhaf_kl, info_nce, level_kl
 
 LEVELS = ("entity", "action", "event")
+NETWORK_LABEL_SCALE = 1000  # the reference trained its estimator network on labels of 1000 * R
 
 
 @dataclass
@@ -31,11 +33,28 @@ class HBIConfig:
     use_banzhaf: bool = True  # ablation: without the Banzhaf loss
     use_hierarchy: bool = True  # ablation: entity level only
     banzhaf_definition: str = "textbook"
-    banzhaf_samples: int = 100  # the reference definition's paired teacher (its exact form enumerates)
-    exact_max_players: int = 14  # the reference definition's teacher enumerates up to this many players a pair
-    reference_scaling: bool = False  # the reference's quirk: teacher on 1000 * R with probabilities as logits
+    banzhaf_estimator: str = "exact"  # "paired" / "msr": sampled with banzhaf_samples coalitions a cell
+    banzhaf_samples: int = 100  # sampled estimators, and the reference definition's teacher above exact_max_players
+    exact_max_players: int = 14  # the reference definition's exact estimator enumerates up to this many players
+    teacher_temperature: float = 1e-3  # targets = softmax(index / temperature); the reference's R x 1000 is 1e-3
+    reference_weights: bool = False  # the reference's generator: weight-head probabilities fed as its logits
+    banzhaf_reduction: str = "row"  # "element": the reference's F.kl_div(reduction="mean") per cell
+    banzhaf_transpose: str = "words"  # "reference": its second term's .T, a softmax over the batch's pairs
     entity_padding: str = "ignore"  # "zero": the reference's zero-filled maxima at the entity level
+    init: str = "reference"  # "pytorch": PyTorch's default initialisation of the new modules
     rates: tuple = field(default=(1.0, 0.0, 0.0))  # inference weights of entity, action, event
+
+    def __post_init__(self):
+        choices = {"banzhaf_definition": ("textbook", "reference"), "banzhaf_estimator": ("exact", "paired", "msr"),
+                   "banzhaf_reduction": BANZHAF_REDUCTIONS, "banzhaf_transpose": BANZHAF_TRANSPOSES,
+                   "entity_padding": ("ignore", "zero"), "init": INITS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not self.teacher_temperature > 0:
+            raise ValueError(f"teacher_temperature must be positive, got {self.teacher_temperature}")
+        if len(self.rates) != len(LEVELS):
+            raise ValueError(f"rates must hold {len(LEVELS)} weights (entity, action, event), got {self.rates}")
 
 
 class HBIRetrieval(nn.Module):
@@ -55,16 +74,23 @@ class HBIRetrieval(nn.Module):
         self.students = nn.ModuleList([BanzhafEstimator() for _ in LEVELS])
         self.teacher = None  # optional pretrained estimator network (load_teacher)
         self.register_buffer("step", torch.zeros((), dtype=torch.int64), persistent=True)
+        initialise(self, config.init)
 
     def load_teacher(self, state_dict):
-        """Use a pretrained estimator network as the teacher instead of hbi_ops.banzhaf_interaction."""
+        """Use a pretrained estimator network as the teacher instead of hbi_ops.banzhaf_interaction.
+        Keys may carry a module prefix (the reference's "banzhafteacher.cnn1.weight"); its unused
+        BatchNorm ("bn.*") is ignored."""
         self.teacher = BanzhafEstimator().to(self.step.device)
-        # The reference's checkpoints may carry the unused BatchNorm and a module prefix.
-        own = self.teacher.state_dict().keys()
-        state = {k.split(".", k.count(".") - 1)[-1] if k not in own else k: v for k, v in state_dict.items()}
-        missing, _unexpected = self.teacher.load_state_dict(state, strict=False)
+        own = list(self.teacher.state_dict())
+        state = {}
+        for key, value in state_dict.items():
+            match = [name for name in own if key == name or key.endswith("." + name)]
+            if match:
+                state[match[0]] = value
+        missing = [name for name in own if name not in state]
         if missing:
-            raise ValueError(f"the teacher's state dict lacks {missing}")
+            raise ValueError(f"the teacher's state dict lacks {missing} (it has {sorted(state_dict)[:8]}...)")
+        self.teacher.load_state_dict(state)
         self.teacher.requires_grad_(False)
 
     # ---------------------------------------------------------------------------------------------
@@ -107,30 +133,38 @@ class HBIRetrieval(nn.Module):
         sim = hbi_ops.wti_similarity(tn, vn, wt.softmax(-1), wv.softmax(-1), text_mask, video_mask, padding=padding)
         return sim, (tn, vn, wt, wv)
 
+    def teacher_logits(self, sim, text_mask, video_mask, wt, wv):
+        """The targets' logits [B, T, V]: the Banzhaf index of each matched pair's map / temperature."""
+        cfg = self.config
+        if self.teacher is not None:  # its outputs are in units of 1000 * R
+            return self.teacher(sim) / (NETWORK_LABEL_SCALE * cfg.teacher_temperature)
+        r, lt, lv = sim.float(), wt.float().masked_fill(~text_mask, 0), wv.float().masked_fill(~video_mask, 0)
+        if cfg.reference_weights:
+            lt = lt.masked_fill(~text_mask, float("-inf")).softmax(-1).nan_to_num(0.0)
+            lv = lv.masked_fill(~video_mask, float("-inf")).softmax(-1).nan_to_num(0.0)
+        estimator = cfg.banzhaf_estimator
+        # The reference definition's exact estimator enumerates 2^n coalitions: larger levels sample.
+        if cfg.banzhaf_definition == "reference" and estimator == "exact" and \
+                sim.shape[1] + sim.shape[2] > cfg.exact_max_players:
+            estimator = "paired"
+        index = hbi_ops.banzhaf_interaction(r, text_mask, video_mask, lt.nan_to_num(0.0), lv.nan_to_num(0.0),
+                                            definition=cfg.banzhaf_definition, estimator=estimator,
+                                            num_samples=cfg.banzhaf_samples, seed=int(self.step))
+        return index / cfg.teacher_temperature
+
     def banzhaf_loss(self, level, text_mask, video_mask, tn, vn, wt, wv):
         batch, words, frames = tn.shape[0], tn.shape[1], vn.shape[1]
         text_mask = text_mask if text_mask is not None else torch.ones(batch, words, dtype=torch.bool, device=tn.device)
         video_mask = video_mask if video_mask is not None else torch.ones(batch, frames, dtype=torch.bool, device=tn.device)
-        sim = torch.einsum("btd,bvd->btv", tn, vn)  # the matched pairs' fine-grained maps
         valid = text_mask[:, :, None] & video_mask[:, None, :]
+        # The matched pairs' fine-grained maps, zero at padded cells (as the reference's entity level):
+        # the estimators' 3x3 convolutions would otherwise carry padded tokens into real cells.
+        sim = torch.einsum("btd,bvd->btv", tn, vn).masked_fill(~valid, 0.0)
         with torch.no_grad():
-            if self.teacher is not None:
-                teacher = self.teacher(sim * 1000 if self.config.reference_scaling else sim)
-            else:
-                r, lt, lv = sim.float(), wt.float().masked_fill(~text_mask, 0), wv.float().masked_fill(~video_mask, 0)
-                if self.config.reference_scaling:  # the reference: 1000 * R, probabilities as logits
-                    r, lt, lv = 1000 * r, lt.masked_fill(~text_mask, float("-inf")).softmax(-1), \
-                        lv.masked_fill(~video_mask, float("-inf")).softmax(-1)
-                # The textbook index is exact at any size (its closed form); the reference definition's
-                # exact estimator enumerates 2^n coalitions, so larger levels sample.
-                exact = (self.config.banzhaf_definition == "textbook"
-                         or words + frames <= self.config.exact_max_players)
-                teacher = hbi_ops.banzhaf_interaction(
-                    r, text_mask, video_mask, lt.nan_to_num(0.0), lv.nan_to_num(0.0),
-                    definition=self.config.banzhaf_definition, estimator="exact" if exact else "paired",
-                    num_samples=self.config.banzhaf_samples, seed=int(self.step))
+            teacher = self.teacher_logits(sim, text_mask, video_mask, wt, wv)
         student = self.students[LEVELS.index(level)](sim)
-        return banzhaf_kl(teacher.to(student.dtype), student, valid)
+        return banzhaf_kl(teacher.to(student.dtype), student, valid, self.config.banzhaf_reduction,
+                          self.config.banzhaf_transpose)
 
     # ---------------------------------------------------------------------------------------------
     def forward(self, input_ids, attention_mask, pixel_values, frame_mask, gather=None):
