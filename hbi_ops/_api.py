@@ -98,6 +98,8 @@ def _check_exact_players(text_mask, video_mask, estimator_given=True):
     num_words, num_frames = text_mask.shape[1], video_mask.shape[1]
     if num_words + num_frames <= MAX_EXACT_PLAYERS or text_mask.shape[0] == 0:
         return  # no pair can exceed the limit: no need to read the masks
+    if not _checks.readable(text_mask):
+        return  # meta/fake tensors, torch.compile, torch.func: the kernels check the count themselves
     players = text_mask.sum(1) + video_mask.sum(1)
     worst = int(players.argmax())
     if int(players[worst]) > MAX_EXACT_PLAYERS:
@@ -148,7 +150,7 @@ def merge_tokens(x, idx, num_clusters, weight=None, *, backend=None):
     weight = _checks.floating_or_default("weight", weight, (batch, num_tokens), x, 1.0)
     # Reading idx on a GPU would synchronise, and under torch.compile it would break the graph: there the
     # cuda and triton kernels fail a device-side assertion instead (the error surfaces at the next sync).
-    if idx.device.type == "cpu" and idx.numel() > 0 and not torch.compiler.is_compiling():
+    if idx.device.type == "cpu" and idx.numel() > 0 and _checks.readable(idx):
         low, high = int(idx.min()), int(idx.max())
         if low < 0 or high >= num_clusters:
             raise ValueError(f"idx must hold cluster indices in [0, {num_clusters - 1}] (num_clusters="

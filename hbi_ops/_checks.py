@@ -70,3 +70,12 @@ def common_float_dtype(*tensors):
     for t in tensors[1:]:
         dtype = torch.promote_types(dtype, t.dtype)
     return dtype
+
+
+def readable(value):
+    """Whether value's data can be read on the host now: not under torch.compile, not a meta or fake
+    tensor, not wrapped by a torch.func transform (vmap, grad)."""
+    if torch.compiler.is_compiling() or value.device.type == "meta":
+        return False
+    return not torch._C._functorch.is_functorch_wrapped_tensor(value)
+

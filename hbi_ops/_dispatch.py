@@ -13,7 +13,7 @@ from hbi_ops import _extension
 
 OPERATORS = ("wti_similarity", "banzhaf_interaction", "dpc_knn", "merge_tokens")
 BACKENDS = ("cuda", "triton", "cpu", "torch")
-DEFAULT_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
+DEFAULT_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch"), "meta": ("cpu", "torch")}
 ENV_VARIABLE = "HBI_OPS_BACKEND"
 
 
@@ -44,7 +44,7 @@ def why_not(backend: str, op: str, device: torch.device):
     if backend == "torch":
         return None
     if backend == "cpu":
-        if device.type != "cpu":
+        if device.type not in ("cpu", "meta"):  # meta: the ops' fake implementations give the shapes
             return f"the cpu backend takes CPU tensors, got {device.type} tensors"
         if _extension.LOAD_ERROR:
             return _extension.LOAD_ERROR
@@ -100,6 +100,12 @@ def choose(op: str, device: torch.device, requested=None) -> str:
 
 def call(op: str, device: torch.device, requested, *args):
     backend = choose(op, device, requested)
+    if backend != "torch" and any(isinstance(a, torch.Tensor) and torch._C._functorch.is_gradtrackingtensor(a)
+                                  for a in args):
+        # PyTorch's op registration gives the compiled and Triton ops' autograd no setup_context, which
+        # torch.func's grad transforms need: a clear error instead of PyTorch's.
+        raise RuntimeError(f"{op}: torch.func's grad transforms (grad, vjp, jacrev, ...) run with backend='torch' "
+                           f"only; backend {backend!r} supports torch.autograd (and vmap)")
     return getattr(implementation(backend), op)(*args)
 
 

@@ -12,6 +12,7 @@ from hbi_ops.reference.banzhaf_closed_form import closed_form
 REFERENCE_MASK_LOGIT = -9e15  # what the reference code gives non-members before its softmax
 SUBSET_CHUNK = 1 << 12  # coalitions evaluated at once by the exact estimator
 ELEMENT_BUDGET = 1 << 24  # bound on the [.., T, V, T, V] intermediates of the cell-wise estimators
+SAMPLE_CHUNK = 1 << 14  # samples drawn at once (Philox's int64 intermediates are [samples, B, T + V])
 
 
 def coalition_value(sim, text_weight, video_weight, in_text, in_video):
@@ -109,7 +110,7 @@ def _cell_deltas(definition, sim, text_weight, video_weight, in_text, in_video):
 def paired(sim, text_mask, video_mask, text_weight, video_weight, definition, num_samples, seed):
     """Mean over samples of the cell deltas at c = S_s minus {i, j}, S_s the Philox coalition of sample s."""
     batch, num_words, num_frames = sim.shape
-    chunk = max(1, ELEMENT_BUDGET // max(1, batch * (num_words * num_frames) ** 2))
+    chunk = max(1, min(SAMPLE_CHUNK, ELEMENT_BUDGET // max(1, batch * (num_words * num_frames) ** 2)))
     total = sim.new_zeros(sim.shape)
     for start in range(0, num_samples, chunk):
         samples = torch.arange(start, min(start + chunk, num_samples))
@@ -122,18 +123,22 @@ def msr(sim, text_mask, video_mask, text_weight, video_weight, num_samples, seed
     """Maximum sample reuse: f(S_s) once per sample; for each cell the stratified means
     mean(f | i in, j in) - mean(f | i in, j out) - mean(f | i out, j in) + mean(f | i out, j out),
     a stratum without samples counting 0."""
-    samples = torch.arange(num_samples)
-    in_text, in_video = philox.coalitions(seed, samples, text_mask, video_mask)  # [S, B, T], [S, B, V]
-    values = coalition_value(sim, text_weight, video_weight, in_text, in_video)  # [S, B]
-    estimate = sim.new_zeros(sim.shape)
-    for word_in in (True, False):
-        for frame_in in (True, False):
+    strata = [(word_in, frame_in) for word_in in (True, False) for frame_in in (True, False)]
+    totals = [sim.new_zeros(sim.shape) for _ in strata]
+    counts = [sim.new_zeros(sim.shape) for _ in strata]
+    for start in range(0, num_samples, SAMPLE_CHUNK):
+        samples = torch.arange(start, min(start + SAMPLE_CHUNK, num_samples))
+        in_text, in_video = philox.coalitions(seed, samples, text_mask, video_mask)  # [s, B, T], [s, B, V]
+        values = coalition_value(sim, text_weight, video_weight, in_text, in_video)  # [s, B]
+        for k, (word_in, frame_in) in enumerate(strata):
             word = (in_text if word_in else ~in_text).to(sim.dtype)
             frame = (in_video if frame_in else ~in_video).to(sim.dtype)
-            total = torch.einsum("sb,sbt,sbv->btv", values, word, frame)
-            count = torch.einsum("sbt,sbv->btv", word, frame)
-            mean = torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
-            estimate = estimate + (mean if word_in == frame_in else -mean)
+            totals[k] = totals[k] + torch.einsum("sb,sbt,sbv->btv", values, word, frame)
+            counts[k] = counts[k] + torch.einsum("sbt,sbv->btv", word, frame)
+    estimate = sim.new_zeros(sim.shape)
+    for (word_in, frame_in), total, count in zip(strata, totals, counts):
+        mean = torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
+        estimate = estimate + (mean if word_in == frame_in else -mean)
     return estimate
 
 
@@ -145,6 +150,9 @@ def _all_subsets(num_players, start, stop, device):
 def exact(sim, text_mask, video_mask, text_weight, video_weight, definition):
     """Full enumeration, pair by pair, over the 2^n coalitions of its n real players: the reference
     definition's exact estimator, and the independent check of the textbook closed form in the tests."""
+    if sim.device.type == "meta":
+        raise ValueError("the torch backend's exact enumeration reads the masks, which meta tensors do not have; "
+                         "backend='cpu' (the default for meta tensors) gives the output's shape")
     out = []
     for b in range(sim.shape[0]):
         words, frames = text_mask[b].nonzero().flatten(), video_mask[b].nonzero().flatten()
@@ -194,6 +202,8 @@ def _exact_reference(sim, text_weight, video_weight, words, frames, n):
 def banzhaf_interaction(sim, text_mask, video_mask, text_weight, video_weight, definition, estimator,
                         num_samples, seed):
     """The `torch` backend; arguments normalised by hbi_ops.banzhaf_interaction."""
+    if sim.numel() == 0:  # no pair, no word or no frame: nothing to value
+        return torch.zeros_like(sim)
     compute = torch.float64 if sim.dtype == torch.float64 else torch.float32
     # Padding never matters: whatever padded positions hold (NaN, inf) is replaced before any arithmetic.
     real_cells = text_mask[:, :, None] & video_mask[:, None, :]
