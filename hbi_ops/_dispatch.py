@@ -100,8 +100,8 @@ def choose(op: str, device: torch.device, requested=None) -> str:
 
 def call(op: str, device: torch.device, requested, *args):
     backend = choose(op, device, requested)
-    if backend != "torch" and any(isinstance(a, torch.Tensor) and torch._C._functorch.is_gradtrackingtensor(a)
-                                  for a in args):
+    if backend != "torch" and not torch.compiler.is_compiling() and any(
+            isinstance(a, torch.Tensor) and torch._C._functorch.is_gradtrackingtensor(a) for a in args):
         # PyTorch's op registration gives the compiled and Triton ops' autograd no setup_context, which
         # torch.func's grad transforms need: a clear error instead of PyTorch's.
         raise RuntimeError(f"{op}: torch.func's grad transforms (grad, vjp, jacrev, ...) run with backend='torch' "
