@@ -1,4 +1,4 @@
-"""GPU timing of every issue-3 target: each backend against `torch` in the same run, by CUDA events.
+"""GPU timing of every GPU target: each backend against `torch` in the same run, by CUDA events.
 
     python3 benchmarks/gpu_timing.py --out results.md [--repeats 50] [--quick]
 
@@ -28,8 +28,8 @@ AUTHORS = {  # SPEC section 5, one H200, torch 2.11
     "wti forward": ("strong plain PyTorch 14.7 ms", 14.7e-3),
     "wti forward+backward": ("strong plain PyTorch 37.5 ms", 37.5e-3),
 }
-TARGETS = {"banzhaf paired": 1e-3, "banzhaf msr": 0.1e-3, "dpc text": 30e-6, "dpc frames": 20e-6,
-           "dpc image": 1.5e-3}
+TARGETS = {"banzhaf exact": 20e-6, "banzhaf exact fwd+bwd": 60e-6, "banzhaf paired": 1e-3, "banzhaf msr": 0.1e-3,
+           "dpc text": 30e-6, "dpc frames": 20e-6, "dpc image": 1.5e-3}
 
 
 def gpu_time(fn, repeats, graph=True, warmup=3):
@@ -92,6 +92,19 @@ def banzhaf_cases(quick):
     wt, wv = torch.randn(batch, 32, device=DEVICE), torch.randn(batch, 12, device=DEVICE)
     size = f"B={batch} T=32(20) V=12 n={samples}"
     game = (sim, text_mask, video_mask, wt, wv)
+    backends = backends_for("banzhaf_interaction", DEVICE)
+    exact_size = f"B={batch} T=32(20) V=12"
+    yield "banzhaf exact", f"banzhaf_interaction exact (closed form) {exact_size}", \
+        {b: (lambda b=b: hbi_ops.banzhaf_interaction(*game, backend=b)) for b in backends}
+    exact_leaves = [x.clone().requires_grad_() for x in (sim, wt, wv)]
+
+    def exact_fwd_bwd(backend):
+        out = hbi_ops.banzhaf_interaction(exact_leaves[0], text_mask, video_mask, exact_leaves[1], exact_leaves[2],
+                                          backend=backend)
+        return torch.autograd.grad(out.sum(), exact_leaves)
+
+    yield "banzhaf exact fwd+bwd", f"banzhaf_interaction exact fwd+bwd {exact_size}", \
+        {b: (lambda b=b: exact_fwd_bwd(b)) for b in backends}
     for estimator in ("paired", "msr"):
         calls = {b: (lambda b=b, e=estimator: hbi_ops.banzhaf_interaction(*game, estimator=e, num_samples=samples,
                                                                         backend=b))
@@ -103,7 +116,7 @@ def banzhaf_cases(quick):
 
     def fwd_bwd(backend):
         out = hbi_ops.banzhaf_interaction(leaves[0], text_mask, video_mask, leaves[1], leaves[2],
-                                          num_samples=samples, backend=backend)
+                                          estimator="paired", num_samples=samples, backend=backend)
         return torch.autograd.grad(out.sum(), leaves)
 
     def vectorised_fwd_bwd():
@@ -170,7 +183,8 @@ def main():
         for key, label, calls in cases(args.quick):
             measured = {}
             for backend, fn in calls.items():
-                slow = backend == "torch" and key.startswith("banzhaf")  # the oracle: seconds per call
+                # the oracle's sampled estimators: seconds per call
+                slow = backend == "torch" and key.startswith("banzhaf") and not key.startswith("banzhaf exact")
                 if DEVICE == "cuda":
                     torch.cuda.reset_peak_memory_stats()
                 try:
