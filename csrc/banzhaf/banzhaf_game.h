@@ -33,12 +33,11 @@ class PairGame {
  public:
   static constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
 
-  // Softmax weights of one side of a value: member t of the coalition weighs of(t, k) / Z, k the player
-  // removed and possibly re-added (its own weight e, the others' scaled by g).
+  // Softmax weights of one side of a value, k the player removed and possibly re-added: the other
+  // members t weigh E[t] g / Z, k itself (when added) e / Z.
   struct Weights {
     const acc_t* E;
     acc_t g, e, Z;
-    acc_t of(int t, int k) const { return t == k ? e : E[t] * g; }
   };
 
   PairGame(int num_words, int num_frames)
@@ -141,33 +140,38 @@ class PairGame {
       if (clamp_cols && m < 0) { m = 0; arg = -1; }
       return m;
     };
-    auto word_member = [&](int t) { return t == i ? add_i : static_cast<bool>(in_t[t]); };
-    auto frame_member = [&](int v) { return v == j ? add_j : static_cast<bool>(in_v[v]); };
-
+    // The members of c (S minus i) weigh E[t] g / Z, the added i weighs e / Z.
     acc_t text = 0, video = 0;
     int arg;
     for (int t : words)
-      if (word_member(t)) text += tw.of(t, i) * row(t, arg);
+      if (in_t[t] && t != i) text += tw.E[t] * row(t, arg);
+    text *= tw.g;
+    if (add_i) text += tw.e * row(i, arg);
     for (int v : frames)
-      if (frame_member(v)) video += vw.of(v, j) * col(v, arg);
+      if (in_v[v] && v != j) video += vw.E[v] * col(v, arg);
+    video *= vw.g;
+    if (add_j) video += vw.e * col(j, arg);
     text /= tw.Z;
     video /= vw.Z;
     if (kGrad) {
       const acc_t half = acc_t(0.5) * scale;
-      for (int t : words) {
-        if (!word_member(t)) continue;
+      auto word_grad = [&](int t, acc_t a) {
         const acc_t m = row(t, arg);
-        const acc_t a = tw.of(t, i) / tw.Z;
         if (arg >= 0) grads->sim[t * V + arg] += half * a;
         grads->text_weight[t] += half * a * (m - text);
-      }
-      for (int v : frames) {
-        if (!frame_member(v)) continue;
+      };
+      auto frame_grad = [&](int v, acc_t c) {
         const acc_t m = col(v, arg);
-        const acc_t c = vw.of(v, j) / vw.Z;
         if (arg >= 0) grads->sim[arg * V + v] += half * c;
         grads->video_weight[v] += half * c * (m - video);
-      }
+      };
+      const acc_t text_scale = tw.g / tw.Z, video_scale = vw.g / vw.Z;
+      for (int t : words)
+        if (in_t[t] && t != i) word_grad(t, tw.E[t] * text_scale);
+      if (add_i) word_grad(i, tw.e / tw.Z);
+      for (int v : frames)
+        if (in_v[v] && v != j) frame_grad(v, vw.E[v] * video_scale);
+      if (add_j) frame_grad(j, vw.e / vw.Z);
     }
     return acc_t(0.5) * (text + video);
   }
@@ -207,13 +211,13 @@ class PairGame {
     int arg;
     for (int t : words) {
       if (t == i || !in_t[t]) continue;
-      const acc_t e = std::exp(tc.of(t, i) / tc.Z - shift_t);
+      const acc_t e = std::exp(tc.E[t] / tc.Z - shift_t);
       Dt += e;
       text += e * row(t, arg);
     }
     for (int v : frames) {
       if (v == j || !in_v[v]) continue;
-      const acc_t e = std::exp(vc.of(v, j) / vc.Z - shift_v);
+      const acc_t e = std::exp(vc.E[v] / vc.Z - shift_v);
       Dv += e;
       video += e * col(v, arg);
     }
@@ -228,7 +232,7 @@ class PairGame {
       acc_t gamma_dot_p = 0;  // sum over t in c_t of gamma_t * p_t (p = value4's probabilities)
       for (int t : words) {
         if (t == i || !in_t[t]) continue;
-        const acc_t p = tc.of(t, i) / tc.Z;
+        const acc_t p = tc.E[t] / tc.Z;
         const acc_t alpha = std::exp(p - shift_t) / Dt;
         const acc_t m = row(t, arg);
         if (arg >= 0) grads->sim[t * V + arg] += half * alpha;
@@ -236,7 +240,7 @@ class PairGame {
       }
       for (int t : words) {
         if (t == i || !in_t[t]) continue;
-        const acc_t p = tc.of(t, i) / tc.Z;
+        const acc_t p = tc.E[t] / tc.Z;
         const acc_t alpha = std::exp(p - shift_t) / Dt;
         const acc_t gamma = alpha * (row(t, arg) - text);
         grads->text_weight[t] += half * p * (gamma - gamma_dot_p);
@@ -247,7 +251,7 @@ class PairGame {
       acc_t delta_dot_q = 0;
       for (int v : frames) {
         if (v == j || !in_v[v]) continue;
-        const acc_t q = vc.of(v, j) / vc.Z;
+        const acc_t q = vc.E[v] / vc.Z;
         const acc_t beta = std::exp(q - shift_v) / Dv;
         const acc_t m = col(v, arg);
         if (arg >= 0) grads->sim[arg * V + v] += half * beta;
@@ -255,7 +259,7 @@ class PairGame {
       }
       for (int v : frames) {
         if (v == j || !in_v[v]) continue;
-        const acc_t q = vc.of(v, j) / vc.Z;
+        const acc_t q = vc.E[v] / vc.Z;
         const acc_t beta = std::exp(q - shift_v) / Dv;
         const acc_t delta = beta * (col(v, arg) - video);
         grads->video_weight[v] += half * q * (delta - delta_dot_q);
@@ -399,7 +403,7 @@ class PairGame {
       }
     }
 
-    // The weights of (S minus k) + (add ? k): member t weighs of(t, k) / Z (k < 0: S itself).
+    // The weights of (S minus k) + (add ? k) (k < 0: S itself).
     Weights weights(int k, bool add) const {
       Weights out;
       const bool second = k >= 0 && k == top;
