@@ -218,13 +218,12 @@ struct DevGrads {
 
 // Per-warp coalition state, the device twin of PairGame (banzhaf_game.h) on compact indices:
 // words a in [0, nw), frames b in [0, nf); i / j below are compact indices too (or -1).
-// Softmax weights of one side of a value: member t weighs of(t, k) / Z, k the player removed and possibly
-// re-added (its own weight e, the others' scaled by g). As PairGame::Weights.
+// Softmax weights of one side of a value, k the player removed and possibly re-added: the other members t
+// weigh E[t] g / Z, k itself (when added) e / Z. As PairGame::Weights.
 template <typename acc_t>
 struct DevWeights {
   const acc_t* E;
   acc_t g, e, Z;
-  __device__ acc_t of(int t, int k) const { return t == k ? e : E[t] * g; }
 };
 
 // One side's softmax state for the warp's coalition, relative to the coalition's own largest logit: the
@@ -404,33 +403,38 @@ struct WarpGame {
       if (clamp_cols && m < 0) { m = 0; arg = -1; }
       return m;
     };
-    auto word_member = [&](int t) { return t == i ? add_i : static_cast<bool>(in_t[t]); };
-    auto frame_member = [&](int v) { return v == j ? add_j : static_cast<bool>(in_v[v]); };
-
+    // The members of c (S minus i) weigh E[t] g / Z, the added i weighs e / Z (as PairGame::value_of).
     acc_t text_part = 0, video_part = 0;
     int arg;
     for (int t = 0; t < nw; ++t)
-      if (word_member(t)) text_part += tw.of(t, i) * row(t, arg);
+      if (in_t[t] && t != i) text_part += tw.E[t] * row(t, arg);
+    text_part *= tw.g;
+    if (add_i) text_part += tw.e * row(i, arg);
     for (int v = 0; v < nf; ++v)
-      if (frame_member(v)) video_part += vw.of(v, j) * col(v, arg);
+      if (in_v[v] && v != j) video_part += vw.E[v] * col(v, arg);
+    video_part *= vw.g;
+    if (add_j) video_part += vw.e * col(j, arg);
     text_part /= tw.Z;
     video_part /= vw.Z;
     if (kGrad) {
       const acc_t half = acc_t(0.5) * scale;
-      for (int t = 0; t < nw; ++t) {
-        if (!word_member(t)) continue;
+      auto word_grad = [&](int t, acc_t a) {
         const acc_t m = row(t, arg);
-        const acc_t a = tw.of(t, i) / tw.Z;
         if (arg >= 0) atomicAdd(&grads->sim[t * ld + arg], half * a);
         atomicAdd(&grads->text_weight[t], half * a * (m - text_part));
-      }
-      for (int v = 0; v < nf; ++v) {
-        if (!frame_member(v)) continue;
+      };
+      auto frame_grad = [&](int v, acc_t c) {
         const acc_t m = col(v, arg);
-        const acc_t c = vw.of(v, j) / vw.Z;
         if (arg >= 0) atomicAdd(&grads->sim[arg * ld + v], half * c);
         atomicAdd(&grads->video_weight[v], half * c * (m - video_part));
-      }
+      };
+      const acc_t text_scale = tw.g / tw.Z, video_scale = vw.g / vw.Z;
+      for (int t = 0; t < nw; ++t)
+        if (in_t[t] && t != i) word_grad(t, tw.E[t] * text_scale);
+      if (add_i) word_grad(i, tw.e / tw.Z);
+      for (int v = 0; v < nf; ++v)
+        if (in_v[v] && v != j) frame_grad(v, vw.E[v] * video_scale);
+      if (add_j) frame_grad(j, vw.e / vw.Z);
     }
     return acc_t(0.5) * (text_part + video_part);
   }
@@ -466,13 +470,13 @@ struct WarpGame {
     int arg;
     for (int t = 0; t < nw; ++t) {
       if (t == i || !in_t[t]) continue;
-      const acc_t e = dev_exp(tc.of(t, i) / tc.Z - shift_t);
+      const acc_t e = dev_exp(tc.E[t] / tc.Z - shift_t);
       Dt += e;
       text_part += e * row(t, arg);
     }
     for (int v = 0; v < nf; ++v) {
       if (v == j || !in_v[v]) continue;
-      const acc_t e = dev_exp(vc.of(v, j) / vc.Z - shift_v);
+      const acc_t e = dev_exp(vc.E[v] / vc.Z - shift_v);
       Dv += e;
       video_part += e * col(v, arg);
     }
@@ -486,7 +490,7 @@ struct WarpGame {
       acc_t gamma_dot_p = 0;
       for (int t = 0; t < nw; ++t) {
         if (t == i || !in_t[t]) continue;
-        const acc_t p = tc.of(t, i) / tc.Z;
+        const acc_t p = tc.E[t] / tc.Z;
         const acc_t alpha = dev_exp(p - shift_t) / Dt;
         const acc_t m = row(t, arg);
         if (arg >= 0) atomicAdd(&grads->sim[t * ld + arg], half * alpha);
@@ -494,7 +498,7 @@ struct WarpGame {
       }
       for (int t = 0; t < nw; ++t) {
         if (t == i || !in_t[t]) continue;
-        const acc_t p = tc.of(t, i) / tc.Z;
+        const acc_t p = tc.E[t] / tc.Z;
         const acc_t alpha = dev_exp(p - shift_t) / Dt;
         const acc_t gamma = alpha * (row(t, arg) - text_part);
         atomicAdd(&grads->text_weight[t], half * p * (gamma - gamma_dot_p));
@@ -505,7 +509,7 @@ struct WarpGame {
       acc_t delta_dot_q = 0;
       for (int v = 0; v < nf; ++v) {
         if (v == j || !in_v[v]) continue;
-        const acc_t q = vc.of(v, j) / vc.Z;
+        const acc_t q = vc.E[v] / vc.Z;
         const acc_t beta = dev_exp(q - shift_v) / Dv;
         const acc_t m = col(v, arg);
         if (arg >= 0) atomicAdd(&grads->sim[arg * ld + v], half * beta);
@@ -513,7 +517,7 @@ struct WarpGame {
       }
       for (int v = 0; v < nf; ++v) {
         if (v == j || !in_v[v]) continue;
-        const acc_t q = vc.of(v, j) / vc.Z;
+        const acc_t q = vc.E[v] / vc.Z;
         const acc_t beta = dev_exp(q - shift_v) / Dv;
         const acc_t delta = beta * (col(v, arg) - video_part);
         atomicAdd(&grads->video_weight[v], half * q * (delta - delta_dot_q));
