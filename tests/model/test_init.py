@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from hbi_model import build
 from hbi_model.encoders import CLIPEncoders, tiny_clip_config
 from hbi_model.heads import BanzhafEstimator
 from hbi_model.init import initialise
@@ -73,6 +74,17 @@ def test_estimator_forward_is_the_reference_formula():
     attention = torch.einsum("bqn,bkn->bqk", q, k).softmax(-1)
     x = x + torch.einsum("bqk,bkn->bqn", attention, v).view(2, 3, 5, 4).permute(0, 3, 1, 2)
     torch.testing.assert_close(estimator(sim), estimator.cnn2(x)[:, 0])
+
+
+def test_tiny_clip_logit_scale_starts_at_100():
+    settings = {"max_words": 8, "tiny_width": 16, "tiny_layers": 1, "temporal_layers": 1, "temporal_heads": 2,
+                "attention_heads": 2, "max_frames": 6}
+    _, model = build.model(settings)
+    assert model.encoders.logit_scale.exp().item() == pytest.approx(100.0, rel=1e-5)
+    _, model = build.model(dict(settings, logit_scale_init=1 / 0.07))
+    assert model.encoders.logit_scale.exp().item() == pytest.approx(1 / 0.07, rel=1e-5)
+    with pytest.raises(ValueError, match="logit_scale_init"):
+        build.model(dict(settings, logit_scale_init=0.0))
 
 
 def test_the_authors_estimator_checkpoint_loads_as_the_teacher():

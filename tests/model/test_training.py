@@ -12,7 +12,7 @@ from hbi_model.cli import DEFAULTS
 from hbi_model.data import collate
 from hbi_model.train import train
 
-SMALL = dict(DEFAULTS, num_train=16, num_test=8, batch_size=4, max_words=8, max_frames=4, tiny_width=16,
+SMALL = dict(DEFAULTS, num_train=16, num_test=8, batch_size=4, max_words=16, max_frames=6, tiny_width=16,
              tiny_layers=1, temporal_layers=1, temporal_heads=2, attention_heads=2, banzhaf_samples=8,
              exact_max_players=14, quiet=True, workers=0, save_every=0, clip_lr_scale=1.0)
 
@@ -51,7 +51,7 @@ def test_save_and_resume_continue_identically(tmp_path):
 
 
 def test_two_processes_match_one_on_the_whole_batch(tmp_path):
-    common = ["--num-train", "8", "--num-test", "4", "--batch-size", "4", "--max-words", "8", "--max-frames", "4",
+    common = ["--num-train", "8", "--num-test", "4", "--batch-size", "8", "--max-words", "16", "--max-frames", "6",
               "--tiny-width", "16", "--tiny-layers", "1", "--temporal-layers", "1", "--temporal-heads", "2",
               "--attention-heads", "2", "--exact-max-players", "14", "--max-steps", "1", "--quiet",
               "--save-every", "0", "--clip-lr-scale", "1"]
