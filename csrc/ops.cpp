@@ -3,6 +3,10 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#ifdef WITH_CUDA
+#include <cuda.h>
+#endif
+
 // `import hbi_ops._C` loads this shared library, which runs the registrations below.
 extern "C" {
 PyObject* PyInit__C(void) {
@@ -11,7 +15,21 @@ PyObject* PyInit__C(void) {
 }
 }
 
+namespace {
+// The CUDA version the kernels were compiled with (CUDA_VERSION, e.g. 13000), 0 without CUDA kernels:
+// hbi_ops/_extension.py compares it with torch's.
+int64_t cuda_version() {
+#ifdef WITH_CUDA
+  return CUDA_VERSION;
+#else
+  return 0;
+#endif
+}
+}  // namespace
+
 TORCH_LIBRARY(hbi_ops, m) {
+  m.def("cuda_version() -> int", &cuda_version);
+
   // WTI score [A, B] and, for backward, the arg-max frame of every (a, b, word) [A, B, T] and the
   // arg-max word of every (a, b, frame) [A, B, V] (int32, -1 where no real entry carries the maximum).
   m.def(

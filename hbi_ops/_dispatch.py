@@ -56,6 +56,8 @@ def why_not(backend: str, op: str, device: torch.device):
             return f"the cuda backend takes CUDA tensors, got {device.type} tensors"
         if _extension.LOAD_ERROR:
             return _extension.LOAD_ERROR
+        if _extension.CUDA_MISMATCH:
+            return _extension.CUDA_MISMATCH
         if not _KERNELS[(op, "CUDA")]:
             return "hbi_ops was built without its CUDA kernels (reinstall with a CUDA toolkit, HBI_OPS_CUDA=1)"
         return None
