@@ -202,6 +202,17 @@ def _exact_reference(sim, text_weight, video_weight, words, frames, n):
 def banzhaf_interaction(sim, text_mask, video_mask, text_weight, video_weight, definition, estimator,
                         num_samples, seed):
     """The `torch` backend; arguments normalised by hbi_ops.banzhaf_interaction."""
+    if torch.compiler.is_compiling() and not (estimator == "exact" and definition == "textbook"):
+        # The sampled estimators' Philox draws and loops make a graph that takes torch.compile minutes:
+        # traced, they are one opaque op (the same function, differentiated by autograd inside).
+        return _opaque_banzhaf_interaction(sim, text_mask, video_mask, text_weight, video_weight, definition,
+                                           estimator, num_samples, seed)
+    return _banzhaf_interaction(sim, text_mask, video_mask, text_weight, video_weight, definition, estimator,
+                                num_samples, seed)
+
+
+def _banzhaf_interaction(sim, text_mask, video_mask, text_weight, video_weight, definition, estimator,
+                         num_samples, seed):
     if sim.numel() == 0:  # no pair, no word or no frame: nothing to value
         return torch.zeros_like(sim)
     compute = torch.float64 if sim.dtype == torch.float64 else torch.float32
@@ -221,3 +232,52 @@ def banzhaf_interaction(sim, text_mask, video_mask, text_weight, video_weight, d
     else:
         result = msr(*args, num_samples, seed)
     return result.masked_fill(~real_cells, 0.0).to(sim.dtype)
+
+
+@torch.library.custom_op("hbi_ops_torch::banzhaf_interaction", mutates_args=())
+def _opaque_banzhaf_interaction(sim: torch.Tensor, text_mask: torch.Tensor, video_mask: torch.Tensor,
+                                text_weight: torch.Tensor, video_weight: torch.Tensor, definition: str,
+                                estimator: str, num_samples: int, seed: int) -> torch.Tensor:
+    with torch.no_grad():
+        return _banzhaf_interaction(sim, text_mask, video_mask, text_weight, video_weight, definition, estimator,
+                                    num_samples, seed)
+
+
+@torch.library.custom_op("hbi_ops_torch::banzhaf_interaction_backward", mutates_args=())
+def _opaque_banzhaf_interaction_backward(grad: torch.Tensor, sim: torch.Tensor, text_mask: torch.Tensor,
+                                         video_mask: torch.Tensor, text_weight: torch.Tensor,
+                                         video_weight: torch.Tensor, definition: str, estimator: str,
+                                         num_samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor,
+                                                                               torch.Tensor]:
+    # A custom op's kernel runs below autograd: torch.func's vjp (its own dispatch level) differentiates.
+    def value(s, wt, wv):
+        return _banzhaf_interaction(s, text_mask, video_mask, wt, wv, definition, estimator, num_samples, seed)
+
+    _out, pullback = torch.func.vjp(value, sim, text_weight, video_weight)
+    return tuple(g.clone() for g in pullback(grad))
+
+
+@_opaque_banzhaf_interaction.register_fake
+def _(sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples, seed):
+    return torch.empty_like(sim)
+
+
+@_opaque_banzhaf_interaction_backward.register_fake
+def _(grad, sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples, seed):
+    return torch.empty_like(sim), torch.empty_like(text_weight), torch.empty_like(video_weight)
+
+
+def _opaque_setup(ctx, inputs, output):
+    sim, text_mask, video_mask, text_weight, video_weight = inputs[:5]
+    ctx.save_for_backward(sim, text_mask, video_mask, text_weight, video_weight)
+    ctx.settings = inputs[5:]
+
+
+def _opaque_backward(ctx, grad):
+    sim, text_mask, video_mask, text_weight, video_weight = ctx.saved_tensors
+    grad_sim, grad_text_weight, grad_video_weight = _opaque_banzhaf_interaction_backward(
+        grad.contiguous(), sim, text_mask, video_mask, text_weight, video_weight, *ctx.settings)
+    return grad_sim, None, None, grad_text_weight, grad_video_weight, None, None, None, None
+
+
+_opaque_banzhaf_interaction.register_autograd(_opaque_backward, setup_context=_opaque_setup)
