@@ -15,6 +15,7 @@ OUT=${OUT:-gpu_results}
 PY=${PYTHON:-python3}
 DRY_RUN=${DRY_RUN:-0}
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)  # absolute: the tests run from another directory
 SUMMARY="$OUT/summary-$STAGE.md"
 : > "$SUMMARY"
 status=0
@@ -70,7 +71,7 @@ run_tests() {
   # From /tmp: the tests import the installed build (tests/conftest.py also guards a checkout run).
   local root=$PWD
   (cd /tmp && $PY -m pytest "$root/tests/gpu" "$root/tests/test_dispatch.py" -q -rfE -p no:cacheprovider \
-     "${parallel[@]}" --junitxml="$root/$OUT/tests.xml") > "$OUT/tests.log" 2>&1
+     "${parallel[@]}" --junitxml="$OUT/tests.xml") > "$OUT/tests.log" 2>&1
   local rc=$?
   record "tests/gpu" $rc "$(tail -1 "$OUT/tests.log"), $((SECONDS - start)) s, log tests.log"
   grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -40
