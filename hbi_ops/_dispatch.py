@@ -39,8 +39,18 @@ def _interpreting_triton():
     return os.environ.get("TRITON_INTERPRET", "") == "1"
 
 
-def why_not(backend: str, op: str, device: torch.device):
-    """None when `backend` can run `op` on `device`, else the reason it cannot."""
+def why_not(backend: str, op: str, device: torch.device, args=None):
+    """None when `backend` can run `op` on `device` (and, given the normalised arguments `args`, on those
+    inputs), else the reason it cannot (xformers' not_supported_reasons)."""
+    reason = _why_not_here(backend, op, device)
+    if reason is None and args is not None:
+        module = implementation(backend)
+        reasons = module.not_supported_reasons(op, device, args) if hasattr(module, "not_supported_reasons") else []
+        reason = "; ".join(reasons) or None
+    return reason
+
+
+def _why_not_here(backend: str, op: str, device: torch.device):
     if backend == "torch":
         return None
     if backend == "cpu":
@@ -79,21 +89,21 @@ def implementation(backend: str):
     return _MODULES[backend]
 
 
-def choose(op: str, device: torch.device, requested=None) -> str:
+def choose(op: str, device: torch.device, requested=None, args=None) -> str:
     source = "backend"
     if requested is None:
         requested, source = (os.environ.get(ENV_VARIABLE) or None), ENV_VARIABLE
     if requested is not None:
         if requested not in BACKENDS:
             raise ValueError(f"{source} must be one of {', '.join(repr(b) for b in BACKENDS)}, got {requested!r}")
-        reason = why_not(requested, op, device)
+        reason = why_not(requested, op, device, args)
         if reason is not None:
             raise RuntimeError(f"{op}: backend {requested!r} is not available: {reason}")
         return requested
     order = DEFAULT_ORDER.get(device.type, ("torch",))
     reasons = []
     for candidate in order:
-        reason = why_not(candidate, op, device)
+        reason = why_not(candidate, op, device, args)
         if reason is None:
             return candidate
         reasons.append(f"{candidate}: {reason}")
@@ -101,7 +111,7 @@ def choose(op: str, device: torch.device, requested=None) -> str:
 
 
 def call(op: str, device: torch.device, requested, *args):
-    backend = choose(op, device, requested)
+    backend = choose(op, device, requested, args)
     if backend != "torch" and not torch.compiler.is_compiling() and any(
             isinstance(a, torch.Tensor) and torch._C._functorch.is_gradtrackingtensor(a) for a in args):
         # PyTorch's op registration gives the compiled and Triton ops' autograd no setup_context, which

@@ -48,3 +48,15 @@ def test_cuda_tensors_default_to_cuda_then_triton(op, monkeypatch):
     expected = "cuda" if _dispatch.why_not("cuda", op, device) is None else "triton"
     assert _dispatch.choose(op, device) == expected
     assert _dispatch.why_not("cpu", op, device) is not None
+
+
+def test_a_backend_declines_inputs_it_cannot_run_with_its_reason():
+    from hbi_ops import _dispatch as dispatch
+
+    if dispatch.why_not("triton", "dpc_knn", torch.device("cpu")) is not None:
+        pytest.skip("triton runs CPU tensors only under TRITON_INTERPRET=1 (tests/conftest.py sets it without a GPU)")
+    x = torch.randn(1, 16385, 1)
+    with pytest.raises(RuntimeError, match="backend 'triton' is not available: .*N <= 16384.*N=16385"):
+        hbi_ops.dpc_knn(x, 2, k=1, backend="triton")
+    # the same inputs within the limit run
+    assert hbi_ops.dpc_knn(x[:, :40], 2, k=1, backend="triton")[0].shape == (1, 40)

@@ -12,6 +12,7 @@ import triton  # noqa: F401  (an ImportError here tells the dispatcher that trit
 _OPERATORS = {"wti": "wti_similarity", "banzhaf": "banzhaf_interaction", "dpc_knn": "dpc_knn",
               "merge": "merge_tokens"}
 
+_MODULES = {}
 for _module_name, _op in _OPERATORS.items():
     try:
         _module = importlib.import_module(f"{__name__}.{_module_name}")
@@ -20,3 +21,10 @@ for _module_name, _op in _OPERATORS.items():
             raise
         continue  # not written yet: the dispatcher says "no kernel for <op> yet"
     globals()[_op] = getattr(_module, _op)
+    _MODULES[_op] = _module
+
+
+def not_supported_reasons(op, device, args):
+    """Why the triton kernels cannot run `op` on these (normalised) arguments: [] when they can."""
+    module = _MODULES.get(op)
+    return module.not_supported_reasons(*args) if hasattr(module, "not_supported_reasons") else []

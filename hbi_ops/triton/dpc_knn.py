@@ -316,6 +316,13 @@ def _launch_large(x, mask, num_clusters, k, idx, centers):
         _assign_kernel[(s, triton.cdiv(n, block_t))](dist, real, rank, cs, ids, n, num_clusters, BLOCK_T=block_t)
 
 
+def not_supported_reasons(x, mask, num_clusters, k):
+    if x.shape[1] > MAX_TOKENS:
+        return [f"the triton dpc_knn takes N <= {MAX_TOKENS} tokens a sample (a program holds a whole row of "
+                f"the distances), got N={x.shape[1]}"]
+    return []
+
+
 def _run(x, mask, num_clusters, k):
     batch, n, width = x.shape
     idx = torch.empty((batch, n), dtype=torch.int64, device=x.device)
