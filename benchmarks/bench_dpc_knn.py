@@ -2,13 +2,13 @@
 merge each cluster weighted by token importance): every backend able to run here against the `torch`
 oracle, same run, same group per size.
 
-Sizes (SPEC section 5), float32:
+Sizes (docs/reference_cost.md), float32:
   text   B=128, N=32,  C=512, K=16,  k=3, masked (8..32 real words)
   frames B=128, N=12,  C=512, K=6,   k=3
   image  B=2,   N=784, C=64,  K=196, k=5    (TCFormer-like, scaled for a small CPU)
-  image  B=32,  N=3136, C=64, K=784, k=5    (the SPEC size, GPU only)
+  image  B=32,  N=3136, C=64, K=784, k=5    (the full size, GPU only)
 
-Issue 3 targets (dpc_knn + merge_tokens forward, H100/H200): text <= 30 us, frames <= 20 us, image <= 1.5 ms.
+GPU targets (dpc_knn + merge_tokens forward, H100/H200): text <= 30 us, frames <= 20 us, image <= 1.5 ms.
 """
 import time
 

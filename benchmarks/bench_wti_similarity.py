@@ -1,7 +1,7 @@
 """Benchmarks of hbi_ops.wti_similarity: every backend able to run here against the `torch` oracle, same run.
 
 CPU: a CPU-scaled size (A = B = 64 texts / videos, T = 32 words, V = 12 frames, D = 512, float32).
-Both with realistic padding and without any. GPU (when bench_device() is "cuda"): also the SPEC size, the
+Both with realistic padding and without any. GPU (when bench_device() is "cuda"): also the full size, the
 MSR-VTT test set (A = B = 1000, T = 32, V = 12, D = 512, fp16, padded and not; bf16 padded).
 """
 import pytest
@@ -14,7 +14,7 @@ from hbi_ops.testing import backends_for, bench_device, synchronize
 # padded: realistic padding (texts 8..T real words, videos V/2..V real frames); else every token is real.
 CPU_SIZES = [dict(A=64, B=64, T=32, V=12, D=512, dtype=torch.float32, padded=True),
              dict(A=64, B=64, T=32, V=12, D=512, dtype=torch.float32, padded=False)]
-# The issue's targets (SPEC 1.1, MSR-VTT test set, fp16): forward >= 5x and backward >= 3x the torch backend.
+# The GPU targets (MSR-VTT test set, fp16): forward >= 5x and backward >= 3x the torch backend.
 GPU_SIZES = [dict(A=1000, B=1000, T=32, V=12, D=512, dtype=torch.float16, padded=True),
              dict(A=1000, B=1000, T=32, V=12, D=512, dtype=torch.float16, padded=False),
              dict(A=1000, B=1000, T=32, V=12, D=512, dtype=torch.bfloat16, padded=True)]

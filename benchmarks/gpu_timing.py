@@ -6,7 +6,7 @@ GPU time: median of `repeats` CUDA-event timings of a CUDA-graph replay of one c
 removes the per-call launch overhead; where a backend cannot be captured, plain launches are timed and
 the table says so). Host overhead: mean wall time of issuing one call without waiting for the GPU.
 Every figure names the card. Ratios: against the `torch` backend measured in the same run, and
-against the authors' figures of SPEC section 5 (an H200).
+against the authors' figures of docs/reference_cost.md (an H200).
 """
 import argparse
 import json
@@ -20,7 +20,7 @@ from hbi_ops.reference.banzhaf_vectorised import paired_textbook_vectorised
 from hbi_ops.testing import backends_for
 
 DEVICE = "cuda"
-AUTHORS = {  # SPEC section 5, one H200, torch 2.11
+AUTHORS = {  # docs/reference_cost.md, one H200, torch 2.11
     "banzhaf paired": ("authors' loops 876 s; learned estimator 0.82 ms", 0.82e-3),
     "dpc text": ("authors' PyTorch 1.23 ms", 1.23e-3),
     "dpc frames": ("authors' PyTorch 0.84 ms", 0.84e-3),
@@ -212,7 +212,7 @@ def main():
                 rows.append(f"| {card} | {label} | {backend} | {seconds * 1e3:.4f} ms{met} | {mode} | "
                             f"{overhead * 1e6:.0f} us | {peak / 2**20:.0f} MiB | {vs_torch} | {vs_authors} |")
     header = ("| card | operator, size | backend | GPU time (median) | timed as | host overhead per call | "
-              "peak memory | vs torch (same run) | vs SPEC section 5 |\n|---|---|---|---|---|---|---|---|---|")
+              "peak memory | vs torch (same run) | vs docs/reference_cost.md |\n|---|---|---|---|---|---|---|---|---|")
     with open(args.out, "w") as handle:
         handle.write(header + "\n" + "\n".join(rows) + "\n")
     with open(args.out.rsplit(".", 1)[0] + ".json", "w") as handle:

@@ -1,4 +1,4 @@
-// Philox4x32-10 (Salmon et al., SC'11) and the coalition rule of SPEC 1.2.
+// Philox4x32-10 (Salmon et al., SC'11) and the coalition rule of docs/banzhaf.md.
 // Shared by the C++ and CUDA kernels so that one seed gives the same coalitions everywhere.
 #pragma once
 #include <cstdint>

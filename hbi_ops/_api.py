@@ -1,4 +1,4 @@
-"""The public operators of SPEC section 1: check arguments once, pick a backend, call it."""
+"""The public operators of docs/: check arguments once, pick a backend, call it."""
 import torch
 
 from hbi_ops import _checks, _dispatch

@@ -1,4 +1,4 @@
-"""Philox4x32-10 and the coalition rule of SPEC 1.2, in plain torch (the oracle's random numbers).
+"""Philox4x32-10 and the coalition rule of docs/banzhaf.md, in plain torch (the oracle's random numbers).
 
 Counter-based: the coalition of pair b in sample s depends only on (seed, s, b), never on the order in
 which a backend draws it, so every backend reproduces the same coalitions from the same seed.

@@ -36,7 +36,7 @@
 // T * V <= 5000 for float on an H100); exact: at most 24 real players per pair (Python checks; a device
 // guard writes NaN for the pair instead of running 2^n > 2^24 coalitions).
 //
-// Floor for the issue-3 targets (B=128, T=32 with 20 real words, V=12, 1000 samples, float32, H100):
+// Floor for the GPU targets (B=128, T=32 with 20 real words, V=12, 1000 samples, float32, H100):
 // * paired textbook: bytes are negligible (inputs 0.2 MB, output 0.2 MB, workspace 16 chunks * 1.5 KB per
 //   pair = 3 MB written + read: ~2 us at 3.35 TB/s). Arithmetic: per (pair, sample) the top-2s
 //   (2 * 20 * 12 compares), P/Q/G/H (4 * 240 fma + max), then ~30 flops per cell over 240 cells:

@@ -2,7 +2,7 @@
 // pair running closed_form_block.h (the phases and their per-element code, which the CPU tests also run
 // serially as hbi_ops::closed_form_block_*), with closed_form.h's formulas.
 //
-// The pair's intermediates live in a global workspace (L1/L2-resident: ~10 KB a pair at the SPEC size);
+// The pair's intermediates live in a global workspace (L1/L2-resident: ~10 KB a pair at the full size);
 // the node-factor tiles in shared memory.
 //
 // Floor (B = 128, T = 32 with 20 real words, V = 12, float32, H100): per pair ~150 nodes a side, 20 x 150

@@ -1,4 +1,4 @@
-// CPU kernel of hbi_ops::dpc_knn (SPEC section 1.3): density-peaks clustering with k-nearest-neighbour
+// CPU kernel of hbi_ops::dpc_knn (docs/dpc_knn.md): density-peaks clustering with k-nearest-neighbour
 // density, one sample per task of at::parallel_for.
 //
 // Per sample (N tokens of width C), with the steps numbered as in the specification:

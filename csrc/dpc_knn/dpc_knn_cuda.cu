@@ -1,4 +1,4 @@
-// CUDA kernel of hbi_ops::dpc_knn (SPEC section 1.3): density-peaks clustering with k-nearest-neighbour
+// CUDA kernel of hbi_ops::dpc_knn (docs/dpc_knn.md): density-peaks clustering with k-nearest-neighbour
 // density. Same arithmetic as the CPU kernel (csrc/dpc_knn/dpc_knn_cpu.cpp), so idx and centers are
 // identical to it (and to the oracle) on data without near-ties:
 //   * squared distance: 8 interleaved partial sums (channel c < 8*floor(C/8) goes to lane c mod 8, in
@@ -38,7 +38,7 @@
 //          0.8 ms, but FMA rounds differently from the cpu kernel). The matrix (1.26 GB) is written once and
 //          read by the density and delta passes: 3.8 GB -> 1.1 ms at 3.35 TB/s (0.9 ms on an H200),
 //          partly overlapping the compute. Rank + assignment ~0.2 ms. Expected ~2 ms on an H100: above the
-//          issue's 1.5 ms target; the ways down are FMA distances (if CPU bit-equality is dropped), a
+//          1.5 ms target; the ways down are FMA distances (if CPU bit-equality is dropped), a
 //          fused density + delta pass, and 4x4 register blocking with vector shared-memory loads.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>

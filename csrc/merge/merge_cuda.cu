@@ -1,4 +1,4 @@
-// CUDA kernels of hbi_ops::merge_tokens and hbi_ops::merge_tokens_backward (SPEC section 1.4).
+// CUDA kernels of hbi_ops::merge_tokens and hbi_ops::merge_tokens_backward (docs/merge.md).
 //
 //   W[c]   = sum_{n: idx_n = c} w_n
 //   out[c] = sum_{n: idx_n = c} w_n x_n / (W[c] + 1e-6)

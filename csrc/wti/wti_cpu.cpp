@@ -1,4 +1,4 @@
-// CPU kernels of hbi_ops::wti_similarity and hbi_ops::wti_similarity_backward (SPEC section 1.1).
+// CPU kernels of hbi_ops::wti_similarity and hbi_ops::wti_similarity_backward (docs/wti.md).
 //
 // Forward: the real (unpadded) words of all texts and the real frames of all videos are gathered into
 // X_r [real words, D] and Y_r [real frames, D]; for a block of texts one GEMM S = X_r[block] @ Y_r^T gives

@@ -1,4 +1,4 @@
-// CUDA kernels of hbi_ops::wti_similarity and hbi_ops::wti_similarity_backward (SPEC section 1.1).
+// CUDA kernels of hbi_ops::wti_similarity and hbi_ops::wti_similarity_backward (docs/wti.md).
 // Same schemas, outputs and arg-max convention as csrc/wti/wti_cpu.cpp (read its header first):
 //   t2v_argmax[a, b, t] = the real frame v whose S[a, b, t, v] is the first maximum of word t, or -1 when that
 //   maximum is not a real entry (t padded; the video has no real frame; in zero-padding mode a masked 0 beats
@@ -30,7 +30,7 @@
 // warps then gather the other side's feature rows (L1/L2-resident) in a fixed order. grad of the weights:
 // per-slice warp sums into a [D / 64, N, L] buffer, summed over slices in fixed order by a small kernel.
 //
-// Floors at the issue's target (A = B = 1000, T = 32, V = 12, D = 512, fp16):
+// Floors at the GPU target (A = B = 1000, T = 32, V = 12, D = 512, fp16):
 //   forward: 2 A B T V D = 393 GFLOP. H100 SXM dense fp16 tensor-core peak ~989 TFLOP/s (wgmma; mma.sync/WMMA
 //     reaches roughly 60% of it) -> 0.40 ms floor (~0.65 ms for mma.sync); bytes: X 32.8 MB + Y 12.3 MB read,
 //     score 2 MB + indices A B (T + V) 4 B = 176 MB written -> 0.066 ms at 3.35 TB/s (0.052 ms at 4.24 TB/s on

@@ -1,4 +1,4 @@
-"""Banzhaf interaction of words and frames in the WTI game (SPEC 1.2), written as the definitions read.
+"""Banzhaf interaction of words and frames in the WTI game (docs/banzhaf.md), written as the definitions read.
 
 Coalitions are boolean masks: in_text [..., T] and in_video [..., V] select the words and frames of a
 coalition; every function broadcasts them against the pair's similarity map sim [..., T, V]. Costs are

@@ -2,7 +2,7 @@
 that speed-ups are not only measured against the oracle (which is written for clarity, not speed).
 
 `paired_textbook_vectorised` is what a careful PyTorch user would write for the paired textbook
-estimator (SPEC section 5's "strong plain-PyTorch version"): samples and cells vectorised, and the WTI
+estimator (docs/reference_cost.md's "strong plain-PyTorch version"): samples and cells vectorised, and the WTI
 value separated into the text set's weights (which depend on i only) and the video set's row maxima
 (which depend on j only), so one sample costs O(T^2 V + T V^2) in a few batched einsums.
 """

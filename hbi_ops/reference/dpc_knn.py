@@ -1,4 +1,4 @@
-"""Density-peaks clustering with k-nearest-neighbour density (SPEC 1.3), in plain PyTorch.
+"""Density-peaks clustering with k-nearest-neighbour density (docs/dpc_knn.md), in plain PyTorch.
 
 Every step is written over the whole batch at once ([B, N, N] matrices) and follows the numbered steps
 of the specification. The arithmetic is pinned down where a different rounding could break a tie

@@ -1,4 +1,4 @@
-"""Weighted mean of each cluster (SPEC 1.4), in plain PyTorch; autograd comes from scatter_add."""
+"""Weighted mean of each cluster (docs/merge.md), in plain PyTorch; autograd comes from scatter_add."""
 import torch
 
 EPSILON = 1e-6

@@ -1,4 +1,4 @@
-"""Weighted token-wise interaction (WTI) score in plain PyTorch: the oracle of SPEC section 1.1."""
+"""Weighted token-wise interaction (WTI) score in plain PyTorch: the oracle of docs/wti.md."""
 import torch
 
 

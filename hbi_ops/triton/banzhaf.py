@@ -28,7 +28,7 @@ holds the frame sums, column V the word sums, (T, V) the total), a second small 
 in order and forms the stratified means. exact (reference definition): programs over chunks of the 2^n
 subsets of each pair. The exact textbook index is banzhaf_closed_form.py's.
 
-Floor (issue 3 target, H100: 3.35 TB/s, ~51 TFLOP/s fp32 without tensor cores): paired textbook,
+Floor (the GPU target, H100: 3.35 TB/s, ~51 TFLOP/s fp32 without tensor cores): paired textbook,
 B=128, T=32 (20 real), V=12, 1000 samples. Bytes: sim + weights + out, ~0.4 MB: 0.1 us. Work per
 (pair, sample): ~30 flops for each of the 20 x 12 real cells plus ~10 x 20 x 12 for the top-2 and
 the four sums, ~10 k flops; 128 k (pair, sample) -> ~1.3 GFLOP -> ~25 us at 51 TFLOP/s, but the
@@ -79,7 +79,7 @@ _NEG_INF = tl.constexpr(float("-inf"))  # jit code reads globals only as constex
 
 @_helper
 def _philox_coalition(s, b, k0, k1, tidx, vidx, tm, vm, T, NBLK: tl.constexpr):
-    """Membership of words and frames in the coalition of sample s of pair b (SPEC 1.2)."""
+    """Membership of words and frames in the coalition of sample s of pair b (docs/banzhaf.md)."""
     kt = tidx
     kv = T + vidx
     zero = tl.full((), 0, tl.uint32)
@@ -791,7 +791,7 @@ def _programs_per_pair(tensor, batch, items, per_sm=8):
 def _num_warps(bt, bv, backward=False):
     """Warps per program: a [BT, BV] tile over them, ~4 (forward) or ~2 (backward: more live tiles)
     elements a thread, at most 16 warps (a 128 x 64 tile spills about half as much as at 8: ptxas, sm_90,
-    tests/ops/test_triton_lowering.py; the SPEC size, 32 x 16, is unaffected)."""
+    tests/ops/test_triton_lowering.py; the full size, 32 x 16, is unaffected)."""
     per_warp = 128 if backward else 256
     return max(1, min(16, bt * bv // per_warp))
 

@@ -13,7 +13,7 @@ weight gradients (two passes over the nodes: the node sums K_q first) and the gr
 pass over the sort order of rows and of columns). Products are broadcast-multiply-sums (float64 has no
 tl.dot in every Triton this supports), in the accumulate type, never TF32.
 
-Node grids are sized per pair; the scratch has room for the largest grid of the dtype. At the SPEC size
+Node grids are sized per pair; the scratch has room for the largest grid of the dtype. At the full size
 (T = 32, V = 12) every phase is one tile, ~150 nodes a side in float32.
 """
 import math
@@ -511,7 +511,7 @@ class _Launch:
         self.scr = _scratch_layout(self.T, self.V, self.qmax, backward)
         self.scratch = torch.empty((self.B, self.scr), dtype=self.acc_dtype, device=sim.device)
         compiled = _launch.compiled(sim)
-        # Tiles: one tile a side at the SPEC sizes; at most 32 players (16 for float64's 3-D products).
+        # Tiles: one tile a side at the full sizes; at most 32 players (16 for float64's 3-D products).
         cap = 16 if self.acc_dtype == torch.float64 else 32
         self.constants = dict(
             STEP=settings["step"], TOL=settings["tolerance"], GAP=settings["max_gap"],

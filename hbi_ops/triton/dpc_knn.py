@@ -1,4 +1,4 @@
-"""dpc_knn (SPEC 1.3) in Triton, two paths (no sort anywhere; same tie rules as the oracle and cpu kernel).
+"""dpc_knn (docs/dpc_knn.md) in Triton, two paths (no sort anywhere; same tie rules as the oracle and cpu kernel).
 
 N <= 64 (text, frames): one program per sample, the whole N x N problem in registers (tiles of
 next_power_of_2(N)):

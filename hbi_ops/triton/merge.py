@@ -1,4 +1,4 @@
-"""merge_tokens (SPEC 1.4) in Triton: forward and backward.
+"""merge_tokens (docs/merge.md) in Triton: forward and backward.
 
     W[c]   = sum_{n: idx_n = c} w_n,       out[c] = sum_{n: idx_n = c} w_n x_n / (W[c] + 1e-6)
     grad_x[n] = grad[c] w_n / (W[c] + 1e-6),   grad_w[n] = <grad[c], x_n - out[c]> / (W[c] + 1e-6)

@@ -1,4 +1,4 @@
-"""Triton kernels of wti_similarity (SPEC 1.1): the same function, outputs and arg-max convention as the CPU and
+"""Triton kernels of wti_similarity (docs/wti.md): the same function, outputs and arg-max convention as the CPU and
 CUDA kernels (csrc/wti/wti_cpu.cpp explains the convention: t2v_argmax [A, B, T] / v2t_argmax [A, B, V] int32,
 -1 where no real entry carries the maximum; score [A, B] in the input dtype).
 
@@ -215,7 +215,7 @@ def _backward_tiles(L_own, L_oth, n_oth, D, on_gpu, fp64):
     On a GPU the live tiles (z, w, the gathered rows: [LP, DB]; the one-hot [LP, K]; the other rows [K, DB])
     stay within about 4096 / 8192 elements, 32 to 64 registers a thread at 4 warps (8 beyond that): long texts
     or many frames get a narrower D slice and a smaller K instead of tiles that would spill (and PTX that
-    takes ptxas minutes). The SPEC size (T = 32, V = 12) gets DB = 64, K = 64. float64 forms the one-hot
+    takes ptxas minutes). The full size (T = 32, V = 12) gets DB = 64, K = 64. float64 forms the one-hot
     product by broadcasting, [LP, LOP, DB] a program: DB = 16 there. On the interpreter the tiles grow to
     the problem: it pays per operation, not per element."""
     LP = max(16, _next_pow2(L_own))

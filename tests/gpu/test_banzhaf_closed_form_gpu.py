@@ -1,5 +1,5 @@
 """The exact textbook index (closed form) on the GPU: the CUDA kernel against the same code run serially
-on the CPU (hbi_ops::closed_form_block_*), the triton kernel and the torch closed form, at the SPEC size
+on the CPU (hbi_ops::closed_form_block_*), the triton kernel and the torch closed form, at the full size
 and at long texts; gradients; logits far apart."""
 import pytest
 import torch

@@ -74,7 +74,7 @@ def test_cuda_matches_cpu_same_seed(definition, estimator, dtype, shape):
 @pytest.mark.parametrize("definition,estimator", [("textbook", "paired"), ("reference", "paired"),
                                                   ("textbook", "msr")])
 def test_spec_size_matches_cpu(definition, estimator):
-    # SPEC size: B = 128, T = 32 with 20 real words, V = 12; 100 samples (the reference's as-run count).
+    # full size: B = 128, T = 32 with 20 real words, V = 12; 100 samples (the reference's as-run count).
     batch, num_words, real_words, num_frames = 128, 32, 20, 12
     sim = torch.randn(batch, num_words, num_frames, device="cuda")
     text_mask = torch.zeros(batch, num_words, dtype=torch.bool, device="cuda")

@@ -1,6 +1,6 @@
 """banzhaf_interaction, triton backend on CUDA tensors: against the torch oracle (same device) and the
 cpu backend (same seed, CPU copies), forward and backward, every definition and estimator, masks,
-dtypes and sizes up to SPEC's (B=128, T=32 with 20 real words, V=12); gradcheck, opcheck, streams,
+dtypes and sizes up to the full (B=128, T=32 with 20 real words, V=12); gradcheck, opcheck, streams,
 no host synchronisation."""
 import pytest
 import torch
@@ -56,7 +56,7 @@ def test_triton_matches_torch_and_cpu(definition, estimator, dtype, size):
                                                   ("reference", "paired")])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_spec_size(definition, estimator, dtype):
-    # SPEC 1.2 / issue 3 size: B=128, T=32 (20 real words), V=12; 100 samples to keep the oracle quick.
+    # The full size: B=128, T=32 (20 real words), V=12; 100 samples to keep the oracle quick.
     game = _game(128, 32, 12, dtype=dtype, real_words=20)
     grad = torch.randn(game[0].shape, dtype=dtype, device=DEVICE)
     kwargs = dict(definition=definition, estimator=estimator, num_samples=100, seed=7)

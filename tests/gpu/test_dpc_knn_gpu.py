@@ -109,7 +109,7 @@ def test_matches_oracle_well_separated(backend, dtype, n):
     assert_same(hbi_ops.dpc_knn(x.cuda(), 6, k=3, mask=mask.cuda(), backend=backend), expected)
 
 
-SPEC_SIZES = [  # name, batch, n, width, num_clusters, k, masked
+FULL_SIZES = [  # name, batch, n, width, num_clusters, k, masked
     ("text", 128, 32, 512, 16, 3, True),
     ("frames", 128, 12, 512, 6, 3, False),
     ("image", 32, 3136, 64, 784, 5, False),
@@ -126,7 +126,7 @@ def _spec_inputs(batch, n, width, masked, dtype):
     return x, mask
 
 
-@pytest.mark.parametrize("size", SPEC_SIZES, ids=lambda s: s[0])
+@pytest.mark.parametrize("size", FULL_SIZES, ids=lambda s: s[0])
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_spec_sizes_float64_match_oracle(backend, size):
     _name, batch, n, width, num_clusters, k, masked = size
@@ -137,10 +137,10 @@ def test_spec_sizes_float64_match_oracle(backend, size):
     assert_same(hbi_ops.dpc_knn(xc, num_clusters, k=k, mask=mc, backend=backend), expected)
 
 
-@pytest.mark.parametrize("size", SPEC_SIZES, ids=lambda s: s[0])
+@pytest.mark.parametrize("size", FULL_SIZES, ids=lambda s: s[0])
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_spec_sizes_float32_agree_with_cpu_kernel(backend, size):
-    # float32 random data at the SPEC sizes: the cuda kernel sums in the cpu kernel's order (bitwise the same
+    # float32 random data at the full sizes: the cuda kernel sums in the cpu kernel's order (bitwise the same
     # on x86 hosts), triton in another; with 784 centres out of 3136 tokens, near-ties between adjacent
     # scores are common at float32 rounding, and swapping two centres relabels their clusters. So compare
     # what does not depend on labels: the centre token each token is assigned to, and the set of centres.

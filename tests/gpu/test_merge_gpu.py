@@ -1,5 +1,5 @@
 """hbi_ops.merge_tokens on CUDA tensors: the `cuda` and `triton` backends against the oracle, forward and
-backward, at several sizes (SPEC sizes included) and dtypes; gradcheck; opcheck; out-of-range idx (a device-side
+backward, at several sizes (full sizes included) and dtypes; gradcheck; opcheck; out-of-range idx (a device-side
 assertion, in a child process); streams; no host synchronisation. Skipped without a GPU."""
 import subprocess
 import sys

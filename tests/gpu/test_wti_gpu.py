@@ -1,5 +1,5 @@
 """wti_similarity on the GPU: the `cuda` and `triton` backends against the `torch` oracle (forward, arg-max indices,
-the four gradients), at several sizes (the SPEC's MSR-VTT size included), masks, paddings and all four dtypes;
+the four gradients), at several sizes (the MSR-VTT test size included), masks, paddings and all four dtypes;
 gradcheck in float64; opcheck of the CUDA and Triton custom ops; current stream, device index, no host sync,
 determinism and the memory bound of the fused forward. Skipped without a GPU (tests/conftest.py)."""
 import pytest
@@ -123,7 +123,7 @@ def test_end_to_end_small(backend, dtype, padding, sizes):
 
 
 # (A, B, T, V, D): tile edges of the fused CUDA forward (128 rows / 192 columns) and a D tail, D not a multiple
-# of 8 (its scalar loads), T > 128 and V > 192 (fallback paths; the backward's row chunks), V = 1, the SPEC's shape.
+# of 8 (its scalar loads), T > 128 and V > 192 (fallback paths; the backward's row chunks), V = 1, the MSR-VTT shape.
 LARGER = [(64, 48, 32, 12, 512), (130, 70, 24, 12, 40), (50, 40, 32, 12, 36), (9, 11, 150, 7, 33),
           (6, 5, 20, 200, 16), (33, 260, 128, 1, 8), (1000, 1000, 32, 12, 512)]
 
@@ -135,7 +135,7 @@ LARGER = [(64, 48, 32, 12, 512), (130, 70, 24, 12, 40), (50, 40, 32, 12, 36), (9
 def test_forward_and_backward_op_larger(backend, dtype, padding, sizes):
     _require(backend)
     if sizes[0] * sizes[1] * sizes[2] * sizes[3] > 10**7 and dtype != torch.float16:
-        pytest.skip("the SPEC size runs in float16 (the issue's target) to keep the run short")
+        pytest.skip("the full size runs in float16 (the target's dtype) to keep the run short")
     x, y, p, q, mt, mv = make_inputs(*sizes, dtype=dtype)
     assert_forward_and_backward_op(backend, x, y, p, q, mt, mv, padding, dtype)
 
@@ -278,7 +278,7 @@ def test_second_device(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_forward_memory_is_not_abtv(backend):
-    """SPEC size, fp16: the forward allocates its outputs (score, indices: 178 MB) and little else; S in float32
+    """full size, fp16: the forward allocates its outputs (score, indices: 178 MB) and little else; S in float32
     would be 1.5 GB."""
     _require(backend)
     A, B, T, V, D = 1000, 1000, 32, 12, 512

@@ -50,7 +50,7 @@ def test_weight_logits_far_apart(backend, definition, estimator, gap):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_issue_example(backend):
+def test_reported_example(backend):
     sim = torch.tensor([[[.1, .2], [.3, .4]]])
     expected = torch.tensor([[[.0375, .0844], [.1266, .1688]]])
     got = hbi_ops.banzhaf_interaction(sim, text_weight=torch.tensor([[17., 0.]]), estimator="paired",

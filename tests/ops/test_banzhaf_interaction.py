@@ -25,7 +25,7 @@ def _small(backend, usual, interpreted):
 # Philox and the coalition rule
 
 def test_philox_known_answers():
-    # Known-answer vectors of Philox4x32-10 (Random123's kat_vectors), the first from SPEC 1.2.
+    # Known-answer vectors of Philox4x32-10 (Random123's kat_vectors), the first from docs/banzhaf.md.
     cases = [((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
              ((0xFFFFFFFF,) * 4, (0xFFFFFFFF, 0xFFFFFFFF), (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
              ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),

@@ -1,4 +1,4 @@
-"""hbi_ops.dpc_knn (SPEC 1.3): a hand-checked example on every backend, the oracle against scalar loops,
+"""hbi_ops.dpc_knn (docs/dpc_knn.md): a hand-checked example on every backend, the oracle against scalar loops,
 every compiled CPU backend against the oracle (identical idx and centres), per-sample independence,
 properties, layouts, opcheck and argument errors."""
 import math
@@ -18,7 +18,7 @@ ALL_BACKENDS = ["torch"] + compiled_cpu_backends("dpc_knn")
 # ------------------------------------------------------------------------------------------------------------
 
 def brute_force(x, mask, num_clusters, k):
-    """Scalar loops over the steps of SPEC 1.3 in float64, independent of the oracle's tensor code."""
+    """Scalar loops over the steps of docs/dpc_knn.md in float64, independent of the oracle's tensor code."""
     batch, n, width = x.shape
     idx = torch.zeros(batch, n, dtype=torch.int64)
     centers = torch.zeros(batch, num_clusters, dtype=torch.int64)

@@ -1,4 +1,4 @@
-"""hbi_ops.merge_tokens (SPEC 1.4): the oracle against a brute-force loop, every compiled CPU backend against
+"""hbi_ops.merge_tokens (docs/merge.md): the oracle against a brute-force loop, every compiled CPU backend against
 the oracle (forward and both gradients), gradcheck, opcheck, torch.compile and argument errors."""
 import pytest
 import torch

@@ -2,7 +2,7 @@
 
 The other CPU tests run the Triton kernels in Triton's interpreter, which checks what they compute but
 never compiles them. Here every launch the triton backend makes with its GPU settings (the tile sizes,
-warps and libdevice calls it picks for CUDA tensors) is recorded without running, at the SPEC sizes and
+warps and libdevice calls it picks for CUDA tensors) is recorded without running, at the full sizes and
 a few odd ones, for every dtype, definition and estimator, forward and backward; then each distinct
 kernel variant is compiled by Triton's own compiler and ptxas to an sm_90 cubin (the H100/H200) in a
 subprocess without TRITON_INTERPRET. A variant must compile and fit the card's shared memory per block.
@@ -109,7 +109,7 @@ def _banzhaf_launches(dtype):
 
     settings = [("textbook", "paired"), ("reference", "paired"), ("textbook", "msr"), ("textbook", "exact")]
     exact = [("reference", "exact")]
-    # SPEC size (B=128, T=32 with 20 real words, V=12), two tiles of players (T + V > 128), a long text with
+    # full size (B=128, T=32 with 20 real words, V=12), two tiles of players (T + V > 128), a long text with
     # few frames (the closed form's tile loops), enumerated games
     for (batch, words, frames, real), cases in (((128, 32, 12, 20), settings), ((2, 100, 40, None), settings),
                                                 ((2, 512, 3, None), [("textbook", "exact")]),
@@ -130,7 +130,7 @@ def _wti_launches(dtype):
     import hbi_ops
     from hbi_ops.testing import padded_mask
 
-    # The SPEC's retrieval size, long texts, many frames, one frame, narrow features
+    # The MSR-VTT retrieval size, long texts, many frames, one frame, narrow features
     for a, b, words, frames, width in ((1000, 1000, 32, 12, 512), (9, 11, 150, 7, 33), (6, 5, 20, 200, 16),
                                        (33, 260, 128, 1, 8)):
         text = torch.randn(a, words, width, dtype=dtype, requires_grad=True)
@@ -147,7 +147,7 @@ def _dpc_knn_and_merge_launches(dtype):
     import hbi_ops
     from hbi_ops.testing import padded_mask
 
-    # SPEC sizes: text (masked), frames, image tokens (the tiled path); a small tiled size
+    # full sizes: text (masked), frames, image tokens (the tiled path); a small tiled size
     for batch, n, width, clusters, k, masked in ((128, 32, 512, 16, 3, True), (128, 12, 512, 6, 3, False),
                                                  (32, 3136, 64, 784, 5, False), (3, 100, 24, 10, 4, True)):
         x = torch.randn(batch, n, width, dtype=dtype)

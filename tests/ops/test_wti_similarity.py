@@ -1,4 +1,4 @@
-"""hbi_ops.wti_similarity (SPEC 1.1): the oracle against a brute-force loop, every compiled CPU backend against
+"""hbi_ops.wti_similarity (docs/wti.md): the oracle against a brute-force loop, every compiled CPU backend against
 the oracle (forward and the four gradients), gradcheck, opcheck, torch.compile and argument errors."""
 import pytest
 import torch
@@ -16,7 +16,7 @@ PADDINGS = ("ignore", "zero")
 # ------------------------------------------------------------------------------------------------------------
 
 def brute_force(x, y, p, q, mt, mv, padding):
-    """Scalar loops over the definition of SPEC 1.1, independent of the oracle's tensor code."""
+    """Scalar loops over the definition of docs/wti.md, independent of the oracle's tensor code."""
     num_texts, num_words, _ = x.shape
     num_videos, num_frames, _ = y.shape
     out = torch.zeros(num_texts, num_videos, dtype=torch.float64)
