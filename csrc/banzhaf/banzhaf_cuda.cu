@@ -1,8 +1,7 @@
 // banzhaf_interaction on CUDA: forward and backward of the paired and msr estimators and of the exact
 // reference definition, the same function as csrc/banzhaf/banzhaf_cpu.cpp (same Philox coalitions, same
 // per-pair game of banzhaf_game.h, transliterated onto compact real-player indices) up to float rounding.
-// The exact textbook index goes to its closed form (closed_form_cuda.cu); the value kernel's enumeration
-// of it (`exact` in the value path below) is no longer reached and goes with the next rework of this file.
+// The exact textbook index goes to its closed form (closed_form_cuda.cu).
 //
 // Design.
 // * Every kernel block handles one pair b and one chunk of coalitions ("units": Philox samples, or subset
@@ -23,13 +22,13 @@
 //     - reference forward: the O(T+V) cell delta (value1 - value2 - value3 + value4) per cell;
 //     - backward (cells): the O(T+V) slow-path cell gradient, scattered with shared-memory atomicAdd into
 //       per-block dR / dwt / dwv (acc_t);
-//     - backward (value: msr, exact textbook): d estimate / d f(S) = sum over cells of grad * weight of the
+//     - backward (value: msr): d estimate / d f(S) = sum over cells of grad * weight of the
 //       cell's stratum (table gw[cell][stratum] built beforehand), then the gradient of f(S) by the warp.
 //   Per-warp forward sums are added in fixed warp order, per-chunk partials go to a double workspace
 //   [B, chunks, ...] and a finalize kernel reduces the chunks in fixed order (forward: deterministic).
 //   The backward's shared-memory atomics make the backward's last bits depend on scheduling (the order of
 //   float additions inside a block), not its value beyond rounding.
-// * "Value" kernel (msr forward, exact-textbook forward, msr counts for the backward): one THREAD per
+// * "Value" kernel (msr forward, msr counts for the backward): one THREAD per
 //   coalition computes f(S) (O(T*V), R read as broadcasts), then threads per cell / word / frame add the
 //   round's f into stratum sums and counts (a masked [T x S] x [S x V] product; no atomics).
 // Limits: T * V and T + V must fit the shared-memory layout (checked: a clear error otherwise; about
@@ -640,7 +639,7 @@ enum CellsMode : int {
   kFwdFast = 0,   // paired textbook forward: O(1) cells
   kFwdSlow = 1,   // reference forward (paired; exact with i, j outside the subset)
   kBwdCells = 2,  // paired backward (both definitions), exact-reference backward
-  kBwdValue = 3,  // msr / exact-textbook backward: gradient of f(S) times sum of grad * stratum weight
+  kBwdValue = 3,  // msr backward: gradient of f(S) times sum of grad * stratum weight
 };
 
 struct CellsLayout {
@@ -908,7 +907,7 @@ template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kValueThreads) value_kernel(const scalar_t* __restrict__ sim, const bool* __restrict__ tmask,
                              const bool* __restrict__ vmask, const scalar_t* __restrict__ wt_in,
                              const scalar_t* __restrict__ wv_in, double* __restrict__ ws, int T, int V,
-                             int chunks, int64_t per_chunk, int64_t units, bool exact, uint64_t seed) {
+                             int chunks, int64_t per_chunk, int64_t units, uint64_t seed) {
   extern __shared__ __align__(16) unsigned char smem[];
   const ValueLayout L = value_layout<acc_t>(T, V);
   const int64_t pair = blockIdx.x / chunks;
@@ -919,11 +918,6 @@ __global__ void __launch_bounds__(kValueThreads) value_kernel(const scalar_t* __
   load_pair<scalar_t, acc_t>(smem, L.pair, T, V, pair, sim, tmask, vmask, wt_in, wv_in, pd);
   const int nw = pd.nw, nf = pd.nf, ld = pd.ld, n = nw + nf;
   if (nw == 0 || nf == 0) return;  // block-uniform; finalize writes zeros without reading
-  int64_t units_b = units;
-  if (exact) {
-    if (n > kMaxExactPlayers) return;  // device guard; finalize writes NaN
-    units_b = int64_t(1) << n;
-  }
   uint32_t* memb = reinterpret_cast<uint32_t*>(smem + L.memb);
   double* fbuf = reinterpret_cast<double*>(smem + L.f);
   double* sb = reinterpret_cast<double*>(smem + L.sb);
@@ -938,10 +932,8 @@ __global__ void __launch_bounds__(kValueThreads) value_kernel(const scalar_t* __
   for (int b = tid; b < nf; b += NT) { sf[b] = 0; cf[b] = 0; }
   if (tid == 0) sa[0] = 0;
   const int nmw = member_words(T, V);
-  // exact: the grid is sized for the largest pair; split this pair's own 2^n evenly over its chunks
-  const int64_t per_chunk_b = exact ? (units_b + chunks - 1) / chunks : per_chunk;
-  const int64_t begin = static_cast<int64_t>(chunk) * per_chunk_b;
-  const int64_t end = begin + per_chunk_b < units_b ? begin + per_chunk_b : units_b;
+  const int64_t begin = static_cast<int64_t>(chunk) * per_chunk;
+  const int64_t end = begin + per_chunk < units ? begin + per_chunk : units;
   const uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   const acc_t neg_inf = static_cast<acc_t>(-INFINITY);
   __syncthreads();
@@ -952,20 +944,16 @@ __global__ void __launch_bounds__(kValueThreads) value_kernel(const scalar_t* __
     // Compact membership bits of this thread's coalition: player p (words, then frames) -> bit p.
     for (int w = 0; w < nmw; ++w) memb[w * MS + tid] = 0;
     if (s < end) {
-      if (exact) {
-        memb[tid] = static_cast<uint32_t>(s);  // n <= 24: one word
-      } else {
-        int blk = -1;
-        Philox4 r{};
-        for (int p = 0; p < n; ++p) {
-          const int pos = p < nw ? pd.words[p] : T + pd.frames[p - nw];
-          if ((pos >> 7) != blk) {
-            blk = pos >> 7;
-            r = philox4x32_10(static_cast<uint32_t>(s), static_cast<uint32_t>(pair),
-                              static_cast<uint32_t>(blk), 0u, k0, k1);
-          }
-          if ((r.v[(pos >> 5) & 3] >> (pos & 31)) & 1u) memb[(p >> 5) * MS + tid] |= 1u << (p & 31);
+      int blk = -1;
+      Philox4 r{};
+      for (int p = 0; p < n; ++p) {
+        const int pos = p < nw ? pd.words[p] : T + pd.frames[p - nw];
+        if ((pos >> 7) != blk) {
+          blk = pos >> 7;
+          r = philox4x32_10(static_cast<uint32_t>(s), static_cast<uint32_t>(pair),
+                            static_cast<uint32_t>(blk), 0u, k0, k1);
         }
+        if ((r.v[(pos >> 5) & 3] >> (pos & 31)) & 1u) memb[(p >> 5) * MS + tid] |= 1u << (p & 31);
       }
     }
     // f(S), as PairGame::value_of(-1, -1, false, false, false): sums in increasing player order.
@@ -1096,11 +1084,11 @@ __global__ void cells_finalize_kernel(const double* __restrict__ ws, const bool*
   }
 }
 
-// msr / exact-textbook forward from the stratum sums.
+// msr forward from the stratum sums.
 template <typename scalar_t>
 __global__ void value_finalize_kernel(const double* __restrict__ ws, const bool* __restrict__ tmask,
                                       const bool* __restrict__ vmask, scalar_t* __restrict__ out, int64_t B,
-                                      int T, int V, int chunks, bool exact, double num_samples) {
+                                      int T, int V, int chunks, double num_samples) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t TV = static_cast<int64_t>(T) * V, total = B * TV, stride = value_ws_stride(T, V);
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
@@ -1109,41 +1097,31 @@ __global__ void value_finalize_kernel(const double* __restrict__ ws, const bool*
     const int t = static_cast<int>(k / V), v = static_cast<int>(k - static_cast<int64_t>(t) * V);
     double r = 0;
     if (tmask[pair * T + t] && vmask[pair * V + v]) {
-      int nw, nf;
-      const int n = exact ? players_of(tmask, vmask, pair, T, V, nw, nf) : 0;  // T + V mask reads: exact only
-      if (exact && n > kMaxExactPlayers) {
-        r = NAN;
-      } else {
-        double both = 0, cboth = 0, word = 0, cword = 0, frame = 0, cframe = 0, all = 0;
-        for (int c = 0; c < chunks; ++c) {
-          const double* p = ws + (pair * chunks + c) * stride;
-          both += p[k];
-          cboth += p[TV + k];
-          word += p[2 * TV + t];
-          cword += p[2 * TV + T + t];
-          frame += p[2 * TV + 2 * T + v];
-          cframe += p[2 * TV + 2 * T + V + v];
-          all += p[2 * TV + 2 * T + 2 * V];
-        }
-        if (exact) {  // 4 / 2^n sum_S f(S) s_i s_j
-          r = (4.0 * both - 2.0 * word - 2.0 * frame + all) * (4.0 / static_cast<double>(int64_t(1) << n));
-        } else {
-          auto mean = [](double total_, double count) { return count > 0 ? total_ / count : 0.0; };
-          r = mean(both, cboth) - mean(word - both, cword - cboth) - mean(frame - both, cframe - cboth) +
-              mean(all - word - frame + both, num_samples - cword - cframe + cboth);
-        }
+      double both = 0, cboth = 0, word = 0, cword = 0, frame = 0, cframe = 0, all = 0;
+      for (int c = 0; c < chunks; ++c) {
+        const double* p = ws + (pair * chunks + c) * stride;
+        both += p[k];
+        cboth += p[TV + k];
+        word += p[2 * TV + t];
+        cword += p[2 * TV + T + t];
+        frame += p[2 * TV + 2 * T + v];
+        cframe += p[2 * TV + 2 * T + V + v];
+        all += p[2 * TV + 2 * T + 2 * V];
       }
+      auto mean = [](double total_, double count) { return count > 0 ? total_ / count : 0.0; };
+      r = mean(both, cboth) - mean(word - both, cword - cboth) - mean(frame - both, cframe - cboth) +
+          mean(all - word - frame + both, num_samples - cword - cframe + cboth);
     }
     out[e] = static_cast<scalar_t>(static_cast<acc_t>(r));
   }
 }
 
 // gw[b, t, v, stratum] = d estimate[t, v] / d f(S) for S in the stratum (word in: 2, frame in: 1),
-// times grad[t, v]: msr +-1 / (stratum count); exact textbook +-4 / 2^n.
+// times grad[t, v]: msr +-1 / (stratum count).
 template <typename scalar_t>
 __global__ void stratum_weight_kernel(const double* __restrict__ ws, const bool* __restrict__ tmask,
                                       const bool* __restrict__ vmask, const scalar_t* __restrict__ grad,
-                                      double* __restrict__ gw, int64_t B, int T, int V, int chunks, bool exact,
+                                      double* __restrict__ gw, int64_t B, int T, int V, int chunks,
                                       double num_samples) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t TV = static_cast<int64_t>(T) * V, total = B * TV, stride = value_ws_stride(T, V);
@@ -1154,25 +1132,16 @@ __global__ void stratum_weight_kernel(const double* __restrict__ ws, const bool*
     double w[4] = {0, 0, 0, 0};
     if (tmask[pair * T + t] && vmask[pair * V + v]) {
       const double g = static_cast<double>(static_cast<acc_t>(grad[e]));
-      if (exact) {
-        int nw, nf;
-        const int n = players_of(tmask, vmask, pair, T, V, nw, nf);
-        if (n <= kMaxExactPlayers) {
-          const double s = 4.0 / static_cast<double>(int64_t(1) << n);
-          w[0] = g * s; w[1] = -g * s; w[2] = -g * s; w[3] = g * s;
-        }
-      } else {
-        double cboth = 0, cword = 0, cframe = 0;
-        for (int c = 0; c < chunks; ++c) {
-          const double* p = ws + (pair * chunks + c) * stride;
-          cboth += p[TV + k];
-          cword += p[2 * TV + T + t];
-          cframe += p[2 * TV + 2 * T + V + v];
-        }
-        const double count[4] = {num_samples - cword - cframe + cboth, cframe - cboth, cword - cboth, cboth};
-        const double sign[4] = {1.0, -1.0, -1.0, 1.0};
-        for (int q = 0; q < 4; ++q) w[q] = count[q] > 0 ? g * (sign[q] / count[q]) : 0.0;
+      double cboth = 0, cword = 0, cframe = 0;
+      for (int c = 0; c < chunks; ++c) {
+        const double* p = ws + (pair * chunks + c) * stride;
+        cboth += p[TV + k];
+        cword += p[2 * TV + T + t];
+        cframe += p[2 * TV + 2 * T + V + v];
       }
+      const double count[4] = {num_samples - cword - cframe + cboth, cframe - cboth, cword - cboth, cboth};
+      const double sign[4] = {1.0, -1.0, -1.0, 1.0};
+      for (int q = 0; q < 4; ++q) w[q] = count[q] > 0 ? g * (sign[q] / count[q]) : 0.0;
     }
     for (int q = 0; q < 4; ++q) gw[e * 4 + q] = w[q];
   }
@@ -1276,8 +1245,7 @@ void launch_value(const at::Tensor& sim, const at::Tensor& tm, const at::Tensor&
   const int64_t per_chunk = (units + chunks - 1) / chunks;
   kernel<<<static_cast<unsigned>(B * chunks), kValueThreads, bytes, at::cuda::getCurrentCUDAStream()>>>(
       sim.data_ptr<scalar_t>(), tm.data_ptr<bool>(), vm.data_ptr<bool>(), wt.data_ptr<scalar_t>(),
-      wv.data_ptr<scalar_t>(), ws.data_ptr<double>(), T, V, chunks, per_chunk, units,
-      s.estimator == Estimator::kExact, s.seed);
+      wv.data_ptr<scalar_t>(), ws.data_ptr<double>(), T, V, chunks, per_chunk, units, s.seed);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -1291,10 +1259,9 @@ Prepared prepare(const at::Tensor& sim, const at::Tensor& text_mask, const at::T
           text_weight.contiguous(), video_weight.contiguous()};
 }
 
-// Uses the value kernel (rather than the cells kernel) for the forward pass?
-bool value_path(const Settings& s) {
-  return s.estimator == Estimator::kMsr || (s.estimator == Estimator::kExact && !s.reference);
-}
+// Uses the value kernel (rather than the cells kernel) for the forward pass? (msr; the exact textbook
+// index never gets here: its closed form runs instead.)
+bool value_path(const Settings& s) { return s.estimator == Estimator::kMsr; }
 
 at::Tensor banzhaf_interaction_cuda(const at::Tensor& sim_in, const at::Tensor& text_mask_in,
                                     const at::Tensor& video_mask_in, const at::Tensor& text_weight_in,
@@ -1321,7 +1288,7 @@ at::Tensor banzhaf_interaction_cuda(const at::Tensor& sim_in, const at::Tensor& 
       launch_value<scalar_t>(p.sim, p.tm, p.vm, p.wt, p.wv, ws, chunks, units, s);
       value_finalize_kernel<scalar_t><<<blocks_for(B * T * V), 256, 0, stream>>>(
           ws.data_ptr<double>(), p.tm.data_ptr<bool>(), p.vm.data_ptr<bool>(), out.data_ptr<scalar_t>(), B, T,
-          V, chunks, exact, static_cast<double>(s.num_samples));
+          V, chunks, static_cast<double>(s.num_samples));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     } else {
       const int mode = s.reference ? kFwdSlow : kFwdFast;
@@ -1376,17 +1343,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> banzhaf_interaction_backward_cuda
     if (mode == kBwdValue) {
       // Stratum weights: msr needs the stratum counts first (a first pass over the coalitions).
       auto gw = at::empty({B * T * V * 4}, p.sim.options().dtype(at::kDouble));
-      at::Tensor counts;
-      int count_chunks = 1;
-      if (!exact) {
-        count_chunks = chunk_count(B, units, kValueThreads);
-        counts = at::empty({B * count_chunks * value_ws_stride(T, V)}, p.sim.options().dtype(at::kDouble));
-        launch_value<scalar_t>(p.sim, p.tm, p.vm, p.wt, p.wv, counts, count_chunks, units, s);
-      }
+      const int count_chunks = chunk_count(B, units, kValueThreads);
+      auto counts = at::empty({B * count_chunks * value_ws_stride(T, V)}, p.sim.options().dtype(at::kDouble));
+      launch_value<scalar_t>(p.sim, p.tm, p.vm, p.wt, p.wv, counts, count_chunks, units, s);
       stratum_weight_kernel<scalar_t><<<blocks_for(B * T * V), 256, 0, stream>>>(
-          exact ? nullptr : counts.data_ptr<double>(), p.tm.data_ptr<bool>(), p.vm.data_ptr<bool>(),
-          grad.data_ptr<scalar_t>(), gw.data_ptr<double>(), B, T, V, count_chunks, exact,
-          static_cast<double>(s.num_samples));
+          counts.data_ptr<double>(), p.tm.data_ptr<bool>(), p.vm.data_ptr<bool>(), grad.data_ptr<scalar_t>(),
+          gw.data_ptr<double>(), B, T, V, count_chunks, static_cast<double>(s.num_samples));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       launch_cells<scalar_t, kBwdValue>(p.sim, p.tm, p.vm, p.wt, p.wv, nullptr, &gw, ws, chunks, units, s, 0.0,
                                         warps);
