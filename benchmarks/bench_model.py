@@ -1,5 +1,6 @@
-"""Training-step cost of HBI over plain CLIP with mean pooling (same encoders, same batch): the overhead
-of the hierarchy, the WTI heads and the Banzhaf teacher computed on every step."""
+"""Training-step cost of HBI over plain CLIP with mean pooling (same encoders, same batch of the synthetic
+events task): the overhead of the hierarchy, the WTI heads and the Banzhaf teacher computed on every step,
+the exact index (the default) and, for comparison, the paired estimator with 100 samples."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,11 +13,12 @@ from hbi_ops.testing import bench_device, synchronize
 
 DEVICE = bench_device()
 SETTINGS = dict(DEFAULTS, batch_size=32, num_train=32, max_words=16, max_frames=6)
+TEACHERS = {"hbi": {}, "hbi-paired-100": {"banzhaf_estimator": "paired", "banzhaf_samples": 100}}
 
 
-def _setup():
+def _setup(model_kind):
     torch.manual_seed(0)
-    tokenizer, model = build.model(SETTINGS)
+    tokenizer, model = build.model(dict(SETTINGS, **TEACHERS.get(model_kind, {})))
     model.to(DEVICE)
     train_set, _ = build.datasets(SETTINGS)
     batch = collate([train_set[i] for i in range(SETTINGS["batch_size"])], tokenizer, SETTINGS["max_words"])
@@ -33,10 +35,10 @@ def _clip_mean_pooling_loss(model, input_ids, attention_mask, pixel_values, fram
     return info_nce(t @ v.t(), model.encoders.logit_scale.exp().clamp(max=100))
 
 
-@pytest.mark.parametrize("model_kind", ["clip-mean-pooling", "hbi"])
+@pytest.mark.parametrize("model_kind", ["clip-mean-pooling", "hbi", "hbi-paired-100"])
 def test_training_step(benchmark, model_kind):
     benchmark.group = f"training step (forward + backward), tiny CLIP, batch {SETTINGS['batch_size']}, {DEVICE}"
-    model, args = _setup()
+    model, args = _setup(model_kind)
 
     def step():
         model.zero_grad(set_to_none=True)

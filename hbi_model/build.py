@@ -7,7 +7,7 @@ from hbi_model.data.events import GroupSampler, SyntheticEvents
 from hbi_model.encoders import CLIPEncoders, tiny_clip_config
 from hbi_model.retrieval import HBIConfig, HBIRetrieval
 
-EVENTS_RATIOS = {"v_rate0": 0.5, "v_rate1": 0.5}  # six frames -> 3 -> 2 clusters (SPEC's 0.25 would give 2 -> 1)
+EVENTS_RATIOS = {"v_rate0": 0.5, "v_rate1": 0.5}  # six frames -> 3 -> 2 clusters (0.25 would give 2 -> 1)
 
 
 def hbi_config(settings):

@@ -1,4 +1,4 @@
-"""`hbi train | eval | explain` (one flag per hyperparameter of SPEC section 2; `--config FILE.json`
+"""`hbi train | eval | explain` (one flag per hyperparameter of the model, docs/model.md; `--config FILE.json`
 sets any of them; flags win). The defaults train and evaluate on the synthetic events task with no download."""
 import argparse
 import dataclasses
@@ -8,13 +8,13 @@ import sys
 from hbi_model.retrieval import HBIConfig
 
 DEFAULTS = {
-    "task": "retrieval", "data": "synthetic", "data_root": None, "clip": None, "output": "runs/hbi", "epochs": 6,
-    "batch_size": 32, "lr": 1e-4, "clip_lr_scale": None, "weight_decay": 0.2, "warmup": 0.1, "grad_clip": 1.0,
+    "task": "retrieval", "data": "synthetic", "data_root": None, "clip": None, "output": "runs/hbi", "epochs": 20,
+    "batch_size": 32, "lr": 5e-4, "clip_lr_scale": None, "weight_decay": 0.2, "warmup": 0.1, "grad_clip": 1.0,
     "max_steps": None, "seed": 0, "workers": 0, "save_every": 50, "num_train": 2000, "num_test": 400,
     "max_words": 16, "max_frames": 6, "eval_batch_size": 64, "tiny_width": 64, "tiny_layers": 2,
     "logit_scale_init": 100.0, "with_direction": False, "rand_augment": True,
 }
-REAL_DATA = {"max_words": 32, "max_frames": 12, "batch_size": 128, "epochs": 5}  # SPEC section 2's sizes
+REAL_DATA = {"max_words": 32, "max_frames": 12, "batch_size": 128, "epochs": 5, "lr": 1e-4}  # the reference's
 
 # One line each; "{default}" is filled in from DEFAULTS or HBIConfig.
 HELP = {
@@ -26,7 +26,7 @@ HELP = {
     "output": "run folder: checkpoints, results.json (default: {default})",
     "epochs": "training epochs (default: {default}; 5 on real data)",
     "batch_size": "global batch size; a multiple of 4 on the events task (default: {default}; 128 on real data)",
-    "lr": "learning rate of the new modules (default: {default})",
+    "lr": "learning rate of the new modules (default: {default}; 1e-4 on real data)",
     "clip_lr_scale": "CLIP's learning rate / lr (default: 1 for the random CLIP, 1e-3 for a pretrained one)",
     "weight_decay": "decoupled weight decay, not on biases and norms (default: {default})",
     "warmup": "fraction of the steps of linear warm-up before the cosine decay (default: {default})",
@@ -145,7 +145,7 @@ def settings_from(args):
     given = {k: v for k, v in vars(args).items() if v is not None and k != "config"}
     settings.update(given)
     explicit = set(given) | set(loaded)
-    if settings.get("data") not in ("synthetic", "shapes"):  # real data: SPEC section 2's sizes unless set
+    if settings.get("data") not in ("synthetic", "shapes"):  # real data: the reference's settings unless set
         settings.update({k: v for k, v in REAL_DATA.items() if k not in explicit})
     if settings.get("clip_lr_scale") is None:  # a random tiny CLIP must learn; pretrained CLIP barely moves
         settings["clip_lr_scale"] = 1e-3 if settings.get("clip") else 1.0

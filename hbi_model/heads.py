@@ -1,4 +1,4 @@
-"""Per-level token weight heads and the Banzhaf estimator network (SPEC section 2)."""
+"""Per-level token weight heads and the Banzhaf estimator network (docs/model.md)."""
 import math
 
 import torch

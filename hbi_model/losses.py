@@ -1,4 +1,4 @@
-"""Losses of SPEC section 2: symmetric InfoNCE, the cross-level KL and the Banzhaf KL."""
+"""Losses (docs/model.md): symmetric InfoNCE, the cross-level KL and the Banzhaf KL."""
 import torch
 import torch.nn.functional as F
 

@@ -1,4 +1,4 @@
-"""The HBI video-text retrieval model (SPEC section 2) on hbi_ops."""
+"""The HBI video-text retrieval model (docs/model.md) on hbi_ops."""
 from dataclasses import dataclass, field
 
 import torch

@@ -45,7 +45,7 @@ class SyntheticEvents(torch.utils.data.Dataset):
     frames_per_event = 3
     num_events = 2
 
-    def __init__(self, num_videos=2000, max_frames=6, size=32, seed=0, distractor=True, step=0.25):
+    def __init__(self, num_videos=2000, max_frames=6, size=32, seed=0, distractor=True, step=0.18):
         """step: how far the shape moves a frame, as a fraction of the frame's size."""
         if num_videos <= 0 or num_videos % GROUP:
             raise ValueError(f"num_videos must be a positive multiple of {GROUP} (groups of four), got {num_videos}")
@@ -83,7 +83,7 @@ class SyntheticEvents(torch.utils.data.Dataset):
         events = self.events(index)
         g = self._generator(group, member + 1)  # each clip's own nuisance: positions, background, distractor
         size, radius = self.size, self.size / 7
-        step = self.size * self.step  # by default a patch of the tiny CLIP (8 of 32 pixels) a frame
+        step = self.size * self.step
         background = 0.15 * torch.rand(3, 1, 1, generator=g)
         spot = self.size / 32  # the distractor: a small square (3 x 3 of 32) at one place in every frame
         spot_x, spot_y = (float(v) for v in spot + torch.rand(2, generator=g) * (size - 2 * spot))

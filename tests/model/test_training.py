@@ -72,7 +72,10 @@ def test_two_processes_match_one_on_the_whole_batch(tmp_path):
     torch.testing.assert_close(double["loss"], single["loss"], rtol=1e-5, atol=1e-6)
     assert single["grads"].keys() == double["grads"].keys()
     for name in single["grads"]:
-        torch.testing.assert_close(double["grads"][name], single["grads"][name], rtol=1e-3, atol=1e-6, msg=name)
+        # float32 sums in another order: an error relative to the tensor's largest entry, not to each entry
+        scale = max(1.0, float(single["grads"][name].abs().max()))
+        torch.testing.assert_close(double["grads"][name], single["grads"][name], rtol=1e-3, atol=1e-5 * scale,
+                                   msg=name)
 
 
 def test_cli_train_eval_explain(tmp_path):
