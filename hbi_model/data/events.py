@@ -66,6 +66,11 @@ class SyntheticEvents(torch.utils.data.Dataset):
     def vocabulary():
         return ["a", "moves", "then", *COLOURS, *SHAPES, *DIRECTIONS]
 
+    def score_metrics(self, sim):
+        """What an evaluation of this set adds to retrieval's: group_accuracy of its [texts, videos] score
+        (the test loader keeps the set's order)."""
+        return group_accuracy(sim)
+
     def _generator(self, *key):
         value = self.seed
         for part in key:

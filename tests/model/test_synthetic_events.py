@@ -116,6 +116,7 @@ def test_group_accuracy_by_hand():
     assert out["order"] == pytest.approx(75.0)  # caption 6 ties with its anchor clip
     assert out["binding"] == pytest.approx(100.0)
     assert group_accuracy(torch.ones(8, 8))["group"] == 0.0  # a constant model is never right
+    assert SyntheticEvents(8).score_metrics(sim) == out
     with pytest.raises(ValueError, match="multiple of 4"):
         group_accuracy(torch.zeros(6, 6))
     with pytest.raises(ValueError, match="non-finite"):
