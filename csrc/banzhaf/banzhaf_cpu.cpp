@@ -233,20 +233,33 @@ PairInputs prepare_inputs(const at::Tensor& sim, const at::Tensor& text_mask, co
   return in;
 }
 
+// Pair b's inputs: sim [T * V], weights [T] / [V], masks [T] / [V].
+template <typename scalar_t>
+struct PairPointers {
+  const scalar_t *sim, *text_weight, *video_weight;
+  const bool *text_mask, *video_mask;
+  int T, V;
+
+  explicit PairPointers(const PairInputs& in)
+      : sim(in.sim.data_ptr<scalar_t>()), text_weight(in.text_weight.data_ptr<scalar_t>()),
+        video_weight(in.video_weight.data_ptr<scalar_t>()), text_mask(in.text_mask.data_ptr<bool>()),
+        video_mask(in.video_mask.data_ptr<bool>()), T(in.T), V(in.V) {}
+  const scalar_t* sim_of(int64_t b) const { return sim + b * T * V; }
+  const scalar_t* text_weight_of(int64_t b) const { return text_weight + b * T; }
+  const scalar_t* video_weight_of(int64_t b) const { return video_weight + b * V; }
+  const bool* text_mask_of(int64_t b) const { return text_mask + b * T; }
+  const bool* video_mask_of(int64_t b) const { return video_mask + b * V; }
+};
+
 // Runs body(game, b) for every pair, in parallel over pairs, with pair b loaded into a game.
 template <typename scalar_t, typename Body>
 void for_each_pair(const PairInputs& in, Body&& body) {
   using acc_t = at::opmath_type<scalar_t>;
-  const scalar_t* sim_p = in.sim.data_ptr<scalar_t>();
-  const scalar_t* wt_p = in.text_weight.data_ptr<scalar_t>();
-  const scalar_t* wv_p = in.video_weight.data_ptr<scalar_t>();
-  const bool* tm_p = in.text_mask.data_ptr<bool>();
-  const bool* vm_p = in.video_mask.data_ptr<bool>();
-  const int T = in.T, V = in.V;
+  const PairPointers<scalar_t> p(in);
   at::parallel_for(0, in.B, 1, [&](int64_t begin, int64_t end) {
-    Game<acc_t> game(T, V);
+    Game<acc_t> game(in.T, in.V);
     for (int64_t b = begin; b < end; ++b) {
-      game.load(sim_p + b * T * V, wt_p + b * T, wv_p + b * V, tm_p + b * T, vm_p + b * V);
+      game.load(p.sim_of(b), p.text_weight_of(b), p.video_weight_of(b), p.text_mask_of(b), p.video_mask_of(b));
       body(game, b);
     }
   });
@@ -257,24 +270,19 @@ void for_each_pair(const PairInputs& in, Body&& body) {
 template <typename scalar_t, typename Body>
 void for_each_closed_form_pair(const PairInputs& in, Body&& body) {
   using acc_t = at::opmath_type<scalar_t>;
-  const scalar_t* sim_p = in.sim.data_ptr<scalar_t>();
-  const scalar_t* wt_p = in.text_weight.data_ptr<scalar_t>();
-  const scalar_t* wv_p = in.video_weight.data_ptr<scalar_t>();
-  const bool* tm_p = in.text_mask.data_ptr<bool>();
-  const bool* vm_p = in.video_mask.data_ptr<bool>();
-  const int T = in.T, V = in.V;
+  const PairPointers<scalar_t> p(in);
   at::parallel_for(0, in.B, 1, [&](int64_t begin, int64_t end) {
     closed_form::PairMarginals<acc_t> pair;
     std::vector<int> words, frames;
     for (int64_t b = begin; b < end; ++b) {
       words.clear();
       frames.clear();
-      for (int t = 0; t < T; ++t)
-        if (tm_p[b * T + t]) words.push_back(t);
-      for (int v = 0; v < V; ++v)
-        if (vm_p[b * V + v]) frames.push_back(v);
+      for (int t = 0; t < in.T; ++t)
+        if (p.text_mask_of(b)[t]) words.push_back(t);
+      for (int v = 0; v < in.V; ++v)
+        if (p.video_mask_of(b)[v]) frames.push_back(v);
       if (words.empty() || frames.empty()) continue;  // no real cell: the output stays 0
-      pair.load(sim_p + b * T * V, wt_p + b * T, wv_p + b * V, words, frames, V);
+      pair.load(p.sim_of(b), p.text_weight_of(b), p.video_weight_of(b), words, frames, in.V);
       pair.compute();
       body(pair, words, frames, b);
     }

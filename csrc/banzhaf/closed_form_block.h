@@ -349,6 +349,18 @@ HBI_HD void softmax_marginals_vjp(const acc_t* w, int n, const Side<acc_t>& side
   Block::sync();
 }
 
+// out[r, c] = sum_k x[r * xr + k * xk] y[c * yc + k * yk] for r < rows, c < cols (out row-major).
+template <typename Block, typename acc_t>
+HBI_HD void contract(acc_t* out, int rows, int cols, int inner, const acc_t* x, int xr, int xk, const acc_t* y,
+                     int yc, int yk) {
+  for (int e = Block::tid(); e < rows * cols; e += Block::size) {
+    const int r = e / cols, c = e % cols;
+    acc_t total = 0;
+    for (int k = 0; k < inner; ++k) total += x[r * xr + k * xk] * y[c * yc + k * yk];
+    out[e] = total;
+  }
+}
+
 template <typename Block, typename scalar_t, typename acc_t>
 HBI_HD void pair_backward(const scalar_t* grad, const scalar_t* sim, const bool* tm, const bool* vm,
                           const scalar_t* wt, const scalar_t* wv, scalar_t* grad_sim, scalar_t* grad_wt,
@@ -366,31 +378,11 @@ HBI_HD void pair_backward(const scalar_t* grad, const scalar_t* sim, const bool*
   for (int e = Block::tid(); e < n * m; e += Block::size)
     ws[L.G + e] = acc_t(0.5) * static_cast<acc_t>(grad[(b * T + words[e / m]) * V + frames[e % m]]);
   Block::sync();
-  const acc_t* G = ws + L.G;
-  for (int e = Block::tid(); e < n * n; e += Block::size) {  // X[i, t] = sum_j G[i, j] mu[j, t]
-    const int i = e / n, t = e % n;
-    acc_t total = 0;
-    for (int j = 0; j < m; ++j) total += G[i * m + j] * ws[L.mu + j * n + t];
-    ws[L.X + e] = total;
-  }
-  for (int e = Block::tid(); e < m * n; e += Block::size) {  // Ymu[j, t] = sum_i G[i, j] alpha[i, t]
-    const int j = e / n, t = e % n;
-    acc_t total = 0;
-    for (int i = 0; i < n; ++i) total += G[i * m + j] * ws[L.alpha + i * n + t];
-    ws[L.Ymu + e] = total;
-  }
-  for (int e = Block::tid(); e < m * m; e += Block::size) {  // Xg[j, v] = sum_i G[i, j] nu[i, v]
-    const int j = e / m, v = e % m;
-    acc_t total = 0;
-    for (int i = 0; i < n; ++i) total += G[i * m + j] * ws[L.nu + i * m + v];
-    ws[L.Xg + e] = total;
-  }
-  for (int e = Block::tid(); e < n * m; e += Block::size) {  // Ynu[i, v] = sum_j G[i, j] gamma[j, v]
-    const int i = e / m, v = e % m;
-    acc_t total = 0;
-    for (int j = 0; j < m; ++j) total += G[i * m + j] * ws[L.gamma + j * m + v];
-    ws[L.Ynu + e] = total;
-  }
+  const acc_t* G = ws + L.G;  // [n x m]; G[i, j] at i * m + j, G^T[j, i] at i * m + j too (strides m, 1)
+  contract<Block>(ws + L.X, n, n, m, G, m, 1, ws + L.mu, 1, n);       // X[i, t] = sum_j G[i, j] mu[j, t]
+  contract<Block>(ws + L.Ymu, m, n, n, G, 1, m, ws + L.alpha, 1, n);  // Ymu[j, t] = sum_i G[i, j] alpha[i, t]
+  contract<Block>(ws + L.Xg, m, m, n, G, 1, m, ws + L.nu, 1, m);      // Xg[j, v] = sum_i G[i, j] nu[i, v]
+  contract<Block>(ws + L.Ynu, n, m, m, G, m, 1, ws + L.gamma, 1, m);  // Ynu[i, v] = sum_j G[i, j] gamma[j, v]
   Block::sync();
   acc_t* grad_u = sh.values;
   softmax_marginals_vjp<Block>(ws + L.wt, n, text, ws + L.X, grad_u, sh.smem);

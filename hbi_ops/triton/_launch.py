@@ -28,3 +28,12 @@ def multiprocessor_count(device):
 def device_guard(tensor):
     """Launch on the tensor's device: Triton launches on the current one."""
     return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
+
+
+def pair_inputs(sim, text_mask, video_mask, text_weight, video_weight):
+    """banzhaf_interaction's inputs as its kernels read them: contiguous, bool masks, weights in sim's dtype."""
+    def as_bool(mask):
+        return (mask if mask.dtype == torch.bool else mask != 0).contiguous()
+
+    return (sim.contiguous(), as_bool(text_mask), as_bool(video_mask), text_weight.to(sim.dtype).contiguous(),
+            video_weight.to(sim.dtype).contiguous())

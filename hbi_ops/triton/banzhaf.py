@@ -801,11 +801,8 @@ class _Launch:
 
     def __init__(self, sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples,
                  seed):
-        self.sim = sim.contiguous()
-        self.tm = (text_mask if text_mask.dtype == torch.bool else text_mask != 0).contiguous()
-        self.vm = (video_mask if video_mask.dtype == torch.bool else video_mask != 0).contiguous()
-        self.wt = text_weight.to(sim.dtype).contiguous()
-        self.wv = video_weight.to(sim.dtype).contiguous()
+        self.sim, self.tm, self.vm, self.wt, self.wv = _launch.pair_inputs(sim, text_mask, video_mask, text_weight,
+                                                                            video_weight)
         self.B, self.T, self.V = sim.shape
         self.acc_dtype = torch.float64 if sim.dtype == torch.float64 else torch.float32
         self.ACC = tl.float64 if sim.dtype == torch.float64 else tl.float32

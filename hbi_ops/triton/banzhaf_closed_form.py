@@ -300,6 +300,18 @@ def _real_range(m_ptr, base, n, i0, B: tl.constexpr):
 
 
 @_helper
+def _scratch(scr, T, V, QMAX):
+    """The pair's scratch (layout: _scratch_layout): alpha, gamma, mu, nu and the two weighted sort buffers,
+    after the two sides' node weights."""
+    alpha = scr + 2 * QMAX
+    gamma = alpha + T * T
+    mu = gamma + V * V
+    nu = mu + V * T
+    row_weighted = nu + T * V
+    return alpha, gamma, mu, nu, row_weighted, row_weighted + T * V
+
+
+@_helper
 def _marginals(sim, tm, vm, wt, wv, b64, T, V, scr, QMAX, STEP: tl.constexpr, TOL: tl.constexpr,
                GAP: tl.constexpr, ACC: tl.constexpr, TB: tl.constexpr, VB: tl.constexpr, QB: tl.constexpr,
                LIBDEVICE: tl.constexpr, DOT: tl.constexpr, RK: tl.constexpr):
@@ -308,12 +320,7 @@ def _marginals(sim, tm, vm, wt, wv, b64, T, V, scr, QMAX, STEP: tl.constexpr, TO
     sim_b = sim + b64 * T * V
     cq_t = scr
     cq_v = cq_t + QMAX
-    alpha = cq_v + QMAX
-    gamma = alpha + T * T
-    mu = gamma + V * V
-    nu = mu + V * T
-    row_weighted = nu + T * V
-    col_weighted = row_weighted + T * V
+    alpha, gamma, mu, nu, row_weighted, col_weighted = _scratch(scr, T, V, QMAX)
     top_t, low_t, sp_t, cnt_t, eq_t, fin_t = _side_grid(wt, tm, b64 * T, T, STEP, TOL, GAP, ACC, TB, LIBDEVICE)
     top_v, low_v, sp_v, cnt_v, eq_v, fin_v = _side_grid(wv, vm, b64 * V, V, STEP, TOL, GAP, ACC, VB, LIBDEVICE)
     _node_weights(wt, tm, b64 * T, T, top_t, low_t, sp_t, tl.where(eq_t, 0, cnt_t), cq_t, GAP, ACC, TB, QB,
@@ -341,10 +348,7 @@ def _closed_form_fwd_kernel(sim, tm, vm, wt, wv, out, scratch, T, V, SCR, QMAX, 
     b64 = tl.program_id(0).to(tl.int64)
     scr = scratch + b64 * SCR
     _marginals(sim, tm, vm, wt, wv, b64, T, V, scr, QMAX, STEP, TOL, GAP, ACC, TB, VB, QB, LIBDEVICE, DOT, RK)
-    alpha = scr + 2 * QMAX
-    gamma = alpha + T * T
-    mu = gamma + V * V
-    nu = mu + V * T
+    alpha, gamma, mu, nu, _rw, _cw = _scratch(scr, T, V, QMAX)
     for i0 in range(0, T, TB):
         i, real_i = _real_range(tm, b64 * T, T, i0, TB)
         for j0 in range(0, V, VB):
@@ -422,11 +426,8 @@ def _closed_form_bwd_kernel(grad, sim, tm, vm, wt, wv, gs, gt, gv, scratch, T, V
     b64 = tl.program_id(0).to(tl.int64)
     scr = scratch + b64 * SCR
     _marginals(sim, tm, vm, wt, wv, b64, T, V, scr, QMAX, STEP, TOL, GAP, ACC, TB, VB, QB, LIBDEVICE, DOT, RK)
-    alpha = scr + 2 * QMAX
-    gamma = alpha + T * T
-    mu = gamma + V * V
-    nu = mu + V * T
-    X = nu + 3 * T * V  # after the two weighted sort buffers: d/d alpha [T, T]
+    alpha, gamma, mu, nu, _rw, col_weighted = _scratch(scr, T, V, QMAX)
+    X = col_weighted + T * V  # after the two weighted sort buffers: d/d alpha [T, T]
     Xg = X + T * T      # d/d gamma [V, V]
     Ymu = Xg + V * V    # d/d mu [V, T]
     Ynu = Ymu + V * T   # d/d nu [T, V]
@@ -499,11 +500,8 @@ def _scratch_layout(T, V, qmax, backward):
 
 class _Launch:
     def __init__(self, sim, text_mask, video_mask, text_weight, video_weight, backward):
-        self.sim = sim.contiguous()
-        self.tm = (text_mask if text_mask.dtype == torch.bool else text_mask != 0).contiguous()
-        self.vm = (video_mask if video_mask.dtype == torch.bool else video_mask != 0).contiguous()
-        self.wt = text_weight.to(sim.dtype).contiguous()
-        self.wv = video_weight.to(sim.dtype).contiguous()
+        self.sim, self.tm, self.vm, self.wt, self.wv = _launch.pair_inputs(sim, text_mask, video_mask, text_weight,
+                                                                            video_weight)
         self.B, self.T, self.V = sim.shape
         self.acc_dtype = torch.float64 if sim.dtype == torch.float64 else torch.float32
         settings = QUADRATURE[self.acc_dtype]
