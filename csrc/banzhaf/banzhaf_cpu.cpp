@@ -35,9 +35,8 @@ void check_exact_players(const at::Tensor& text_mask, const at::Tensor& video_ma
   if (text_mask.size(0) == 0) return;
   const auto players = text_mask.sum(1) + video_mask.sum(1);
   const int64_t worst = players.max().item<int64_t>();
-  TORCH_CHECK(worst <= kMaxExactPlayers, "banzhaf_interaction: estimator='exact' takes at most ",
-              kMaxExactPlayers, " players per pair, got a pair with ", worst,
-              "; use estimator='paired' or 'msr'");
+  TORCH_CHECK(worst <= kMaxExactPlayers, "banzhaf_interaction: estimator='exact' takes at most ", kMaxExactPlayers,
+              " players per pair, got a pair with ", worst, "; use estimator='paired' or 'msr'");
 }
 
 template <typename acc_t>
@@ -85,8 +84,7 @@ MsrStrata empty_strata(int T, int V) {
 }
 
 template <typename acc_t>
-MsrStrata msr_counts(Game<acc_t>& game, const Settings& s, uint32_t pair, int T, int V,
-                     std::vector<uint32_t>& bits) {
+MsrStrata msr_counts(Game<acc_t>& game, const Settings& s, uint32_t pair, int T, int V, std::vector<uint32_t>& bits) {
   MsrStrata c = empty_strata(T, V);
   for (int64_t sample = 0; sample < s.num_samples; ++sample) {
     coalition_bits(s.seed, static_cast<uint32_t>(sample), pair, T + V, bits.data());
@@ -97,14 +95,17 @@ MsrStrata msr_counts(Game<acc_t>& game, const Settings& s, uint32_t pair, int T,
 }
 
 // Weight of one sample's value in cell (i, j) of the msr estimate: +-1 / (size of its stratum).
-inline double msr_weight(const MsrStrata& c, double num_samples, bool word_in, bool frame_in, int i,
-                         int j, int V) {
+inline double msr_weight(const MsrStrata& c, double num_samples, bool word_in, bool frame_in, int i, int j, int V) {
   const double both = c.both[i * V + j];
   double count;
-  if (word_in && frame_in) count = both;
-  else if (word_in) count = c.word[i] - both;
-  else if (frame_in) count = c.frame[j] - both;
-  else count = num_samples - c.word[i] - c.frame[j] + both;
+  if (word_in && frame_in)
+    count = both;
+  else if (word_in)
+    count = c.word[i] - both;
+  else if (frame_in)
+    count = c.frame[j] - both;
+  else
+    count = num_samples - c.word[i] - c.frame[j] + both;
   return (word_in == frame_in ? 1.0 : -1.0) / count;
 }
 
@@ -145,11 +146,9 @@ void forward_pair(Game<acc_t>& game, const Settings& s, uint32_t pair, int T, in
     for (int i : words)
       for (int j : frames) {
         const double both = sums.both[i * V + j], count_both = c.both[i * V + j];
-        out[i * V + j] = mean(both, count_both) -
-                         mean(sums.word[i] - both, c.word[i] - count_both) -
+        out[i * V + j] = mean(both, count_both) - mean(sums.word[i] - both, c.word[i] - count_both) -
                          mean(sums.frame[j] - both, c.frame[j] - count_both) +
-                         mean(sum_all - sums.word[i] - sums.frame[j] + both,
-                              n - c.word[i] - c.frame[j] + count_both);
+                         mean(sum_all - sums.word[i] - sums.frame[j] + both, n - c.word[i] - c.frame[j] + count_both);
       }
   } else {  // exact, reference definition (the textbook one has its closed form): every c of N \ {i, j} once
     const int n = game.num_players();
@@ -169,8 +168,8 @@ void forward_pair(Game<acc_t>& game, const Settings& s, uint32_t pair, int T, in
 }
 
 template <typename acc_t>
-void backward_pair(Game<acc_t>& game, const Settings& s, uint32_t pair, int T, int V,
-                   const acc_t* grad, GameGrads<acc_t>* grads) {
+void backward_pair(Game<acc_t>& game, const Settings& s, uint32_t pair, int T, int V, const acc_t* grad,
+                   GameGrads<acc_t>* grads) {
   const auto& words = game.real_words();
   const auto& frames = game.real_frames();
   if (words.empty() || frames.empty()) return;
@@ -194,8 +193,7 @@ void backward_pair(Game<acc_t>& game, const Settings& s, uint32_t pair, int T, i
       game.set_coalition_bits(bits.data());
       double scale = 0;  // d estimate / d f(S_sample), contracted with the incoming gradient
       for (int i : words)
-        for (int j : frames)
-          scale += grad[i * V + j] * msr_weight(c, n, game.word_in(i), game.frame_in(j), i, j, V);
+        for (int j : frames) scale += grad[i * V + j] * msr_weight(c, n, game.word_in(i), game.frame_in(j), i, j, V);
       game.template value_of<true>(-1, -1, false, false, false, static_cast<acc_t>(scale), grads);
     }
   } else {  // exact, reference definition
@@ -226,9 +224,14 @@ struct PairInputs {
 PairInputs prepare_inputs(const at::Tensor& sim, const at::Tensor& text_mask, const at::Tensor& video_mask,
                           const at::Tensor& text_weight, const at::Tensor& video_weight, const Settings& s) {
   check_inputs(sim, text_mask, video_mask, text_weight, video_weight);
-  PairInputs in{sim.contiguous(), text_mask.to(at::kBool).contiguous(), video_mask.to(at::kBool).contiguous(),
-                text_weight.contiguous(), video_weight.contiguous(), sim.size(0),
-                static_cast<int>(sim.size(1)), static_cast<int>(sim.size(2))};
+  PairInputs in{sim.contiguous(),
+                text_mask.to(at::kBool).contiguous(),
+                video_mask.to(at::kBool).contiguous(),
+                text_weight.contiguous(),
+                video_weight.contiguous(),
+                sim.size(0),
+                static_cast<int>(sim.size(1)),
+                static_cast<int>(sim.size(2))};
   if (s.estimator == Estimator::kExact && s.reference) check_exact_players(in.text_mask, in.video_mask);
   return in;
 }
@@ -241,9 +244,13 @@ struct PairPointers {
   int T, V;
 
   explicit PairPointers(const PairInputs& in)
-      : sim(in.sim.data_ptr<scalar_t>()), text_weight(in.text_weight.data_ptr<scalar_t>()),
-        video_weight(in.video_weight.data_ptr<scalar_t>()), text_mask(in.text_mask.data_ptr<bool>()),
-        video_mask(in.video_mask.data_ptr<bool>()), T(in.T), V(in.V) {}
+      : sim(in.sim.data_ptr<scalar_t>()),
+        text_weight(in.text_weight.data_ptr<scalar_t>()),
+        video_weight(in.video_weight.data_ptr<scalar_t>()),
+        text_mask(in.text_mask.data_ptr<bool>()),
+        video_mask(in.video_mask.data_ptr<bool>()),
+        T(in.T),
+        V(in.V) {}
   const scalar_t* sim_of(int64_t b) const { return sim + b * T * V; }
   const scalar_t* text_weight_of(int64_t b) const { return text_weight + b * T; }
   const scalar_t* video_weight_of(int64_t b) const { return video_weight + b * V; }
@@ -289,10 +296,10 @@ void for_each_closed_form_pair(const PairInputs& in, Body&& body) {
   });
 }
 
-at::Tensor banzhaf_interaction_cpu(const at::Tensor& sim, const at::Tensor& text_mask,
-                                   const at::Tensor& video_mask, const at::Tensor& text_weight,
-                                   const at::Tensor& video_weight, c10::string_view definition,
-                                   c10::string_view estimator, int64_t num_samples, int64_t seed) {
+at::Tensor banzhaf_interaction_cpu(const at::Tensor& sim, const at::Tensor& text_mask, const at::Tensor& video_mask,
+                                   const at::Tensor& text_weight, const at::Tensor& video_weight,
+                                   c10::string_view definition, c10::string_view estimator, int64_t num_samples,
+                                   int64_t seed) {
   const Settings s = parse_settings(definition, estimator, num_samples, seed);
   const PairInputs in = prepare_inputs(sim, text_mask, video_mask, text_weight, video_weight, s);
   const int T = in.T, V = in.V;
@@ -301,8 +308,7 @@ at::Tensor banzhaf_interaction_cpu(const at::Tensor& sim, const at::Tensor& text
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.sim.scalar_type(), "banzhaf_interaction_cpu", [&] {
     scalar_t* out_p = out.data_ptr<scalar_t>();
     if (s.estimator == Estimator::kExact && !s.reference) {
-      for_each_closed_form_pair<scalar_t>(in, [&](const auto& pair, const auto& words, const auto& frames,
-                                                  int64_t b) {
+      for_each_closed_form_pair<scalar_t>(in, [&](const auto& pair, const auto& words, const auto& frames, int64_t b) {
         for (int i = 0; i < pair.n; ++i)
           for (int j = 0; j < pair.m; ++j)
             out_p[(b * T + words[i]) * V + frames[j]] = static_cast<scalar_t>(pair.interaction(i, j));
@@ -319,11 +325,11 @@ at::Tensor banzhaf_interaction_cpu(const at::Tensor& sim, const at::Tensor& text
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> banzhaf_interaction_backward_cpu(
-    const at::Tensor& grad_in, const at::Tensor& sim, const at::Tensor& text_mask,
-    const at::Tensor& video_mask, const at::Tensor& text_weight, const at::Tensor& video_weight,
-    c10::string_view definition, c10::string_view estimator, int64_t num_samples, int64_t seed) {
-  TORCH_CHECK(grad_in.sizes() == sim.sizes(), "banzhaf_interaction_backward: grad must be ", sim.sizes(),
-              ", got ", grad_in.sizes());
+    const at::Tensor& grad_in, const at::Tensor& sim, const at::Tensor& text_mask, const at::Tensor& video_mask,
+    const at::Tensor& text_weight, const at::Tensor& video_weight, c10::string_view definition,
+    c10::string_view estimator, int64_t num_samples, int64_t seed) {
+  TORCH_CHECK(grad_in.sizes() == sim.sizes(), "banzhaf_interaction_backward: grad must be ", sim.sizes(), ", got ",
+              grad_in.sizes());
   const Settings s = parse_settings(definition, estimator, num_samples, seed);
   const PairInputs in = prepare_inputs(sim, text_mask, video_mask, text_weight, video_weight, s);
   const int T = in.T, V = in.V;
@@ -332,39 +338,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> banzhaf_interaction_backward_cpu(
   auto grad_wt = at::zeros_like(in.text_weight);
   auto grad_wv = at::zeros_like(in.video_weight);
   if (in.B == 0 || T == 0 || V == 0) return {grad_sim, grad_wt, grad_wv};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.sim.scalar_type(), "banzhaf_interaction_backward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* grad_p = grad.data_ptr<scalar_t>();
-    scalar_t* gs_p = grad_sim.data_ptr<scalar_t>();
-    scalar_t* gt_p = grad_wt.data_ptr<scalar_t>();
-    scalar_t* gv_p = grad_wv.data_ptr<scalar_t>();
-    if (s.estimator == Estimator::kExact && !s.reference) {
-      for_each_closed_form_pair<scalar_t>(in, [&](const auto& pair, const auto& words, const auto& frames,
-                                                  int64_t b) {
-        const int n = pair.n, m = pair.m;
-        std::vector<acc_t> G(n * m), g_sim(n * m, acc_t(0)), g_wt(n, acc_t(0)), g_wv(m, acc_t(0));
-        for (int i = 0; i < n; ++i)
-          for (int j = 0; j < m; ++j) G[i * m + j] = static_cast<acc_t>(grad_p[(b * T + words[i]) * V + frames[j]]);
-        pair.backward(G, g_sim, g_wt, g_wv);
-        for (int i = 0; i < n; ++i) {
-          gt_p[b * T + words[i]] = static_cast<scalar_t>(g_wt[i]);
-          for (int j = 0; j < m; ++j)
-            gs_p[(b * T + words[i]) * V + frames[j]] = static_cast<scalar_t>(g_sim[i * m + j]);
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, in.sim.scalar_type(), "banzhaf_interaction_backward_cpu", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const scalar_t* grad_p = grad.data_ptr<scalar_t>();
+        scalar_t* gs_p = grad_sim.data_ptr<scalar_t>();
+        scalar_t* gt_p = grad_wt.data_ptr<scalar_t>();
+        scalar_t* gv_p = grad_wv.data_ptr<scalar_t>();
+        if (s.estimator == Estimator::kExact && !s.reference) {
+          for_each_closed_form_pair<scalar_t>(
+              in, [&](const auto& pair, const auto& words, const auto& frames, int64_t b) {
+                const int n = pair.n, m = pair.m;
+                std::vector<acc_t> G(n * m), g_sim(n * m, acc_t(0)), g_wt(n, acc_t(0)), g_wv(m, acc_t(0));
+                for (int i = 0; i < n; ++i)
+                  for (int j = 0; j < m; ++j)
+                    G[i * m + j] = static_cast<acc_t>(grad_p[(b * T + words[i]) * V + frames[j]]);
+                pair.backward(G, g_sim, g_wt, g_wv);
+                for (int i = 0; i < n; ++i) {
+                  gt_p[b * T + words[i]] = static_cast<scalar_t>(g_wt[i]);
+                  for (int j = 0; j < m; ++j)
+                    gs_p[(b * T + words[i]) * V + frames[j]] = static_cast<scalar_t>(g_sim[i * m + j]);
+                }
+                for (int j = 0; j < m; ++j) gv_p[b * V + frames[j]] = static_cast<scalar_t>(g_wv[j]);
+              });
+          return;
         }
-        for (int j = 0; j < m; ++j) gv_p[b * V + frames[j]] = static_cast<scalar_t>(g_wv[j]);
+        for_each_pair<scalar_t>(in, [&](auto& game, int64_t b) {
+          std::vector<acc_t> g_in(T * V), g_sim(T * V, acc_t(0)), g_wt(T, acc_t(0)), g_wv(V, acc_t(0));
+          for (int k = 0; k < T * V; ++k) g_in[k] = static_cast<acc_t>(grad_p[b * T * V + k]);
+          GameGrads<acc_t> grads{g_sim.data(), g_wt.data(), g_wv.data()};
+          backward_pair(game, s, static_cast<uint32_t>(b), T, V, g_in.data(), &grads);
+          for (int k = 0; k < T * V; ++k) gs_p[b * T * V + k] = static_cast<scalar_t>(g_sim[k]);
+          for (int t = 0; t < T; ++t) gt_p[b * T + t] = static_cast<scalar_t>(g_wt[t]);
+          for (int v = 0; v < V; ++v) gv_p[b * V + v] = static_cast<scalar_t>(g_wv[v]);
+        });
       });
-      return;
-    }
-    for_each_pair<scalar_t>(in, [&](auto& game, int64_t b) {
-      std::vector<acc_t> g_in(T * V), g_sim(T * V, acc_t(0)), g_wt(T, acc_t(0)), g_wv(V, acc_t(0));
-      for (int k = 0; k < T * V; ++k) g_in[k] = static_cast<acc_t>(grad_p[b * T * V + k]);
-      GameGrads<acc_t> grads{g_sim.data(), g_wt.data(), g_wv.data()};
-      backward_pair(game, s, static_cast<uint32_t>(b), T, V, g_in.data(), &grads);
-      for (int k = 0; k < T * V; ++k) gs_p[b * T * V + k] = static_cast<scalar_t>(g_sim[k]);
-      for (int t = 0; t < T; ++t) gt_p[b * T + t] = static_cast<scalar_t>(g_wt[t]);
-      for (int v = 0; v < V; ++v) gv_p[b * V + v] = static_cast<scalar_t>(g_wv[v]);
-    });
-  });
   return {grad_sim, grad_wt, grad_wv};
 }
 

@@ -85,8 +85,8 @@ void check_inputs(const at::Tensor& sim, const at::Tensor& text_mask, const at::
   const char* names[] = {"text_mask", "video_mask", "text_weight", "video_weight"};
   const at::Tensor* others[] = {&text_mask, &video_mask, &text_weight, &video_weight};
   for (int k = 0; k < 4; ++k)
-    TORCH_CHECK(others[k]->device() == sim.device(), "banzhaf_interaction: ", names[k],
-                " must be on sim's device ", sim.device(), ", got ", others[k]->device());
+    TORCH_CHECK(others[k]->device() == sim.device(), "banzhaf_interaction: ", names[k], " must be on sim's device ",
+                sim.device(), ", got ", others[k]->device());
   TORCH_CHECK(T <= INT32_MAX / 4 && V <= INT32_MAX / 4 && T * V <= INT32_MAX / 8,
               "banzhaf_interaction: sim is too large for the CUDA kernels");
 }
@@ -98,7 +98,9 @@ __device__ __forceinline__ float dev_exp(float x) { return expf(x); }
 __device__ __forceinline__ double dev_exp(double x) { return exp(x); }
 
 template <typename T>
-__device__ __forceinline__ T mx(T a, T b) { return a < b ? b : a; }  // std::max
+__device__ __forceinline__ T mx(T a, T b) {
+  return a < b ? b : a;
+}  // std::max
 
 template <typename T>
 __device__ __forceinline__ T warp_sum(T x) {
@@ -153,9 +155,9 @@ struct PairData {
 // Loads pair `pair` into shared memory. Must be called by every thread of the block; ends with a
 // __syncthreads. Afterwards nw / nf (real words / frames) are known to all threads.
 template <typename scalar_t, typename acc_t>
-__device__ void load_pair(unsigned char* smem, const PairLayout& L, int T, int V, int64_t pair,
-                          const scalar_t* sim, const bool* tmask, const bool* vmask, const scalar_t* wt_in,
-                          const scalar_t* wv_in, PairData<acc_t>& P) {
+__device__ void load_pair(unsigned char* smem, const PairLayout& L, int T, int V, int64_t pair, const scalar_t* sim,
+                          const bool* tmask, const bool* vmask, const scalar_t* wt_in, const scalar_t* wv_in,
+                          PairData<acc_t>& P) {
   P.T = T;
   P.V = V;
   P.ld = odd_stride(V);
@@ -202,8 +204,7 @@ __device__ void load_pair(unsigned char* smem, const PairLayout& L, int T, int V
   const int nw = P.nw, nf = P.nf;
   for (int c = tid; c < nw * nf; c += blockDim.x) {
     const int a = c / nf, b = c - a * nf;
-    P.R[a * P.ld + b] =
-        static_cast<acc_t>(sim[(pair * T + P.words[a]) * static_cast<int64_t>(V) + P.frames[b]]);
+    P.R[a * P.ld + b] = static_cast<acc_t>(sim[(pair * T + P.words[a]) * static_cast<int64_t>(V) + P.frames[b]]);
   }
   for (int a = tid; a < nw; a += blockDim.x) P.wt[a] = static_cast<acc_t>(wt_in[pair * T + P.words[a]]);
   for (int b = tid; b < nf; b += blockDim.x) P.wv[b] = static_cast<acc_t>(wv_in[pair * V + P.frames[b]]);
@@ -297,15 +298,21 @@ struct WarpGame {
   int *ra, *rb, *ka, *kb;
   acc_t *P1, *Q1, *P2, *Q2, *G1, *H1, *G2, *H2;
   DevSide<acc_t> text, video;
-  int nSt, nSv;     // warp-uniform
+  int nSt, nSv;  // warp-uniform
 
   __device__ acc_t row_without(int t, int j, int& arg) const {
-    if (ra[t] == j && j >= 0) { arg = rb[t]; return r2[t]; }
+    if (ra[t] == j && j >= 0) {
+      arg = rb[t];
+      return r2[t];
+    }
     arg = ra[t];
     return r1[t];
   }
   __device__ acc_t col_without(int v, int i, int& arg) const {
-    if (ka[v] == i && i >= 0) { arg = kb[v]; return k2[v]; }
+    if (ka[v] == i && i >= 0) {
+      arg = kb[v];
+      return k2[v];
+    }
     arg = ka[v];
     return k1[v];
   }
@@ -355,19 +362,39 @@ struct WarpGame {
         for (int v = 0; v < nf; ++v) {
           if (!in_v[v]) continue;
           const acc_t x = R[t * ld + v];
-          if (x > m1) { m2 = m1; a2 = a1; m1 = x; a1 = v; }
-          else if (x > m2) { m2 = x; a2 = v; }
+          if (x > m1) {
+            m2 = m1;
+            a2 = a1;
+            m1 = x;
+            a1 = v;
+          } else if (x > m2) {
+            m2 = x;
+            a2 = v;
+          }
         }
-        r1[t] = m1; ra[t] = a1; r2[t] = m2; rb[t] = a2;
+        r1[t] = m1;
+        ra[t] = a1;
+        r2[t] = m2;
+        rb[t] = a2;
       } else {
         const int v = idx - nw;
         for (int t = 0; t < nw; ++t) {
           if (!in_t[t]) continue;
           const acc_t x = R[t * ld + v];
-          if (x > m1) { m2 = m1; a2 = a1; m1 = x; a1 = t; }
-          else if (x > m2) { m2 = x; a2 = t; }
+          if (x > m1) {
+            m2 = m1;
+            a2 = a1;
+            m1 = x;
+            a1 = t;
+          } else if (x > m2) {
+            m2 = x;
+            a2 = t;
+          }
         }
-        k1[v] = m1; ka[v] = a1; k2[v] = m2; kb[v] = a2;
+        k1[v] = m1;
+        ka[v] = a1;
+        k2[v] = m2;
+        kb[v] = a2;
       }
     }
     __syncwarp();
@@ -390,16 +417,28 @@ struct WarpGame {
       acc_t m = neg_inf;
       arg = -1;
       if (rest_v) m = row_without(t, j, arg);
-      if (add_j && R[t * ld + j] > m) { m = R[t * ld + j]; arg = j; }
-      if (clamp_rows && m < 0) { m = 0; arg = -1; }
+      if (add_j && R[t * ld + j] > m) {
+        m = R[t * ld + j];
+        arg = j;
+      }
+      if (clamp_rows && m < 0) {
+        m = 0;
+        arg = -1;
+      }
       return m;
     };
     auto col = [&](int v, int& arg) {
       acc_t m = neg_inf;
       arg = -1;
       if (rest_t) m = col_without(v, i, arg);
-      if (add_i && R[i * ld + v] > m) { m = R[i * ld + v]; arg = i; }
-      if (clamp_cols && m < 0) { m = 0; arg = -1; }
+      if (add_i && R[i * ld + v] > m) {
+        m = R[i * ld + v];
+        arg = i;
+      }
+      if (clamp_cols && m < 0) {
+        m = 0;
+        arg = -1;
+      }
       return m;
     };
     // The members of c (S minus i) weigh E[t] g / Z, the added i weighs e / Z (as PairGame::value_of).
@@ -450,14 +489,20 @@ struct WarpGame {
       arg = -1;
       if (!rest_v) return acc_t(0);
       const acc_t m = row_without(t, j, arg);
-      if (m < 0) { arg = -1; return acc_t(0); }
+      if (m < 0) {
+        arg = -1;
+        return acc_t(0);
+      }
       return m;
     };
     auto col = [&](int v, int& arg) {
       arg = -1;
       if (!rest_t) return acc_t(0);
       const acc_t m = col_without(v, i, arg);
-      if (m < 0) { arg = -1; return acc_t(0); }
+      if (m < 0) {
+        arg = -1;
+        return acc_t(0);
+      }
       return m;
     };
     // Softmax over logits in [0, 1] (probabilities) and the raw logit: shift by (a bound of) their
@@ -526,8 +571,7 @@ struct WarpGame {
   }
 
   template <bool kGrad>
-  __device__ acc_t cell_delta(int i, int j, bool reference, acc_t scale,
-                              const DevGrads<acc_t>* grads) const {
+  __device__ acc_t cell_delta(int i, int j, bool reference, acc_t scale, const DevGrads<acc_t>* grads) const {
     const acc_t both = reference ? reference_value1<kGrad>(i, j, scale, grads)
                                  : value_of<kGrad>(i, j, true, true, false, scale, grads);
     return both - value_of<kGrad>(i, j, true, false, reference, -scale, grads) -
@@ -556,7 +600,10 @@ struct WarpGame {
           if (rest_v) p2 += text.E2[t] * m;
           q2 += text.E2[t] * mj;
         }
-        P1[j] = p1; Q1[j] = q1; P2[j] = p2; Q2[j] = q2;
+        P1[j] = p1;
+        Q1[j] = q1;
+        P2[j] = p2;
+        Q2[j] = q2;
       } else {
         const int i = idx - nf;
         const bool rest_t = nSt - in_t[i] > 0;
@@ -572,7 +619,10 @@ struct WarpGame {
           if (rest_t) g2 += video.E2[v] * m;
           h2 += video.E2[v] * mi;
         }
-        G1[i] = g1; H1[i] = h1; G2[i] = g2; H2[i] = h2;
+        G1[i] = g1;
+        H1[i] = h1;
+        G2[i] = g2;
+        H2[i] = h2;
       }
     }
     __syncwarp();
@@ -693,12 +743,12 @@ __host__ __device__ inline int64_t cells_ws_stride(int T, int V, bool bwd) {
 }
 
 template <typename scalar_t, typename acc_t, int kMode>
-__global__ void __launch_bounds__(128) cells_kernel(const scalar_t* __restrict__ sim, const bool* __restrict__ tmask,
-                             const bool* __restrict__ vmask, const scalar_t* __restrict__ wt_in,
-                             const scalar_t* __restrict__ wv_in, const scalar_t* __restrict__ grad_in,
-                             const double* __restrict__ gw_in, double* __restrict__ ws, int T, int V,
-                             int chunks, int64_t per_chunk, int64_t units, bool exact, bool reference,
-                             uint64_t seed, acc_t unit_scale) {
+__global__ void __launch_bounds__(128)
+    cells_kernel(const scalar_t* __restrict__ sim, const bool* __restrict__ tmask, const bool* __restrict__ vmask,
+                 const scalar_t* __restrict__ wt_in, const scalar_t* __restrict__ wv_in,
+                 const scalar_t* __restrict__ grad_in, const double* __restrict__ gw_in, double* __restrict__ ws, int T,
+                 int V, int chunks, int64_t per_chunk, int64_t units, bool exact, bool reference, uint64_t seed,
+                 acc_t unit_scale) {
   extern __shared__ __align__(16) unsigned char smem[];
   constexpr bool kBwd = kMode == kBwdCells || kMode == kBwdValue;
   const int warps = blockDim.x / kWarp;
@@ -717,8 +767,10 @@ __global__ void __launch_bounds__(128) cells_kernel(const scalar_t* __restrict__
   bool active = nw > 0 && nf > 0;
   if (exact) {
     const int n = nw + nf;
-    if (n > kMaxExactPlayers) active = false;  // device guard; finalize writes NaN
-    else units_b = int64_t(1) << n;
+    if (n > kMaxExactPlayers)
+      active = false;  // device guard; finalize writes NaN
+    else
+      units_b = int64_t(1) << n;
   }
   // exact: the grid is sized for the largest pair; split this pair's own 2^n evenly over its chunks
   const int64_t per_chunk_b = exact ? (units_b + chunks - 1) / chunks : per_chunk;
@@ -754,8 +806,14 @@ __global__ void __launch_bounds__(128) cells_kernel(const scalar_t* __restrict__
   unsigned char* wbase = smem + L.warp0 + L.warp_stride * warp;
   WarpGame<acc_t> g;
   g.pd = &pd;
-  g.T = T; g.V = V; g.ld = ld; g.nw = nw; g.nf = nf;
-  g.R = pd.R; g.wt = pd.wt; g.wv = pd.wv;
+  g.T = T;
+  g.V = V;
+  g.ld = ld;
+  g.nw = nw;
+  g.nf = nf;
+  g.R = pd.R;
+  g.wt = pd.wt;
+  g.wv = pd.wv;
   g.bits = reinterpret_cast<uint32_t*>(wbase + L.bits);
   g.in_t = wbase + L.in_t;
   g.in_v = wbase + L.in_v;
@@ -769,13 +827,25 @@ __global__ void __launch_bounds__(128) cells_kernel(const scalar_t* __restrict__
   g.kb = reinterpret_cast<int*>(wbase + L.kb);
   acc_t* side[8];
   for (int k = 0; k < 8; ++k) side[k] = reinterpret_cast<acc_t*>(wbase + L.side[k]);
-  g.text.E1 = side[0]; g.text.E2 = side[1]; g.text.join_g = side[2]; g.text.join_e = side[3];
-  g.video.E1 = side[4]; g.video.E2 = side[5]; g.video.join_g = side[6]; g.video.join_e = side[7];
+  g.text.E1 = side[0];
+  g.text.E2 = side[1];
+  g.text.join_g = side[2];
+  g.text.join_e = side[3];
+  g.video.E1 = side[4];
+  g.video.E2 = side[5];
+  g.video.join_g = side[6];
+  g.video.join_e = side[7];
   if (kMode == kFwdFast) {
     acc_t* fast[8];
     for (int k = 0; k < 8; ++k) fast[k] = reinterpret_cast<acc_t*>(wbase + L.fast[k]);
-    g.P1 = fast[0]; g.Q1 = fast[1]; g.P2 = fast[2]; g.Q2 = fast[3];
-    g.G1 = fast[4]; g.H1 = fast[5]; g.G2 = fast[6]; g.H2 = fast[7];
+    g.P1 = fast[0];
+    g.Q1 = fast[1];
+    g.P2 = fast[2];
+    g.Q2 = fast[3];
+    g.G1 = fast[4];
+    g.H1 = fast[5];
+    g.G2 = fast[6];
+    g.H2 = fast[7];
   }
   double* acc = kBwd ? nullptr : reinterpret_cast<double*>(wbase + L.acc);
   if (!kBwd)
@@ -797,16 +867,24 @@ __global__ void __launch_bounds__(128) cells_kernel(const scalar_t* __restrict__
         int a = a0, b = b0;
         for (int c = lane; c < ncells; c += kWarp) {
           acc[c] += static_cast<double>(g.cell_delta_fast(a, b));
-          a += da; b += db;
-          if (b >= nf) { b -= nf; ++a; }
+          a += da;
+          b += db;
+          if (b >= nf) {
+            b -= nf;
+            ++a;
+          }
         }
       } else if (kMode == kFwdSlow) {
         int a = a0, b = b0;
         for (int c = lane; c < ncells; c += kWarp) {
           if (!exact || (!g.in_t[a] && !g.in_v[b]))
             acc[c] += static_cast<double>(g.template cell_delta<false>(a, b, true, acc_t(0), nullptr));
-          a += da; b += db;
-          if (b >= nf) { b -= nf; ++a; }
+          a += da;
+          b += db;
+          if (b >= nf) {
+            b -= nf;
+            ++a;
+          }
         }
       } else if (kMode == kBwdCells) {
         int a = a0, b = b0;
@@ -814,16 +892,24 @@ __global__ void __launch_bounds__(128) cells_kernel(const scalar_t* __restrict__
           const acc_t gg = gc[c] * cell_scale;
           if ((!exact || (!g.in_t[a] && !g.in_v[b])) && gg != acc_t(0))
             g.template cell_delta<true>(a, b, reference, gg, &grads);
-          a += da; b += db;
-          if (b >= nf) { b -= nf; ++a; }
+          a += da;
+          b += db;
+          if (b >= nf) {
+            b -= nf;
+            ++a;
+          }
         }
       } else {  // kBwdValue
         double s = 0;
         int a = a0, b = b0;
         for (int c = lane; c < ncells; c += kWarp) {
           s += gw[c * 4 + (g.in_t[a] ? 2 : 0) + (g.in_v[b] ? 1 : 0)];
-          a += da; b += db;
-          if (b >= nf) { b -= nf; ++a; }
+          a += da;
+          b += db;
+          if (b >= nf) {
+            b -= nf;
+            ++a;
+          }
         }
         s = warp_sum(s);
         g.value_grad_warp(static_cast<acc_t>(s), &grads, lane);
@@ -904,10 +990,10 @@ __host__ __device__ inline int64_t value_ws_stride(int T, int V) {
 }
 
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kValueThreads) value_kernel(const scalar_t* __restrict__ sim, const bool* __restrict__ tmask,
-                             const bool* __restrict__ vmask, const scalar_t* __restrict__ wt_in,
-                             const scalar_t* __restrict__ wv_in, double* __restrict__ ws, int T, int V,
-                             int chunks, int64_t per_chunk, int64_t units, uint64_t seed) {
+__global__ void __launch_bounds__(kValueThreads)
+    value_kernel(const scalar_t* __restrict__ sim, const bool* __restrict__ tmask, const bool* __restrict__ vmask,
+                 const scalar_t* __restrict__ wt_in, const scalar_t* __restrict__ wv_in, double* __restrict__ ws, int T,
+                 int V, int chunks, int64_t per_chunk, int64_t units, uint64_t seed) {
   extern __shared__ __align__(16) unsigned char smem[];
   const ValueLayout L = value_layout<acc_t>(T, V);
   const int64_t pair = blockIdx.x / chunks;
@@ -927,9 +1013,18 @@ __global__ void __launch_bounds__(kValueThreads) value_kernel(const scalar_t* __
   double* sf = reinterpret_cast<double*>(smem + L.sf);
   double* cf = reinterpret_cast<double*>(smem + L.cf);
   double* sa = reinterpret_cast<double*>(smem + L.sa);
-  for (int c = tid; c < nw * nf; c += NT) { sb[c] = 0; cb[c] = 0; }
-  for (int a = tid; a < nw; a += NT) { sw[a] = 0; cw[a] = 0; }
-  for (int b = tid; b < nf; b += NT) { sf[b] = 0; cf[b] = 0; }
+  for (int c = tid; c < nw * nf; c += NT) {
+    sb[c] = 0;
+    cb[c] = 0;
+  }
+  for (int a = tid; a < nw; a += NT) {
+    sw[a] = 0;
+    cw[a] = 0;
+  }
+  for (int b = tid; b < nf; b += NT) {
+    sf[b] = 0;
+    cf[b] = 0;
+  }
   if (tid == 0) sa[0] = 0;
   const int nmw = member_words(T, V);
   const int64_t begin = static_cast<int64_t>(chunk) * per_chunk;
@@ -950,8 +1045,8 @@ __global__ void __launch_bounds__(kValueThreads) value_kernel(const scalar_t* __
         const int pos = p < nw ? pd.words[p] : T + pd.frames[p - nw];
         if ((pos >> 7) != blk) {
           blk = pos >> 7;
-          r = philox4x32_10(static_cast<uint32_t>(s), static_cast<uint32_t>(pair),
-                            static_cast<uint32_t>(blk), 0u, k0, k1);
+          r = philox4x32_10(static_cast<uint32_t>(s), static_cast<uint32_t>(pair), static_cast<uint32_t>(blk), 0u, k0,
+                            k1);
         }
         if ((r.v[(pos >> 5) & 3] >> (pos & 31)) & 1u) memb[(p >> 5) * MS + tid] |= 1u << (p & 31);
       }
@@ -968,9 +1063,15 @@ __global__ void __launch_bounds__(kValueThreads) value_kernel(const scalar_t* __
     int nSt = 0, nSv = 0;
     acc_t top_t = neg_inf, top_v = neg_inf;
     for (int a = 0; a < nw; ++a)
-      if (member(a)) { ++nSt; top_t = mx(top_t, pd.wt[a]); }
+      if (member(a)) {
+        ++nSt;
+        top_t = mx(top_t, pd.wt[a]);
+      }
     for (int b = 0; b < nf; ++b)
-      if (member(nw + b)) { ++nSv; top_v = mx(top_v, pd.wv[b]); }
+      if (member(nw + b)) {
+        ++nSv;
+        top_v = mx(top_v, pd.wv[b]);
+      }
     double f = 0;
     if (nSt > 0 && nSv > 0) {
       acc_t text = 0, video = 0, Zt = 0, Zv = 0;
@@ -1004,7 +1105,10 @@ __global__ void __launch_bounds__(kValueThreads) value_kernel(const scalar_t* __
       double s_sum = 0, s_cnt = 0;
       for (int k = 0; k < in_round; ++k) {
         const uint32_t both = (memb[(a >> 5) * MS + k] >> (a & 31)) & (memb[(pb >> 5) * MS + k] >> (pb & 31)) & 1u;
-        if (both) { s_sum += fbuf[k]; s_cnt += 1; }
+        if (both) {
+          s_sum += fbuf[k];
+          s_cnt += 1;
+        }
       }
       sb[c] += s_sum;
       cb[c] += s_cnt;
@@ -1012,9 +1116,17 @@ __global__ void __launch_bounds__(kValueThreads) value_kernel(const scalar_t* __
     for (int p = tid; p < n; p += NT) {
       double s_sum = 0, s_cnt = 0;
       for (int k = 0; k < in_round; ++k)
-        if ((memb[(p >> 5) * MS + k] >> (p & 31)) & 1u) { s_sum += fbuf[k]; s_cnt += 1; }
-      if (p < nw) { sw[p] += s_sum; cw[p] += s_cnt; }
-      else { sf[p - nw] += s_sum; cf[p - nw] += s_cnt; }
+        if ((memb[(p >> 5) * MS + k] >> (p & 31)) & 1u) {
+          s_sum += fbuf[k];
+          s_cnt += 1;
+        }
+      if (p < nw) {
+        sw[p] += s_sum;
+        cw[p] += s_cnt;
+      } else {
+        sf[p - nw] += s_sum;
+        cf[p - nw] += s_cnt;
+      }
     }
     if (tid == 0) {
       double t = 0;
@@ -1047,8 +1159,7 @@ __global__ void __launch_bounds__(kValueThreads) value_kernel(const scalar_t* __
 // Finalize kernels: fixed-order reductions over chunks.
 
 // Real players of pair b (O(T + V)); -1 when it has no word or no frame.
-__device__ inline int players_of(const bool* tmask, const bool* vmask, int64_t pair, int T, int V, int& nw,
-                                 int& nf) {
+__device__ inline int players_of(const bool* tmask, const bool* vmask, int64_t pair, int T, int V, int& nw, int& nf) {
   nw = 0;
   nf = 0;
   for (int t = 0; t < T; ++t) nw += tmask[pair * T + t];
@@ -1059,8 +1170,8 @@ __device__ inline int players_of(const bool* tmask, const bool* vmask, int64_t p
 // Paired / exact-reference forward.
 template <typename scalar_t>
 __global__ void cells_finalize_kernel(const double* __restrict__ ws, const bool* __restrict__ tmask,
-                                      const bool* __restrict__ vmask, scalar_t* __restrict__ out, int64_t B,
-                                      int T, int V, int chunks, bool exact, double num_samples) {
+                                      const bool* __restrict__ vmask, scalar_t* __restrict__ out, int64_t B, int T,
+                                      int V, int chunks, bool exact, double num_samples) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t TV = static_cast<int64_t>(T) * V, total = B * TV;
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
@@ -1074,8 +1185,10 @@ __global__ void cells_finalize_kernel(const double* __restrict__ ws, const bool*
       if (exact) {
         int nw, nf;
         const int n = players_of(tmask, vmask, pair, T, V, nw, nf);
-        if (n > kMaxExactPlayers) r = NAN;
-        else r = s * (1.0 / static_cast<double>((int64_t(1) << n) >> 2));
+        if (n > kMaxExactPlayers)
+          r = NAN;
+        else
+          r = s * (1.0 / static_cast<double>((int64_t(1) << n) >> 2));
       } else {
         r = s / num_samples;
       }
@@ -1087,8 +1200,8 @@ __global__ void cells_finalize_kernel(const double* __restrict__ ws, const bool*
 // msr forward from the stratum sums.
 template <typename scalar_t>
 __global__ void value_finalize_kernel(const double* __restrict__ ws, const bool* __restrict__ tmask,
-                                      const bool* __restrict__ vmask, scalar_t* __restrict__ out, int64_t B,
-                                      int T, int V, int chunks, double num_samples) {
+                                      const bool* __restrict__ vmask, scalar_t* __restrict__ out, int64_t B, int T,
+                                      int V, int chunks, double num_samples) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t TV = static_cast<int64_t>(T) * V, total = B * TV, stride = value_ws_stride(T, V);
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
@@ -1150,8 +1263,8 @@ __global__ void stratum_weight_kernel(const double* __restrict__ ws, const bool*
 template <typename scalar_t>
 __global__ void backward_finalize_kernel(const double* __restrict__ ws, const bool* __restrict__ tmask,
                                          const bool* __restrict__ vmask, scalar_t* __restrict__ grad_sim,
-                                         scalar_t* __restrict__ grad_wt, scalar_t* __restrict__ grad_wv,
-                                         int64_t B, int T, int V, int chunks, bool exact) {
+                                         scalar_t* __restrict__ grad_wt, scalar_t* __restrict__ grad_wv, int64_t B,
+                                         int T, int V, int chunks, bool exact) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t TV = static_cast<int64_t>(T) * V, per = TV + T + V, total = B * per;
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
@@ -1163,9 +1276,12 @@ __global__ void backward_finalize_kernel(const double* __restrict__ ws, const bo
       int nw, nf;
       if (players_of(tmask, vmask, pair, T, V, nw, nf) > kMaxExactPlayers) s = static_cast<acc_t>(NAN);
     }
-    if (k < TV) grad_sim[pair * TV + k] = static_cast<scalar_t>(s);
-    else if (k < TV + T) grad_wt[pair * T + (k - TV)] = static_cast<scalar_t>(s);
-    else grad_wv[pair * V + (k - TV - T)] = static_cast<scalar_t>(s);
+    if (k < TV)
+      grad_sim[pair * TV + k] = static_cast<scalar_t>(s);
+    else if (k < TV + T)
+      grad_wt[pair * T + (k - TV)] = static_cast<scalar_t>(s);
+    else
+      grad_wv[pair * V + (k - TV - T)] = static_cast<scalar_t>(s);
   }
 }
 
@@ -1196,13 +1312,11 @@ int blocks_for(int64_t total) {
 template <typename Kernel>
 void allow_shared(Kernel kernel, size_t bytes, int T, int V) {
   const auto* prop = at::cuda::getCurrentDeviceProperties();
-  TORCH_CHECK(bytes <= prop->sharedMemPerBlockOptin,
-              "banzhaf_interaction (cuda): T = ", T, ", V = ", V, " needs ", bytes,
-              " bytes of shared memory per block, more than this device's ", prop->sharedMemPerBlockOptin,
+  TORCH_CHECK(bytes <= prop->sharedMemPerBlockOptin, "banzhaf_interaction (cuda): T = ", T, ", V = ", V, " needs ",
+              bytes, " bytes of shared memory per block, more than this device's ", prop->sharedMemPerBlockOptin,
               "; use the triton or cpu backend for such sizes");
   if (bytes > 48 * 1024)
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(bytes)));
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 }
 
 // Warps per block of the cells kernel: 4, fewer when the per-warp state would not fit.
@@ -1216,8 +1330,8 @@ int cells_warps(int T, int V, int mode) {
 
 template <typename scalar_t, int kMode>
 void launch_cells(const at::Tensor& sim, const at::Tensor& tm, const at::Tensor& vm, const at::Tensor& wt,
-                  const at::Tensor& wv, const at::Tensor* grad, const at::Tensor* gw, at::Tensor& ws,
-                  int chunks, int64_t units, const Settings& s, double unit_scale, int warps) {
+                  const at::Tensor& wv, const at::Tensor* grad, const at::Tensor* gw, at::Tensor& ws, int chunks,
+                  int64_t units, const Settings& s, double unit_scale, int warps) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t B = sim.size(0);
   const int T = static_cast<int>(sim.size(1)), V = static_cast<int>(sim.size(2));
@@ -1227,9 +1341,9 @@ void launch_cells(const at::Tensor& sim, const at::Tensor& tm, const at::Tensor&
   const int64_t per_chunk = (units + chunks - 1) / chunks;
   kernel<<<static_cast<unsigned>(B * chunks), warps * kWarp, bytes, at::cuda::getCurrentCUDAStream()>>>(
       sim.data_ptr<scalar_t>(), tm.data_ptr<bool>(), vm.data_ptr<bool>(), wt.data_ptr<scalar_t>(),
-      wv.data_ptr<scalar_t>(), grad ? grad->data_ptr<scalar_t>() : nullptr,
-      gw ? gw->data_ptr<double>() : nullptr, ws.data_ptr<double>(), T, V, chunks, per_chunk, units,
-      s.estimator == Estimator::kExact, s.reference, s.seed, static_cast<acc_t>(unit_scale));
+      wv.data_ptr<scalar_t>(), grad ? grad->data_ptr<scalar_t>() : nullptr, gw ? gw->data_ptr<double>() : nullptr,
+      ws.data_ptr<double>(), T, V, chunks, per_chunk, units, s.estimator == Estimator::kExact, s.reference, s.seed,
+      static_cast<acc_t>(unit_scale));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -1271,8 +1385,7 @@ at::Tensor banzhaf_interaction_cuda(const at::Tensor& sim_in, const at::Tensor& 
   const Settings s = parse_settings(definition, estimator, num_samples, seed);
   c10::cuda::CUDAGuard guard(sim_in.device());
   const Prepared p = prepare(sim_in, text_mask_in, video_mask_in, text_weight_in, video_weight_in);
-  if (s.estimator == Estimator::kExact && !s.reference)
-    return closed_form::forward_cuda(p.sim, p.tm, p.vm, p.wt, p.wv);
+  if (s.estimator == Estimator::kExact && !s.reference) return closed_form::forward_cuda(p.sim, p.tm, p.vm, p.wt, p.wv);
   const int64_t B = p.sim.size(0);
   const int T = static_cast<int>(p.sim.size(1)), V = static_cast<int>(p.sim.size(2));
   auto out = at::empty_like(p.sim);
@@ -1287,8 +1400,8 @@ at::Tensor banzhaf_interaction_cuda(const at::Tensor& sim_in, const at::Tensor& 
       auto ws = at::empty({B * chunks * value_ws_stride(T, V)}, p.sim.options().dtype(at::kDouble));
       launch_value<scalar_t>(p.sim, p.tm, p.vm, p.wt, p.wv, ws, chunks, units, s);
       value_finalize_kernel<scalar_t><<<blocks_for(B * T * V), 256, 0, stream>>>(
-          ws.data_ptr<double>(), p.tm.data_ptr<bool>(), p.vm.data_ptr<bool>(), out.data_ptr<scalar_t>(), B, T,
-          V, chunks, static_cast<double>(s.num_samples));
+          ws.data_ptr<double>(), p.tm.data_ptr<bool>(), p.vm.data_ptr<bool>(), out.data_ptr<scalar_t>(), B, T, V,
+          chunks, static_cast<double>(s.num_samples));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     } else {
       const int mode = s.reference ? kFwdSlow : kFwdFast;
@@ -1296,14 +1409,14 @@ at::Tensor banzhaf_interaction_cuda(const at::Tensor& sim_in, const at::Tensor& 
       const int chunks = chunk_count(B, units, static_cast<int64_t>(warps) * 4);
       auto ws = at::empty({B * chunks * cells_ws_stride(T, V, false)}, p.sim.options().dtype(at::kDouble));
       if (s.reference)
-        launch_cells<scalar_t, kFwdSlow>(p.sim, p.tm, p.vm, p.wt, p.wv, nullptr, nullptr, ws, chunks, units, s,
-                                         0.0, warps);
+        launch_cells<scalar_t, kFwdSlow>(p.sim, p.tm, p.vm, p.wt, p.wv, nullptr, nullptr, ws, chunks, units, s, 0.0,
+                                         warps);
       else
-        launch_cells<scalar_t, kFwdFast>(p.sim, p.tm, p.vm, p.wt, p.wv, nullptr, nullptr, ws, chunks, units, s,
-                                         0.0, warps);
+        launch_cells<scalar_t, kFwdFast>(p.sim, p.tm, p.vm, p.wt, p.wv, nullptr, nullptr, ws, chunks, units, s, 0.0,
+                                         warps);
       cells_finalize_kernel<scalar_t><<<blocks_for(B * T * V), 256, 0, stream>>>(
-          ws.data_ptr<double>(), p.tm.data_ptr<bool>(), p.vm.data_ptr<bool>(), out.data_ptr<scalar_t>(), B, T,
-          V, chunks, exact, static_cast<double>(s.num_samples));
+          ws.data_ptr<double>(), p.tm.data_ptr<bool>(), p.vm.data_ptr<bool>(), out.data_ptr<scalar_t>(), B, T, V,
+          chunks, exact, static_cast<double>(s.num_samples));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
@@ -1315,8 +1428,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> banzhaf_interaction_backward_cuda
     const at::Tensor& video_mask_in, const at::Tensor& text_weight_in, const at::Tensor& video_weight_in,
     c10::string_view definition, c10::string_view estimator, int64_t num_samples, int64_t seed) {
   check_inputs(sim_in, text_mask_in, video_mask_in, text_weight_in, video_weight_in);
-  TORCH_CHECK(grad_in.sizes() == sim_in.sizes(), "banzhaf_interaction_backward: grad must be ",
-              sim_in.sizes(), ", got ", grad_in.sizes());
+  TORCH_CHECK(grad_in.sizes() == sim_in.sizes(), "banzhaf_interaction_backward: grad must be ", sim_in.sizes(),
+              ", got ", grad_in.sizes());
   TORCH_CHECK(grad_in.device() == sim_in.device(), "banzhaf_interaction_backward: grad must be on sim's device ",
               sim_in.device(), ", got ", grad_in.device());
   const Settings s = parse_settings(definition, estimator, num_samples, seed);
@@ -1334,36 +1447,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> banzhaf_interaction_backward_cuda
   const int64_t units = unit_count(s, T, V);
   const bool exact = s.estimator == Estimator::kExact;
   auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.sim.scalar_type(), "banzhaf_interaction_backward_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const int mode = value_path(s) ? kBwdValue : kBwdCells;
-    const int warps = cells_warps<acc_t>(T, V, mode);
-    const int chunks = chunk_count(B, units, static_cast<int64_t>(warps) * 4);
-    auto ws = at::empty({B * chunks * cells_ws_stride(T, V, true)}, p.sim.options().dtype(at::kDouble));
-    if (mode == kBwdValue) {
-      // Stratum weights: msr needs the stratum counts first (a first pass over the coalitions).
-      auto gw = at::empty({B * T * V * 4}, p.sim.options().dtype(at::kDouble));
-      const int count_chunks = chunk_count(B, units, kValueThreads);
-      auto counts = at::empty({B * count_chunks * value_ws_stride(T, V)}, p.sim.options().dtype(at::kDouble));
-      launch_value<scalar_t>(p.sim, p.tm, p.vm, p.wt, p.wv, counts, count_chunks, units, s);
-      stratum_weight_kernel<scalar_t><<<blocks_for(B * T * V), 256, 0, stream>>>(
-          counts.data_ptr<double>(), p.tm.data_ptr<bool>(), p.vm.data_ptr<bool>(), grad.data_ptr<scalar_t>(),
-          gw.data_ptr<double>(), B, T, V, count_chunks, static_cast<double>(s.num_samples));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      launch_cells<scalar_t, kBwdValue>(p.sim, p.tm, p.vm, p.wt, p.wv, nullptr, &gw, ws, chunks, units, s, 0.0,
-                                        warps);
-    } else {
-      // paired: grad / num_samples per sample (1 / num_samples in acc_t, as the CPU kernel); exact
-      // reference: grad / 2^(n - 2), n of the pair, formed inside the kernel.
-      const acc_t per_sample = acc_t(1) / static_cast<acc_t>(s.num_samples);
-      launch_cells<scalar_t, kBwdCells>(p.sim, p.tm, p.vm, p.wt, p.wv, &grad, nullptr, ws, chunks, units, s,
-                                        exact ? 0.0 : static_cast<double>(per_sample), warps);
-    }
-    backward_finalize_kernel<scalar_t><<<blocks_for(B * (T * V + T + V)), 256, 0, stream>>>(
-        ws.data_ptr<double>(), p.tm.data_ptr<bool>(), p.vm.data_ptr<bool>(), grad_sim.data_ptr<scalar_t>(),
-        grad_wt.data_ptr<scalar_t>(), grad_wv.data_ptr<scalar_t>(), B, T, V, chunks, exact);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, p.sim.scalar_type(), "banzhaf_interaction_backward_cuda", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const int mode = value_path(s) ? kBwdValue : kBwdCells;
+        const int warps = cells_warps<acc_t>(T, V, mode);
+        const int chunks = chunk_count(B, units, static_cast<int64_t>(warps) * 4);
+        auto ws = at::empty({B * chunks * cells_ws_stride(T, V, true)}, p.sim.options().dtype(at::kDouble));
+        if (mode == kBwdValue) {
+          // Stratum weights: msr needs the stratum counts first (a first pass over the coalitions).
+          auto gw = at::empty({B * T * V * 4}, p.sim.options().dtype(at::kDouble));
+          const int count_chunks = chunk_count(B, units, kValueThreads);
+          auto counts = at::empty({B * count_chunks * value_ws_stride(T, V)}, p.sim.options().dtype(at::kDouble));
+          launch_value<scalar_t>(p.sim, p.tm, p.vm, p.wt, p.wv, counts, count_chunks, units, s);
+          stratum_weight_kernel<scalar_t><<<blocks_for(B * T * V), 256, 0, stream>>>(
+              counts.data_ptr<double>(), p.tm.data_ptr<bool>(), p.vm.data_ptr<bool>(), grad.data_ptr<scalar_t>(),
+              gw.data_ptr<double>(), B, T, V, count_chunks, static_cast<double>(s.num_samples));
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          launch_cells<scalar_t, kBwdValue>(p.sim, p.tm, p.vm, p.wt, p.wv, nullptr, &gw, ws, chunks, units, s, 0.0,
+                                            warps);
+        } else {
+          // paired: grad / num_samples per sample (1 / num_samples in acc_t, as the CPU kernel); exact
+          // reference: grad / 2^(n - 2), n of the pair, formed inside the kernel.
+          const acc_t per_sample = acc_t(1) / static_cast<acc_t>(s.num_samples);
+          launch_cells<scalar_t, kBwdCells>(p.sim, p.tm, p.vm, p.wt, p.wv, &grad, nullptr, ws, chunks, units, s,
+                                            exact ? 0.0 : static_cast<double>(per_sample), warps);
+        }
+        backward_finalize_kernel<scalar_t><<<blocks_for(B * (T * V + T + V)), 256, 0, stream>>>(
+            ws.data_ptr<double>(), p.tm.data_ptr<bool>(), p.vm.data_ptr<bool>(), grad_sim.data_ptr<scalar_t>(),
+            grad_wt.data_ptr<scalar_t>(), grad_wv.data_ptr<scalar_t>(), B, T, V, chunks, exact);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
   return {grad_sim, grad_wt, grad_wv};
 }
 

@@ -41,16 +41,36 @@ class PairGame {
   };
 
   PairGame(int num_words, int num_frames)
-      : T(num_words), V(num_frames), R(num_words * num_frames), wt(num_words), wv(num_frames),
-        text_(num_words), video_(num_frames), in_t(num_words), in_v(num_frames), r1(num_words),
-        r2(num_words), ra(num_words), rb(num_words), k1(num_frames), k2(num_frames),
-        ka(num_frames), kb(num_frames), P1(num_frames), Q1(num_frames), P2(num_frames), Q2(num_frames),
-        G1(num_words), H1(num_words), G2(num_words), H2(num_words) {}
+      : T(num_words),
+        V(num_frames),
+        R(num_words * num_frames),
+        wt(num_words),
+        wv(num_frames),
+        text_(num_words),
+        video_(num_frames),
+        in_t(num_words),
+        in_v(num_frames),
+        r1(num_words),
+        r2(num_words),
+        ra(num_words),
+        rb(num_words),
+        k1(num_frames),
+        k2(num_frames),
+        ka(num_frames),
+        kb(num_frames),
+        P1(num_frames),
+        Q1(num_frames),
+        P2(num_frames),
+        Q2(num_frames),
+        G1(num_words),
+        H1(num_words),
+        G2(num_words),
+        H2(num_words) {}
 
   // Loads pair b. sim: [T * V], weights [T] / [V], masks [T] / [V] (nonzero = real).
   template <typename scalar_t>
-  void load(const scalar_t* sim, const scalar_t* text_weight, const scalar_t* video_weight,
-            const bool* text_mask, const bool* video_mask) {
+  void load(const scalar_t* sim, const scalar_t* text_weight, const scalar_t* video_weight, const bool* text_mask,
+            const bool* video_mask) {
     words.clear();
     frames.clear();
     for (int t = 0; t < T; ++t)
@@ -75,9 +95,15 @@ class PairGame {
     for (int t = 0; t < T; ++t) in_t[t] = false;
     for (int v = 0; v < V; ++v) in_v[v] = false;
     for (int t : words)
-      if (member(t)) { in_t[t] = true; ++nSt; }
+      if (member(t)) {
+        in_t[t] = true;
+        ++nSt;
+      }
     for (int v : frames)
-      if (member(T + v)) { in_v[v] = true; ++nSv; }
+      if (member(T + v)) {
+        in_v[v] = true;
+        ++nSv;
+      }
     text_.set(wt, words, in_t);
     video_.set(wv, frames, in_v);
     for (int t : words) {
@@ -86,10 +112,20 @@ class PairGame {
       for (int v : frames) {
         if (!in_v[v]) continue;
         const acc_t x = R[t * V + v];
-        if (x > m1) { m2 = m1; a2 = a1; m1 = x; a1 = v; }
-        else if (x > m2) { m2 = x; a2 = v; }
+        if (x > m1) {
+          m2 = m1;
+          a2 = a1;
+          m1 = x;
+          a1 = v;
+        } else if (x > m2) {
+          m2 = x;
+          a2 = v;
+        }
       }
-      r1[t] = m1; ra[t] = a1; r2[t] = m2; rb[t] = a2;
+      r1[t] = m1;
+      ra[t] = a1;
+      r2[t] = m2;
+      rb[t] = a2;
     }
     for (int v : frames) {
       acc_t m1 = kNegInf, m2 = kNegInf;
@@ -97,10 +133,20 @@ class PairGame {
       for (int t : words) {
         if (!in_t[t]) continue;
         const acc_t x = R[t * V + v];
-        if (x > m1) { m2 = m1; a2 = a1; m1 = x; a1 = t; }
-        else if (x > m2) { m2 = x; a2 = t; }
+        if (x > m1) {
+          m2 = m1;
+          a2 = a1;
+          m1 = x;
+          a1 = t;
+        } else if (x > m2) {
+          m2 = x;
+          a2 = t;
+        }
       }
-      k1[v] = m1; ka[v] = a1; k2[v] = m2; kb[v] = a2;
+      k1[v] = m1;
+      ka[v] = a1;
+      k2[v] = m2;
+      kb[v] = a2;
     }
   }
 
@@ -128,16 +174,28 @@ class PairGame {
       acc_t m = kNegInf;
       arg = -1;
       if (rest_v) m = row_without(t, j, arg);
-      if (add_j && R[t * V + j] > m) { m = R[t * V + j]; arg = j; }
-      if (clamp_rows && m < 0) { m = 0; arg = -1; }
+      if (add_j && R[t * V + j] > m) {
+        m = R[t * V + j];
+        arg = j;
+      }
+      if (clamp_rows && m < 0) {
+        m = 0;
+        arg = -1;
+      }
       return m;
     };
     auto col = [&](int v, int& arg) {
       acc_t m = kNegInf;
       arg = -1;
       if (rest_t) m = col_without(v, i, arg);
-      if (add_i && R[i * V + v] > m) { m = R[i * V + v]; arg = i; }
-      if (clamp_cols && m < 0) { m = 0; arg = -1; }
+      if (add_i && R[i * V + v] > m) {
+        m = R[i * V + v];
+        arg = i;
+      }
+      if (clamp_cols && m < 0) {
+        m = 0;
+        arg = -1;
+      }
       return m;
     };
     // The members of c (S minus i) weigh E[t] g / Z, the added i weighs e / Z.
@@ -192,14 +250,20 @@ class PairGame {
       arg = -1;
       if (!rest_v) return acc_t(0);
       const acc_t m = row_without(t, j, arg);
-      if (m < 0) { arg = -1; return acc_t(0); }
+      if (m < 0) {
+        arg = -1;
+        return acc_t(0);
+      }
       return m;
     };
     auto col = [&](int v, int& arg) {
       arg = -1;
       if (!rest_t) return acc_t(0);
       const acc_t m = col_without(v, i, arg);
-      if (m < 0) { arg = -1; return acc_t(0); }
+      if (m < 0) {
+        arg = -1;
+        return acc_t(0);
+      }
       return m;
     };
     // Softmax over logits in [0, 1] (probabilities) and the raw logit: shift by (a bound of) their
@@ -270,8 +334,7 @@ class PairGame {
 
   // Second-order difference of cell (i, j) at c = S \ {i, j}, O(T + V); with its gradient when kGrad.
   template <bool kGrad>
-  acc_t cell_delta(int i, int j, bool reference, acc_t scale = 0,
-                   GameGrads<acc_t>* grads = nullptr) const {
+  acc_t cell_delta(int i, int j, bool reference, acc_t scale = 0, GameGrads<acc_t>* grads = nullptr) const {
     const acc_t both = reference ? reference_value1<kGrad>(i, j, scale, grads)
                                  : value_of<kGrad>(i, j, true, true, false, scale, grads);
     return both - value_of<kGrad>(i, j, true, false, reference, -scale, grads) -
@@ -297,8 +360,10 @@ class PairGame {
         if (rest_v) p2 += text_.E2[t] * m;
         q2 += text_.E2[t] * mj;
       }
-      P1[j] = p1; Q1[j] = q1;  // sum over S_t (c_t: S_t minus the top word) of E * rowmax over S_v \ j
-      P2[j] = p2; Q2[j] = q2;  // ... and over (S_v \ j) + j
+      P1[j] = p1;
+      Q1[j] = q1;  // sum over S_t (c_t: S_t minus the top word) of E * rowmax over S_v \ j
+      P2[j] = p2;
+      Q2[j] = q2;  // ... and over (S_v \ j) + j
     }
     for (int i : words) {
       const bool rest_t = nSt - in_t[i] > 0;
@@ -314,8 +379,10 @@ class PairGame {
         if (rest_t) g2 += video_.E2[v] * m;
         h2 += video_.E2[v] * mi;
       }
-      G1[i] = g1; H1[i] = h1;
-      G2[i] = g2; H2[i] = h2;
+      G1[i] = g1;
+      H1[i] = h1;
+      G2[i] = g2;
+      H2[i] = h2;
     }
   }
 
@@ -355,12 +422,18 @@ class PairGame {
  private:
   // Maximum of row t over S_v without frame j (-inf if none), and where it is.
   acc_t row_without(int t, int j, int& arg) const {
-    if (ra[t] == j && j >= 0) { arg = rb[t]; return r2[t]; }
+    if (ra[t] == j && j >= 0) {
+      arg = rb[t];
+      return r2[t];
+    }
     arg = ra[t];
     return r1[t];
   }
   acc_t col_without(int v, int i, int& arg) const {
-    if (ka[v] == i && i >= 0) { arg = kb[v]; return k2[v]; }
+    if (ka[v] == i && i >= 0) {
+      arg = kb[v];
+      return k2[v];
+    }
     arg = ka[v];
     return k1[v];
   }
@@ -378,8 +451,12 @@ class PairGame {
       top = -1;
       for (int k : players) {
         if (!in[k]) continue;
-        if (top < 0 || w[k] > m1) { m2 = m1; m1 = w[k]; top = k; }
-        else if (w[k] > m2) m2 = w[k];
+        if (top < 0 || w[k] > m1) {
+          m2 = m1;
+          m1 = w[k];
+          top = k;
+        } else if (w[k] > m2)
+          m2 = w[k];
       }
       Z1 = Z2 = 0;
       for (int k : players) {

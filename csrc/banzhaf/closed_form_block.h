@@ -25,12 +25,16 @@ namespace hbi {
 namespace closed_form {
 
 constexpr size_t kFactorBytes = 40 * 1024;  // smem for the node-factor tiles of one chunk
-constexpr int kMaxPlayers = 512;             // words (frames) a pair: the index lists' size
+constexpr int kMaxPlayers = 512;            // words (frames) a pair: the index lists' size
 
 template <typename T>
-HBI_HD T larger(T a, T b) { return a < b ? b : a; }
+HBI_HD T larger(T a, T b) {
+  return a < b ? b : a;
+}
 template <typename T>
-HBI_HD T smaller(T a, T b) { return b < a ? b : a; }
+HBI_HD T smaller(T a, T b) {
+  return b < a ? b : a;
+}
 
 // Workspace of one pair, in acc_t elements; T and V the padded sizes (bounds of the real counts).
 struct Workspace {
@@ -42,24 +46,40 @@ HBI_HD Workspace workspace(int T, int V, bool backward) {
   Workspace w;
   const int64_t tv = static_cast<int64_t>(T) * V;
   int64_t at = 0;
-  w.R = at; at += tv;
-  w.wt = at; at += T;
-  w.wv = at; at += V;
-  w.alpha = at; at += static_cast<int64_t>(T) * T;
-  w.gamma = at; at += static_cast<int64_t>(V) * V;
-  w.mu = at; at += tv;
-  w.nu = at; at += tv;
-  w.row_weighted = at; at += tv;
-  w.col_weighted = at; at += tv;
-  w.row_position = at; at += tv;
-  w.col_position = at; at += tv;
+  w.R = at;
+  at += tv;
+  w.wt = at;
+  at += T;
+  w.wv = at;
+  at += V;
+  w.alpha = at;
+  at += static_cast<int64_t>(T) * T;
+  w.gamma = at;
+  at += static_cast<int64_t>(V) * V;
+  w.mu = at;
+  at += tv;
+  w.nu = at;
+  at += tv;
+  w.row_weighted = at;
+  at += tv;
+  w.col_weighted = at;
+  at += tv;
+  w.row_position = at;
+  at += tv;
+  w.col_position = at;
+  at += tv;
   w.G = w.X = w.Xg = w.Ymu = w.Ynu = at;
   if (backward) {
-    w.G = at; at += tv;
-    w.X = at; at += static_cast<int64_t>(T) * T;
-    w.Xg = at; at += static_cast<int64_t>(V) * V;
-    w.Ymu = at; at += tv;
-    w.Ynu = at; at += tv;
+    w.G = at;
+    at += tv;
+    w.X = at;
+    at += static_cast<int64_t>(T) * T;
+    w.Xg = at;
+    at += static_cast<int64_t>(V) * V;
+    w.Ymu = at;
+    at += tv;
+    w.Ynu = at;
+    at += tv;
   }
   w.stride = at;
   return w;
@@ -121,8 +141,10 @@ HBI_HD void softmax_marginals(const acc_t* w, int n, const Side<acc_t>& side, ac
   for (int e = Block::tid(); e < n * n; e += Block::size) {
     const int i = e / n, t = e % n;
     acc_t value = 0;
-    if (!side.finite) value = NAN;
-    else if (side.equal) value = i == t ? equal_weight_diagonal<acc_t>(n) : equal_weight_off_diagonal<acc_t>(n);
+    if (!side.finite)
+      value = NAN;
+    else if (side.equal)
+      value = i == t ? equal_weight_diagonal<acc_t>(n) : equal_weight_off_diagonal<acc_t>(n);
     alpha[e] = value;
   }
   for (int k = Block::tid(); k < n; k += Block::size) diagonal[k] = 0;
@@ -177,8 +199,7 @@ HBI_HD void sort_positions(const acc_t* x, int rs, int es, int n_rows, int n_ent
 
 // The gains 2^-p x_e - (the sum of 2^-q x over the entries after e) into out[e * n_rows + r].
 template <typename Block, typename acc_t>
-HBI_HD void sort_gains(const acc_t* x, int rs, int es, int n_rows, int n_entries, const acc_t* weighted,
-                       acc_t* out) {
+HBI_HD void sort_gains(const acc_t* x, int rs, int es, int n_rows, int n_entries, const acc_t* weighted, acc_t* out) {
   for (int idx = Block::tid(); idx < n_rows * n_entries; idx += Block::size) {
     const int r = idx / n_entries, e = idx % n_entries;
     const acc_t xe = x[r * rs + e * es];
@@ -204,8 +225,7 @@ HBI_HD acc_t sort_gain_grad(const acc_t* x, int rs, int es, int n_rows, int n_en
 // R and the logits into the workspace.
 template <typename Block, typename scalar_t, typename acc_t>
 HBI_HD void load_pair(const scalar_t* sim, const bool* tm, const bool* vm, const scalar_t* wt, const scalar_t* wv,
-                      int64_t b, int T, int V, const Workspace& L, acc_t* ws, int* words, int* frames,
-                      int* counts) {
+                      int64_t b, int T, int V, const Workspace& L, acc_t* ws, int* words, int* frames, int* counts) {
   if (Block::tid() == 0) {
     int n = 0, m = 0;
     for (int t = 0; t < T; ++t)
@@ -254,9 +274,8 @@ struct BlockShared {
 };
 
 template <typename Block, typename scalar_t, typename acc_t>
-HBI_HD void pair_forward(const scalar_t* sim, const bool* tm, const bool* vm, const scalar_t* wt,
-                         const scalar_t* wv, scalar_t* out, acc_t* workspace_all, int64_t b, int T, int V,
-                         const BlockShared<acc_t>& sh) {
+HBI_HD void pair_forward(const scalar_t* sim, const bool* tm, const bool* vm, const scalar_t* wt, const scalar_t* wv,
+                         scalar_t* out, acc_t* workspace_all, int64_t b, int T, int V, const BlockShared<acc_t>& sh) {
   const Workspace L = workspace(T, V, false);
   acc_t* ws = workspace_all + b * L.stride;
   load_pair<Block>(sim, tm, vm, wt, wv, b, T, V, L, ws, sh.words, sh.frames, sh.counts);
@@ -316,8 +335,8 @@ HBI_HD void softmax_marginals_vjp(const acc_t* w, int n, const Side<acc_t>& side
       const int k = e / len, c = e % len;
       acc_t xb = 0, xta = 0;
       for (int t = 0; t < n; ++t) {
-        xb += X[k * n + t] * bb[t * C + c];   // (X b)_k
-        xta += X[t * n + k] * a[t * C + c];   // (X^T a)_k
+        xb += X[k * n + t] * bb[t * C + c];  // (X b)_k
+        xta += X[t * n + k] * a[t * C + c];  // (X^T a)_k
       }
       Xb[k * C + c] = xb;
       Xta[k * C + c] = xta;
@@ -351,8 +370,8 @@ HBI_HD void softmax_marginals_vjp(const acc_t* w, int n, const Side<acc_t>& side
 
 // out[r, c] = sum_k x[r * xr + k * xk] y[c * yc + k * yk] for r < rows, c < cols (out row-major).
 template <typename Block, typename acc_t>
-HBI_HD void contract(acc_t* out, int rows, int cols, int inner, const acc_t* x, int xr, int xk, const acc_t* y,
-                     int yc, int yk) {
+HBI_HD void contract(acc_t* out, int rows, int cols, int inner, const acc_t* x, int xr, int xk, const acc_t* y, int yc,
+                     int yk) {
   for (int e = Block::tid(); e < rows * cols; e += Block::size) {
     const int r = e / cols, c = e % cols;
     acc_t total = 0;
@@ -362,10 +381,9 @@ HBI_HD void contract(acc_t* out, int rows, int cols, int inner, const acc_t* x, 
 }
 
 template <typename Block, typename scalar_t, typename acc_t>
-HBI_HD void pair_backward(const scalar_t* grad, const scalar_t* sim, const bool* tm, const bool* vm,
-                          const scalar_t* wt, const scalar_t* wv, scalar_t* grad_sim, scalar_t* grad_wt,
-                          scalar_t* grad_wv, acc_t* workspace_all, int64_t b, int T, int V,
-                          const BlockShared<acc_t>& sh) {
+HBI_HD void pair_backward(const scalar_t* grad, const scalar_t* sim, const bool* tm, const bool* vm, const scalar_t* wt,
+                          const scalar_t* wv, scalar_t* grad_sim, scalar_t* grad_wt, scalar_t* grad_wv,
+                          acc_t* workspace_all, int64_t b, int T, int V, const BlockShared<acc_t>& sh) {
   const Workspace L = workspace(T, V, true);
   acc_t* ws = workspace_all + b * L.stride;
   load_pair<Block>(sim, tm, vm, wt, wv, b, T, V, L, ws, sh.words, sh.frames, sh.counts);

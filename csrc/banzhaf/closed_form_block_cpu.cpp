@@ -23,7 +23,9 @@ struct SerialBlock {
   static int tid() { return 0; }
   static void sync() {}
   template <typename T>
-  static T reduce_max(T x, T*) { return x; }
+  static T reduce_max(T x, T*) {
+    return x;
+  }
 };
 
 // One pair at a time per worker, each with its own "shared memory".
@@ -34,8 +36,7 @@ void for_each_block(int64_t B, int T, int V, Body&& body) {
     std::vector<int> words(kMaxPlayers), frames(kMaxPlayers), counts(2);
     acc_t* smem = reinterpret_cast<acc_t*>(raw.data());
     acc_t* values = smem + kFactorBytes / sizeof(acc_t);
-    const BlockShared<acc_t> sh{smem, values, values + 2 * larger(T, V), words.data(), frames.data(),
-                                counts.data()};
+    const BlockShared<acc_t> sh{smem, values, values + 2 * larger(T, V), words.data(), frames.data(), counts.data()};
     for (int64_t b = begin; b < end; ++b) body(b, sh);
   });
 }
@@ -43,8 +44,8 @@ void for_each_block(int64_t B, int T, int V, Body&& body) {
 void check(const at::Tensor& sim, const at::Tensor& tm, const at::Tensor& vm, const at::Tensor& wt,
            const at::Tensor& wv) {
   banzhaf::check_shapes(sim, tm, vm, wt, wv);
-  TORCH_CHECK(sim.size(1) <= kMaxPlayers && sim.size(2) <= kMaxPlayers,
-              "closed_form_block: at most ", kMaxPlayers, " words and frames a pair");
+  TORCH_CHECK(sim.size(1) <= kMaxPlayers && sim.size(2) <= kMaxPlayers, "closed_form_block: at most ", kMaxPlayers,
+              " words and frames a pair");
 }
 
 at::Tensor block_forward_cpu(const at::Tensor& sim_in, const at::Tensor& tm_in, const at::Tensor& vm_in,
@@ -61,8 +62,8 @@ at::Tensor block_forward_cpu(const at::Tensor& sim_in, const at::Tensor& tm_in, 
     std::vector<acc_t> ws(B * workspace(T, V, false).stride);
     for_each_block<acc_t>(B, T, V, [&](int64_t b, const BlockShared<acc_t>& sh) {
       pair_forward<SerialBlock>(sim.data_ptr<scalar_t>(), tm.data_ptr<bool>(), vm.data_ptr<bool>(),
-                                wt.data_ptr<scalar_t>(), wv.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
-                                ws.data(), b, T, V, sh);
+                                wt.data_ptr<scalar_t>(), wv.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), ws.data(),
+                                b, T, V, sh);
     });
   });
   return out;

@@ -24,9 +24,16 @@ struct NodeTiles {
   int n;
   std::vector<acc_t> u, joiner, member, a, b, weight_p, da, db, dlog_phi;
   explicit NodeTiles(int players)
-      : n(players), u(players), joiner(players * kNodeChunk), member(players * kNodeChunk),
-        a(players * kNodeChunk), b(players * kNodeChunk), weight_p(kNodeChunk),
-        da(players * kNodeChunk), db(players * kNodeChunk), dlog_phi(players * kNodeChunk) {}
+      : n(players),
+        u(players),
+        joiner(players * kNodeChunk),
+        member(players * kNodeChunk),
+        a(players * kNodeChunk),
+        b(players * kNodeChunk),
+        weight_p(kNodeChunk),
+        da(players * kNodeChunk),
+        db(players * kNodeChunk),
+        dlog_phi(players * kNodeChunk) {}
 
   // Fills the tiles for nodes q0 .. q0 + len - 1 (len <= kNodeChunk).
   void fill(const NodeGrid<acc_t>& grid, int q0, int len, bool grads) {
@@ -180,9 +187,9 @@ void max_marginals_vjp(const acc_t* x, int n, int stride, int* order, const acc_
 // The pair's compacted state: R over real words x real frames, and every marginal.
 template <typename acc_t>
 struct PairMarginals {
-  int n, m;                                  // real words, real frames
-  std::vector<acc_t> R, wt, wv;              // R [n x m]
-  std::vector<acc_t> alpha, gamma, mu, nu;   // [n x n], [m x m], mu [m x n] (frame j, row t), nu [n x m]
+  int n, m;                                 // real words, real frames
+  std::vector<acc_t> R, wt, wv;             // R [n x m]
+  std::vector<acc_t> alpha, gamma, mu, nu;  // [n x n], [m x m], mu [m x n] (frame j, row t), nu [n x m]
   std::vector<int> order;
 
   template <typename scalar_t>

@@ -74,10 +74,11 @@ __device__ BlockShared<acc_t> block_shared(unsigned char* raw, int T, int V, int
 }
 
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads) closed_form_forward_kernel(
-    const scalar_t* __restrict__ sim, const bool* __restrict__ tm, const bool* __restrict__ vm,
-    const scalar_t* __restrict__ wt, const scalar_t* __restrict__ wv, scalar_t* __restrict__ out,
-    acc_t* workspace_all, int T, int V) {
+__global__ void __launch_bounds__(kThreads)
+    closed_form_forward_kernel(const scalar_t* __restrict__ sim, const bool* __restrict__ tm,
+                               const bool* __restrict__ vm, const scalar_t* __restrict__ wt,
+                               const scalar_t* __restrict__ wv, scalar_t* __restrict__ out, acc_t* workspace_all, int T,
+                               int V) {
   extern __shared__ unsigned char raw[];
   __shared__ int words[kMaxPlayers], frames[kMaxPlayers], counts[2];
   const BlockShared<acc_t> sh = block_shared<acc_t>(raw, T, V, words, frames, counts);
@@ -85,28 +86,29 @@ __global__ void __launch_bounds__(kThreads) closed_form_forward_kernel(
 }
 
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads) closed_form_backward_kernel(
-    const scalar_t* __restrict__ grad, const scalar_t* __restrict__ sim, const bool* __restrict__ tm,
-    const bool* __restrict__ vm, const scalar_t* __restrict__ wt, const scalar_t* __restrict__ wv,
-    scalar_t* __restrict__ grad_sim, scalar_t* __restrict__ grad_wt, scalar_t* __restrict__ grad_wv,
-    acc_t* workspace_all, int T, int V) {
+__global__ void __launch_bounds__(kThreads)
+    closed_form_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ sim,
+                                const bool* __restrict__ tm, const bool* __restrict__ vm,
+                                const scalar_t* __restrict__ wt, const scalar_t* __restrict__ wv,
+                                scalar_t* __restrict__ grad_sim, scalar_t* __restrict__ grad_wt,
+                                scalar_t* __restrict__ grad_wv, acc_t* workspace_all, int T, int V) {
   extern __shared__ unsigned char raw[];
   __shared__ int words[kMaxPlayers], frames[kMaxPlayers], counts[2];
   const BlockShared<acc_t> sh = block_shared<acc_t>(raw, T, V, words, frames, counts);
-  pair_backward<CudaBlock>(grad, sim, tm, vm, wt, wv, grad_sim, grad_wt, grad_wv, workspace_all, blockIdx.x, T,
-                           V, sh);
+  pair_backward<CudaBlock>(grad, sim, tm, vm, wt, wv, grad_sim, grad_wt, grad_wv, workspace_all, blockIdx.x, T, V, sh);
 }
 
 template <typename Kernel>
 void allow_shared(Kernel kernel, size_t bytes) {
   if (bytes > 48 * 1024)
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(bytes)));
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 }
 
 void check_sizes(int T, int V) {
-  TORCH_CHECK(T <= kMaxPlayers && V <= kMaxPlayers, "banzhaf_interaction (cuda): the exact estimator takes at "
-              "most ", kMaxPlayers, " words and ", kMaxPlayers, " frames a pair, got T = ", T, ", V = ", V,
+  TORCH_CHECK(T <= kMaxPlayers && V <= kMaxPlayers,
+              "banzhaf_interaction (cuda): the exact estimator takes at "
+              "most ",
+              kMaxPlayers, " words and ", kMaxPlayers, " frames a pair, got T = ", T, ", V = ", V,
               "; use the triton or cpu backend");
 }
 
@@ -144,28 +146,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(const at::Tensor& g
   auto grad_wv = at::zeros_like(wv);
   if (sim.numel() == 0) return {grad_sim, grad_wt, grad_wv};
   check_sizes(T, V);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sim.scalar_type(), "banzhaf_closed_form_backward_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const Workspace L = workspace(T, V, true);
-    auto ws = at::empty({B * L.stride}, sim.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    const size_t bytes = shared_bytes<acc_t>(T, V, kThreads / 32);
-    auto kernel = closed_form_backward_kernel<scalar_t, acc_t>;
-    allow_shared(kernel, bytes);
-    kernel<<<static_cast<unsigned>(B), kThreads, bytes, at::cuda::getCurrentCUDAStream()>>>(
-        grad.data_ptr<scalar_t>(), sim.data_ptr<scalar_t>(), tm.data_ptr<bool>(), vm.data_ptr<bool>(),
-        wt.data_ptr<scalar_t>(), wv.data_ptr<scalar_t>(), grad_sim.data_ptr<scalar_t>(),
-        grad_wt.data_ptr<scalar_t>(), grad_wv.data_ptr<scalar_t>(), ws.data_ptr<acc_t>(), T, V);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, sim.scalar_type(), "banzhaf_closed_form_backward_cuda", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const Workspace L = workspace(T, V, true);
+        auto ws = at::empty({B * L.stride}, sim.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+        const size_t bytes = shared_bytes<acc_t>(T, V, kThreads / 32);
+        auto kernel = closed_form_backward_kernel<scalar_t, acc_t>;
+        allow_shared(kernel, bytes);
+        kernel<<<static_cast<unsigned>(B), kThreads, bytes, at::cuda::getCurrentCUDAStream()>>>(
+            grad.data_ptr<scalar_t>(), sim.data_ptr<scalar_t>(), tm.data_ptr<bool>(), vm.data_ptr<bool>(),
+            wt.data_ptr<scalar_t>(), wv.data_ptr<scalar_t>(), grad_sim.data_ptr<scalar_t>(),
+            grad_wt.data_ptr<scalar_t>(), grad_wv.data_ptr<scalar_t>(), ws.data_ptr<acc_t>(), T, V);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
   return {grad_sim, grad_wt, grad_wv};
 }
 
 // hbi_ops::closed_form_block_{forward,backward} on CUDA tensors: the kernels themselves.
-at::Tensor block_forward_cuda(const at::Tensor& sim, const at::Tensor& tm, const at::Tensor& vm,
-                              const at::Tensor& wt, const at::Tensor& wv) {
+at::Tensor block_forward_cuda(const at::Tensor& sim, const at::Tensor& tm, const at::Tensor& vm, const at::Tensor& wt,
+                              const at::Tensor& wv) {
   c10::cuda::CUDAGuard guard(sim.device());
-  return forward_cuda(sim.contiguous(), tm.to(at::kBool).contiguous(), vm.to(at::kBool).contiguous(),
-                      wt.contiguous(), wv.contiguous());
+  return forward_cuda(sim.contiguous(), tm.to(at::kBool).contiguous(), vm.to(at::kBool).contiguous(), wt.contiguous(),
+                      wv.contiguous());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> block_backward_cuda(const at::Tensor& grad, const at::Tensor& sim,

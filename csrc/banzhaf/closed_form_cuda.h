@@ -12,8 +12,7 @@ at::Tensor forward_cuda(const at::Tensor& sim, const at::Tensor& text_mask, cons
                         const at::Tensor& text_weight, const at::Tensor& video_weight);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad, const at::Tensor& sim,
-                                                             const at::Tensor& text_mask,
-                                                             const at::Tensor& video_mask,
+                                                             const at::Tensor& text_mask, const at::Tensor& video_mask,
                                                              const at::Tensor& text_weight,
                                                              const at::Tensor& video_weight);
 

@@ -37,9 +37,7 @@
 
 namespace {
 
-inline float density_from_mean(float mean) {
-  return static_cast<float>(std::exp(-static_cast<double>(mean)));
-}
+inline float density_from_mean(float mean) { return static_cast<float>(std::exp(-static_cast<double>(mean))); }
 inline double density_from_mean(double mean) { return std::exp(-mean); }
 
 // Comparisons that stay strict weak orders when a value is NaN (possible with non-finite x, or with
@@ -79,8 +77,7 @@ inline acc_t squared_distance(const acc_t* __restrict__ a, const acc_t* __restri
     const acc_t d = a[c] - b[c];
     rest += d * d;
   }
-  return (((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))) +
-         rest;
+  return (((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))) + rest;
 }
 
 template <typename acc_t>

@@ -58,10 +58,10 @@
 namespace {
 
 constexpr int kWarp = 32;
-constexpr int64_t kSmallN = 64;          // fused one-block-per-sample path up to this N
-constexpr int kSmallThreads = 512;       // 64 groups of 8 lanes
-constexpr int kTile = 32;                // distance tile (tokens per side)
-constexpr int kRowThreads = 256;         // row kernels
+constexpr int64_t kSmallN = 64;     // fused one-block-per-sample path up to this N
+constexpr int kSmallThreads = 512;  // 64 groups of 8 lanes
+constexpr int kTile = 32;           // distance tile (tokens per side)
+constexpr int kRowThreads = 256;    // row kernels
 constexpr int64_t kWorkspaceBytes = int64_t{1} << 31;
 
 // ---- arithmetic in the CPU kernel's rounding --------------------------------------------------------
@@ -141,9 +141,10 @@ __device__ __forceinline__ void atomic_max_nonnegative(double* address, double v
 // real [N] bool.
 // =======================================================================================================
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kSmallThreads) small_kernel(
-    const scalar_t* __restrict__ x, const bool* __restrict__ real_all, int64_t n, int64_t width,
-    int64_t num_clusters, int64_t k, acc_t scale, int64_t* __restrict__ idx_out, int64_t* __restrict__ centers_out) {
+__global__ void __launch_bounds__(kSmallThreads)
+    small_kernel(const scalar_t* __restrict__ x, const bool* __restrict__ real_all, int64_t n, int64_t width,
+                 int64_t num_clusters, int64_t k, acc_t scale, int64_t* __restrict__ idx_out,
+                 int64_t* __restrict__ centers_out) {
   extern __shared__ __align__(16) unsigned char smem[];
   acc_t* dist = reinterpret_cast<acc_t*>(smem);
   acc_t* rho = dist + n * n;
@@ -299,9 +300,9 @@ constexpr int kTileRows = 8;   // blockDim.y; thread rows i = ty + 8 r, r < 4
 constexpr int kTileCols = 16;  // blockDim.x; thread cols j = tx + 16 s, s < 2
 
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kTileRows * kTileCols) tile_distance_kernel(
-    const scalar_t* __restrict__ x, const bool* __restrict__ real_all, int64_t n, int64_t width, acc_t scale,
-    acc_t* __restrict__ dist, acc_t* __restrict__ stats) {
+__global__ void __launch_bounds__(kTileRows* kTileCols)
+    tile_distance_kernel(const scalar_t* __restrict__ x, const bool* __restrict__ real_all, int64_t n, int64_t width,
+                         acc_t scale, acc_t* __restrict__ dist, acc_t* __restrict__ stats) {
   const int64_t tile_i = blockIdx.x, tile_j = blockIdx.y;
   if (tile_j < tile_i) return;  // each pair once: the tile below the diagonal is the transpose
   const int64_t b = blockIdx.z;
@@ -425,10 +426,9 @@ __global__ void __launch_bounds__(kTileRows * kTileCols) tile_distance_kernel(
 // One block per row (b, i): rho[b, i]. Shared: row [n] acc (if it fits, else read from global),
 // candidates [k], sorted [k] acc, histogram [256] int.
 template <typename acc_t>
-__global__ void __launch_bounds__(kRowThreads) density_kernel(const acc_t* __restrict__ dist,
-                                                              const bool* __restrict__ real_all,
-                                                              const acc_t* __restrict__ stats, int64_t n, int64_t k,
-                                                              acc_t* __restrict__ rho) {
+__global__ void __launch_bounds__(kRowThreads)
+    density_kernel(const acc_t* __restrict__ dist, const bool* __restrict__ real_all, const acc_t* __restrict__ stats,
+                   int64_t n, int64_t k, acc_t* __restrict__ rho) {
   using bits_t = typename Bits<acc_t>::type;
   extern __shared__ __align__(16) unsigned char smem[];
   acc_t* row_s = reinterpret_cast<acc_t*>(smem);
@@ -516,11 +516,9 @@ __global__ void __launch_bounds__(kRowThreads) density_kernel(const acc_t* __res
 
 // One block per row (b, i): score[b, i] = delta_i * rho_i.
 template <typename acc_t>
-__global__ void __launch_bounds__(kRowThreads) delta_kernel(const acc_t* __restrict__ dist,
-                                                            const bool* __restrict__ real_all,
-                                                            const acc_t* __restrict__ stats,
-                                                            const acc_t* __restrict__ rho_all, int64_t n,
-                                                            acc_t* __restrict__ score) {
+__global__ void __launch_bounds__(kRowThreads)
+    delta_kernel(const acc_t* __restrict__ dist, const bool* __restrict__ real_all, const acc_t* __restrict__ stats,
+                 const acc_t* __restrict__ rho_all, int64_t n, acc_t* __restrict__ score) {
   __shared__ acc_t partial[kRowThreads / kWarp];
   const int64_t row = blockIdx.x;
   const int64_t b = row / n, i = row % n;
@@ -556,9 +554,9 @@ __global__ void __launch_bounds__(kRowThreads) delta_kernel(const acc_t* __restr
 
 // Ranks in the score order; grid (ceil(n / 256), samples); centres of rank < K.
 template <typename acc_t>
-__global__ void __launch_bounds__(kRowThreads) rank_kernel(const acc_t* __restrict__ score_all, int64_t n,
-                                                           int64_t num_clusters, int32_t* __restrict__ rank_all,
-                                                           int64_t* __restrict__ centers) {
+__global__ void __launch_bounds__(kRowThreads)
+    rank_kernel(const acc_t* __restrict__ score_all, int64_t n, int64_t num_clusters, int32_t* __restrict__ rank_all,
+                int64_t* __restrict__ centers) {
   __shared__ acc_t chunk[kRowThreads];
   const int64_t b = blockIdx.y;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -631,9 +629,9 @@ void run_large(const at::Tensor& x, const at::Tensor& real, int64_t num_clusters
   const size_t static_shared = 256 * sizeof(int) + 64;
   const cudaDeviceProp* properties = at::cuda::getCurrentDeviceProperties();
   const size_t limit = properties->sharedMemPerBlockOptin;
-  TORCH_CHECK(density_shared + static_shared <= limit, "dpc_knn (cuda kernel): N=", n, " and k=", k,
-              " need ", density_shared + static_shared, " bytes of shared memory per block, more than this device's ",
-              limit, "; use fewer tokens per sample (or the cpu / torch backend)");
+  TORCH_CHECK(density_shared + static_shared <= limit, "dpc_knn (cuda kernel): N=", n, " and k=", k, " need ",
+              density_shared + static_shared, " bytes of shared memory per block, more than this device's ", limit,
+              "; use fewer tokens per sample (or the cpu / torch backend)");
   if (density_shared + static_shared > 48 * 1024) {  // the default limit counts static shared memory too
     C10_CUDA_CHECK(cudaFuncSetAttribute(density_kernel<acc_t>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(density_shared)));
@@ -670,8 +668,8 @@ void run_large(const at::Tensor& x, const at::Tensor& real, int64_t num_clusters
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 
     delta_kernel<acc_t><<<rows, kRowThreads, 0, stream>>>(dist.const_data_ptr<acc_t>(), rb,
-                                                          stats.const_data_ptr<acc_t>(), rho.const_data_ptr<acc_t>(),
-                                                          n, score.mutable_data_ptr<acc_t>());
+                                                          stats.const_data_ptr<acc_t>(), rho.const_data_ptr<acc_t>(), n,
+                                                          score.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 
     const dim3 rank_grid(static_cast<unsigned>((n + kRowThreads - 1) / kRowThreads), static_cast<unsigned>(samples));
@@ -680,9 +678,8 @@ void run_large(const at::Tensor& x, const at::Tensor& real, int64_t num_clusters
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 
     const unsigned token_blocks = static_cast<unsigned>((samples * n + kRowThreads - 1) / kRowThreads);
-    assign_kernel<acc_t><<<token_blocks, kRowThreads, 0, stream>>>(dist.const_data_ptr<acc_t>(), rb,
-                                                                   rank.const_data_ptr<int32_t>(), cb, samples, n,
-                                                                   num_clusters, ib);
+    assign_kernel<acc_t><<<token_blocks, kRowThreads, 0, stream>>>(
+        dist.const_data_ptr<acc_t>(), rb, rank.const_data_ptr<int32_t>(), cb, samples, n, num_clusters, ib);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
@@ -691,8 +688,8 @@ std::tuple<at::Tensor, at::Tensor> dpc_knn_cuda(const at::Tensor& x, const at::T
                                                 int64_t k) {
   TORCH_CHECK(x.defined() && mask.defined(), "dpc_knn: x and mask must be defined tensors");
   TORCH_CHECK(x.is_cuda(), "dpc_knn (cuda kernel): x must be a CUDA tensor, got ", x.device());
-  TORCH_CHECK(mask.device() == x.device(), "dpc_knn (cuda kernel): mask must be on x's device ", x.device(),
-              ", got ", mask.device());
+  TORCH_CHECK(mask.device() == x.device(), "dpc_knn (cuda kernel): mask must be on x's device ", x.device(), ", got ",
+              mask.device());
   hbi::check_dpc_knn_args(x, mask, num_clusters, k);
   const int64_t batch = x.size(0), n = x.size(1), width = x.size(2);
   TORCH_CHECK(n < (int64_t{1} << 31), "dpc_knn (cuda kernel): N must be below 2^31");

@@ -12,10 +12,10 @@ inline void check_merge_args(const char* op, const at::Tensor& x, const at::Tens
               ": x must be a floating-point tensor (float16, bfloat16, float32 or float64), got ", x.scalar_type());
   const int64_t batch = x.size(0), n = x.size(1);
   TORCH_CHECK(idx.scalar_type() == at::kLong, op, ": idx must be an int64 tensor, got ", idx.scalar_type());
-  TORCH_CHECK(idx.dim() == 2 && idx.size(0) == batch && idx.size(1) == n, op, ": idx must have shape [", batch,
-              ", ", n, "], got ", idx.sizes());
-  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), op, ": weight must have x's dtype ", x.scalar_type(),
-              ", got ", weight.scalar_type());
+  TORCH_CHECK(idx.dim() == 2 && idx.size(0) == batch && idx.size(1) == n, op, ": idx must have shape [", batch, ", ", n,
+              "], got ", idx.sizes());
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), op, ": weight must have x's dtype ", x.scalar_type(), ", got ",
+              weight.scalar_type());
   TORCH_CHECK(weight.dim() == 2 && weight.size(0) == batch && weight.size(1) == n, op, ": weight must have shape [",
               batch, ", ", n, "], got ", weight.sizes());
   TORCH_CHECK(num_clusters >= 1, op, ": num_clusters must be >= 1, got ", num_clusters);

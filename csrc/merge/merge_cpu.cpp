@@ -40,9 +40,8 @@ void check_idx_range(const char* op, const at::Tensor& idx, int64_t num_clusters
   const int64_t* data = idx.const_data_ptr<int64_t>();
   const int64_t total = idx.numel(), n = idx.size(1);
   for (int64_t e = 0; e < total; ++e) {
-    TORCH_CHECK(data[e] >= 0 && data[e] < num_clusters, op, ": idx must hold cluster indices in [0, ",
-                num_clusters - 1, "] (num_clusters=", num_clusters, "), got idx[", e / n, ", ", e % n,
-                "] = ", data[e]);
+    TORCH_CHECK(data[e] >= 0 && data[e] < num_clusters, op, ": idx must hold cluster indices in [0, ", num_clusters - 1,
+                "] (num_clusters=", num_clusters, "), got idx[", e / n, ", ", e % n, "] = ", data[e]);
   }
 }
 
@@ -85,8 +84,8 @@ at::Tensor merge_tokens_cpu(const at::Tensor& x, const at::Tensor& idx, const at
     at::parallel_for(0, batch, grain((n + num_clusters) * width), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> total(num_clusters), summed(num_clusters * width);
       for (int64_t b = begin; b < end; ++b) {
-        weighted_sums<scalar_t, acc_t>(x_data + b * n * width, idx_data + b * n, w_data + b * n, n, width,
-                                       total.data(), summed.data(), num_clusters);
+        weighted_sums<scalar_t, acc_t>(x_data + b * n * width, idx_data + b * n, w_data + b * n, n, width, total.data(),
+                                       summed.data(), num_clusters);
         scalar_t* o = out_data + b * num_clusters * width;
         for (int64_t c = 0; c < num_clusters; ++c) {
           const acc_t denominator = total[c] + static_cast<acc_t>(kEpsilon);
@@ -104,9 +103,10 @@ std::tuple<at::Tensor, at::Tensor> merge_tokens_backward_cpu(const at::Tensor& g
                                                              const at::Tensor& merged, int64_t num_clusters) {
   check_inputs("merge_tokens_backward", x, idx, weight, num_clusters);
   const int64_t batch = x.size(0), n = x.size(1), width = x.size(2);
-  TORCH_CHECK(grad.defined() && grad.device().is_cpu(), "merge_tokens_backward (cpu kernel): grad must be a CPU tensor");
-  TORCH_CHECK(at::isFloatingType(grad.scalar_type()), "merge_tokens_backward: grad must be a floating-point tensor, got ",
-              grad.scalar_type());
+  TORCH_CHECK(grad.defined() && grad.device().is_cpu(),
+              "merge_tokens_backward (cpu kernel): grad must be a CPU tensor");
+  TORCH_CHECK(at::isFloatingType(grad.scalar_type()),
+              "merge_tokens_backward: grad must be a floating-point tensor, got ", grad.scalar_type());
   TORCH_CHECK(grad.dim() == 3 && grad.size(0) == batch && grad.size(1) == num_clusters && grad.size(2) == width,
               "merge_tokens_backward: grad must have shape [", batch, ", ", num_clusters, ", ", width, "], got ",
               grad.sizes());

@@ -159,9 +159,9 @@ __global__ void sum_kernel(const scalar_t* __restrict__ x, const scalar_t* __res
 template <typename scalar_t, typename acc_t>
 __global__ void token_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
                                       const int64_t* __restrict__ idx, const scalar_t* __restrict__ w,
-                                      const acc_t* __restrict__ out, const acc_t* __restrict__ total,
-                                      int64_t batch, int64_t n, int64_t width, int64_t num_clusters,
-                                      scalar_t* __restrict__ grad_x, scalar_t* __restrict__ grad_w) {
+                                      const acc_t* __restrict__ out, const acc_t* __restrict__ total, int64_t batch,
+                                      int64_t n, int64_t width, int64_t num_clusters, scalar_t* __restrict__ grad_x,
+                                      scalar_t* __restrict__ grad_w) {
   const int64_t token = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
   const int lane = threadIdx.x % kWarp;
   if (token >= batch * n) return;
@@ -215,13 +215,13 @@ std::tuple<at::Tensor, at::Tensor> bucket(const at::Tensor& idx, int64_t num_clu
   TORCH_CHECK(shared <= limit, "merge_tokens (cuda kernel): num_clusters must be at most ", limit / sizeof(int) - 1,
               " on this device, got ", num_clusters);
   if (shared > 48 * 1024) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(bucket_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(shared)));
+    C10_CUDA_CHECK(
+        cudaFuncSetAttribute(bucket_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)));
   }
   TORCH_CHECK(batch <= 0x7fffffff, "merge_tokens (cuda kernel): batch too large");
-  bucket_kernel<<<static_cast<unsigned>(batch), kWarp, shared, stream>>>(
-      idx.const_data_ptr<int64_t>(), n, num_clusters, offsets.mutable_data_ptr<int32_t>(),
-      order.mutable_data_ptr<int32_t>());
+  bucket_kernel<<<static_cast<unsigned>(batch), kWarp, shared, stream>>>(idx.const_data_ptr<int64_t>(), n, num_clusters,
+                                                                         offsets.mutable_data_ptr<int32_t>(),
+                                                                         order.mutable_data_ptr<int32_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {offsets, order};
 }

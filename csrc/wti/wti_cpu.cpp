@@ -42,8 +42,7 @@ void check_float_cpu(const at::Tensor& tensor, const char* name, int64_t dim) {
   TORCH_CHECK(tensor.device().is_cpu(), "wti_similarity (cpu kernel): ", name, " must be a CPU tensor, got ",
               tensor.device());
   TORCH_CHECK(at::isFloatingType(tensor.scalar_type()), "wti_similarity: ", name,
-              " must be a floating-point tensor (float16, bfloat16, float32 or float64), got ",
-              tensor.scalar_type());
+              " must be a floating-point tensor (float16, bfloat16, float32 or float64), got ", tensor.scalar_type());
   TORCH_CHECK(tensor.dim() == dim, "wti_similarity: ", name, " must have ", dim, " dimensions, got shape ",
               tensor.sizes());
 }
@@ -54,24 +53,23 @@ void check_shape(const at::Tensor& tensor, const char* name, at::IntArrayRef exp
 }
 
 void check_same_dtype(const at::Tensor& tensor, const char* name, const at::Tensor& text) {
-  TORCH_CHECK(tensor.scalar_type() == text.scalar_type(), "wti_similarity: ", name, " has dtype ",
-              tensor.scalar_type(), " but text has ", text.scalar_type(),
-              "; all features and weights must share one dtype");
+  TORCH_CHECK(tensor.scalar_type() == text.scalar_type(), "wti_similarity: ", name, " has dtype ", tensor.scalar_type(),
+              " but text has ", text.scalar_type(), "; all features and weights must share one dtype");
 }
 
 void check_index_cpu(const at::Tensor& tensor, const char* name, at::IntArrayRef expected, int64_t bound) {
   TORCH_CHECK(tensor.defined(), "wti_similarity_backward: ", name, " is undefined");
-  TORCH_CHECK(tensor.device().is_cpu(), "wti_similarity_backward (cpu kernel): ", name,
-              " must be a CPU tensor, got ", tensor.device());
+  TORCH_CHECK(tensor.device().is_cpu(), "wti_similarity_backward (cpu kernel): ", name, " must be a CPU tensor, got ",
+              tensor.device());
   TORCH_CHECK(tensor.scalar_type() == at::kInt, "wti_similarity_backward: ", name, " must be int32, got ",
               tensor.scalar_type());
-  TORCH_CHECK(tensor.sizes() == expected, "wti_similarity_backward: ", name, " must have shape ", expected,
-              ", got ", tensor.sizes());
+  TORCH_CHECK(tensor.sizes() == expected, "wti_similarity_backward: ", name, " must have shape ", expected, ", got ",
+              tensor.sizes());
   if (tensor.numel() > 0) {
     auto [low, high] = at::aminmax(tensor);
     const int64_t lo = low.item<int64_t>(), hi = high.item<int64_t>();
-    TORCH_CHECK(lo >= -1 && hi < bound, "wti_similarity_backward: ", name, " must hold indices in [-1, ",
-                bound - 1, "], got values in [", lo, ", ", hi, "]");
+    TORCH_CHECK(lo >= -1 && hi < bound, "wti_similarity_backward: ", name, " must hold indices in [-1, ", bound - 1,
+                "], got values in [", lo, ", ", hi, "]");
   }
 }
 
@@ -122,14 +120,12 @@ HBI_INLINE void column_maxima_body(const acc_t* __restrict__ matrix, int64_t row
   }
 }
 
-#define HBI_DEFINE_HELPERS(acc_t)                                                                     \
-  HBI_MULTIVERSION acc_t dot(const acc_t* x, const acc_t* y, int64_t n) { return dot_body(x, y, n); }  \
-  HBI_MULTIVERSION void axpy(acc_t* out, acc_t alpha, const acc_t* x, int64_t n) {                     \
-    axpy_body(out, alpha, x, n);                                                                       \
-  }                                                                                                    \
-  HBI_MULTIVERSION void column_maxima(const acc_t* matrix, int64_t rows, int64_t cols, acc_t* col_best,  \
-                                      int32_t* col_arg) {                                              \
-    column_maxima_body(matrix, rows, cols, col_best, col_arg);                                         \
+#define HBI_DEFINE_HELPERS(acc_t)                                                                                 \
+  HBI_MULTIVERSION acc_t dot(const acc_t* x, const acc_t* y, int64_t n) { return dot_body(x, y, n); }             \
+  HBI_MULTIVERSION void axpy(acc_t* out, acc_t alpha, const acc_t* x, int64_t n) { axpy_body(out, alpha, x, n); } \
+  HBI_MULTIVERSION void column_maxima(const acc_t* matrix, int64_t rows, int64_t cols, acc_t* col_best,           \
+                                      int32_t* col_arg) {                                                         \
+    column_maxima_body(matrix, rows, cols, col_best, col_arg);                                                    \
   }
 
 HBI_DEFINE_HELPERS(float)
@@ -142,9 +138,9 @@ HBI_DEFINE_HELPERS(double)
 
 // Real (unpadded) positions of every row of a mask [N, L]: positions[offset[n] .. offset[n+1]) in order.
 struct RealPositions {
-  std::vector<int64_t> offset;     // [N + 1]
-  std::vector<int32_t> position;   // within the row (a word t or a frame v)
-  std::vector<int64_t> flat;       // n * L + position: the row of the [N * L, D] features
+  std::vector<int64_t> offset;    // [N + 1]
+  std::vector<int32_t> position;  // within the row (a word t or a frame v)
+  std::vector<int64_t> flat;      // n * L + position: the row of the [N * L, D] features
 };
 
 RealPositions real_positions(const bool* mask, int64_t rows, int64_t length) {
@@ -177,8 +173,8 @@ at::Tensor gather_real(const at::Tensor& features, const RealPositions& real) {
 // known to be 0 ("zero"), so the work is proportional to (real words) x (real frames).
 template <typename acc_t>
 void forward_kernel(const at::Tensor& x, const at::Tensor& y, const at::Tensor& p, const at::Tensor& q,
-                    const at::Tensor& word_mask, const at::Tensor& frame_mask, bool zero_padding,
-                    at::Tensor& score, at::Tensor& t2v_argmax, at::Tensor& v2t_argmax) {
+                    const at::Tensor& word_mask, const at::Tensor& frame_mask, bool zero_padding, at::Tensor& score,
+                    at::Tensor& t2v_argmax, at::Tensor& v2t_argmax) {
   const int64_t A = x.size(0), T = x.size(1);
   const int64_t B = y.size(0), V = y.size(1);
   const acc_t* p_ptr = p.const_data_ptr<acc_t>();
@@ -206,7 +202,7 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& y, const at::Tensor& 
       std::vector<int32_t> col_arg(real_frames);
       for (int64_t a = begin; a < end; ++a) {
         const int64_t w0 = words.offset[a], num_words = words.offset[a + 1] - w0;
-        const int32_t* word_at = words.position.data() + w0;  // compact word k -> word t
+        const int32_t* word_at = words.position.data() + w0;        // compact word k -> word t
         const acc_t* text_sim = s_ptr + (w0 - row0) * real_frames;  // [num_words, real frames]
         const acc_t* p_a = p_ptr + a * T;
         column_maxima(text_sim, num_words, real_frames, col_best.data(), col_arg.data());
@@ -255,10 +251,11 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& y, const at::Tensor& 
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> wti_similarity_cpu(
-    const at::Tensor& text, const at::Tensor& video, const at::Tensor& text_weight,
-    const at::Tensor& video_weight, const at::Tensor& text_mask, const at::Tensor& video_mask,
-    bool zero_padding) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> wti_similarity_cpu(const at::Tensor& text, const at::Tensor& video,
+                                                                  const at::Tensor& text_weight,
+                                                                  const at::Tensor& video_weight,
+                                                                  const at::Tensor& text_mask,
+                                                                  const at::Tensor& video_mask, bool zero_padding) {
   check_float_cpu(text, "text", 3);
   check_float_cpu(video, "video", 3);
   const int64_t A = text.size(0), T = text.size(1), D = text.size(2);
@@ -430,10 +427,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> wti_similarity_backwa
     at::Tensor gp = at::zeros({A, T}, acc);
     at::Tensor gq = at::zeros({B, V}, acc);
     if (A > 0 && B > 0) {
-      backward_kernel<acc_t>(grad_score.to(acc).contiguous(), text.to(acc).contiguous(),
-                             video.to(acc).contiguous(), text_weight.to(acc).contiguous(),
-                             video_weight.to(acc).contiguous(), t2v_argmax.contiguous(),
-                             v2t_argmax.contiguous(), gx, gy, gp, gq);
+      backward_kernel<acc_t>(grad_score.to(acc).contiguous(), text.to(acc).contiguous(), video.to(acc).contiguous(),
+                             text_weight.to(acc).contiguous(), video_weight.to(acc).contiguous(),
+                             t2v_argmax.contiguous(), v2t_argmax.contiguous(), gx, gy, gp, gq);
     }
     grad_text = gx.to(text.scalar_type());
     grad_video = gy.to(text.scalar_type());

@@ -74,8 +74,7 @@ void check_float_cuda(const at::Tensor& tensor, const char* op, const char* name
   TORCH_CHECK(tensor.device() == device, op, " (cuda kernel): ", name, " must be on ", device, ", got ",
               tensor.device());
   TORCH_CHECK(at::isFloatingType(tensor.scalar_type()), op, ": ", name,
-              " must be a floating-point tensor (float16, bfloat16, float32 or float64), got ",
-              tensor.scalar_type());
+              " must be a floating-point tensor (float16, bfloat16, float32 or float64), got ", tensor.scalar_type());
   TORCH_CHECK(tensor.dim() == dim, op, ": ", name, " must have ", dim, " dimensions, got shape ", tensor.sizes());
 }
 
@@ -96,10 +95,9 @@ void check_same_dtype(const at::Tensor& tensor, const char* op, const char* name
 // arg-max, validity as in the CPU kernel, score by a butterfly sum (fixed order). Masks and weights may live in
 // shared or global memory (generic pointers).
 template <typename acc_t, typename weight_t, typename out_t>
-__device__ __forceinline__ void pair_epilogue(const acc_t* s, int64_t ld, int T, int V, const bool* mt,
-                                              const bool* mv, const weight_t* p, const weight_t* q,
-                                              bool zero_padding, int lane, int32_t* t2v_out, int32_t* v2t_out,
-                                              out_t* score_out) {
+__device__ __forceinline__ void pair_epilogue(const acc_t* s, int64_t ld, int T, int V, const bool* mt, const bool* mv,
+                                              const weight_t* p, const weight_t* q, bool zero_padding, int lane,
+                                              int32_t* t2v_out, int32_t* v2t_out, out_t* score_out) {
   int num_words = 0, num_frames = 0;
   for (int base = 0; base < T; base += kWarp) {
     const int t = base + lane;
@@ -165,12 +163,12 @@ __device__ __forceinline__ void pair_epilogue(const acc_t* s, int64_t ld, int T,
 
 namespace fused {
 
-constexpr int kRows = 128;         // tile rows: TA texts x T words
-constexpr int kCols = 192;         // tile columns: TB videos x V frames
-constexpr int kK = 32;             // D step
-constexpr int kThreads = 256;      // 8 warps: 2 (rows) x 4 (columns)
-constexpr int kLdStage = kK + 8;   // halves per staged row (80 bytes: 32-byte aligned fragments, fewer conflicts)
-constexpr int kLdC = kCols + 4;    // floats per row of the fp32 tile
+constexpr int kRows = 128;        // tile rows: TA texts x T words
+constexpr int kCols = 192;        // tile columns: TB videos x V frames
+constexpr int kK = 32;            // D step
+constexpr int kThreads = 256;     // 8 warps: 2 (rows) x 4 (columns)
+constexpr int kLdStage = kK + 8;  // halves per staged row (80 bytes: 32-byte aligned fragments, fewer conflicts)
+constexpr int kLdC = kCols + 4;   // floats per row of the fp32 tile
 constexpr int kWarpRows = 64, kWarpCols = 48;
 constexpr int kFragRows = kWarpRows / 16, kFragCols = kWarpCols / 16;  // 4 x 3 fragments per warp
 constexpr int kStageElems = (kRows + kCols) * kLdStage;                // one stage, in 16-bit elements
@@ -179,15 +177,22 @@ constexpr size_t kTileBytes = size_t{kRows} * kLdC * sizeof(float);
 constexpr size_t kMainBytes = kTileBytes > kStageBytes ? kTileBytes : kStageBytes;
 // after the main buffer: masks (bytes) and weights (floats) of the tile's rows and columns
 constexpr size_t kSmemBytes = kMainBytes + kRows * sizeof(float) + kCols * sizeof(float) + kRows + kCols;
-constexpr int kVecPerRow = kK / 8;                                     // 16-byte vectors per staged row
-constexpr int kXVecs = kRows * kVecPerRow / kThreads;                  // 2 per thread
-constexpr int kYVecs = kCols * kVecPerRow / kThreads;                  // 3 per thread
+constexpr int kVecPerRow = kK / 8;                     // 16-byte vectors per staged row
+constexpr int kXVecs = kRows * kVecPerRow / kThreads;  // 2 per thread
+constexpr int kYVecs = kCols * kVecPerRow / kThreads;  // 3 per thread
 static_assert(kRows * kVecPerRow % kThreads == 0 && kCols * kVecPerRow % kThreads == 0, "tile split");
 static_assert(kTileBytes % 16 == 0 && kStageElems * 2 % 32 == 0, "alignment");
 
-template <typename T> struct WmmaType;
-template <> struct WmmaType<at::Half> { using type = __half; };
-template <> struct WmmaType<at::BFloat16> { using type = __nv_bfloat16; };
+template <typename T>
+struct WmmaType;
+template <>
+struct WmmaType<at::Half> {
+  using type = __half;
+};
+template <>
+struct WmmaType<at::BFloat16> {
+  using type = __nv_bfloat16;
+};
 
 // 8 consecutive 16-bit elements of row `row` (< rows) at column k0 of a [rows, D] matrix, zero beyond D or rows.
 template <bool kVector>
@@ -211,17 +216,17 @@ __device__ __forceinline__ uint4 load8(const uint16_t* base, int64_t row, int64_
 
 template <typename scalar_t, bool kVector>
 __global__ void __launch_bounds__(kThreads, 1)
-wti_forward_fused_kernel(const scalar_t* __restrict__ text, const scalar_t* __restrict__ video,
-                         const scalar_t* __restrict__ text_weight, const scalar_t* __restrict__ video_weight,
-                         const bool* __restrict__ text_mask, const bool* __restrict__ video_mask, int64_t A,
-                         int64_t B, int T, int V, int64_t D, int TA, int TB, int64_t tiles_b, bool zero_padding,
-                         scalar_t* __restrict__ score, int32_t* __restrict__ t2v, int32_t* __restrict__ v2t) {
+    wti_forward_fused_kernel(const scalar_t* __restrict__ text, const scalar_t* __restrict__ video,
+                             const scalar_t* __restrict__ text_weight, const scalar_t* __restrict__ video_weight,
+                             const bool* __restrict__ text_mask, const bool* __restrict__ video_mask, int64_t A,
+                             int64_t B, int T, int V, int64_t D, int TA, int TB, int64_t tiles_b, bool zero_padding,
+                             scalar_t* __restrict__ score, int32_t* __restrict__ t2v, int32_t* __restrict__ v2t) {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
   using namespace nvcuda;
   using mma_t = typename WmmaType<scalar_t>::type;
   extern __shared__ __align__(128) unsigned char smem[];
   uint16_t* stage = reinterpret_cast<uint16_t*>(smem);  // [2][kRows + kCols][kLdStage]
-  float* tile = reinterpret_cast<float*>(smem);          // [kRows][kLdC], after the GEMM
+  float* tile = reinterpret_cast<float*>(smem);         // [kRows][kLdC], after the GEMM
   float* p_s = reinterpret_cast<float*>(smem + kMainBytes);
   float* q_s = p_s + kRows;
   bool* mt_s = reinterpret_cast<bool*>(q_s + kCols);
@@ -345,12 +350,12 @@ wti_forward_fused_kernel(const scalar_t* __restrict__ text, const scalar_t* __re
 
 // S [texts * T, B * V] of texts a0 .. a0 + texts; one warp per pair.
 template <typename scalar_t, typename acc_t>
-__global__ void wti_forward_epilogue_kernel(const acc_t* __restrict__ sim, int64_t a0, int64_t texts, int64_t B,
-                                            int T, int V, const scalar_t* __restrict__ text_weight,
+__global__ void wti_forward_epilogue_kernel(const acc_t* __restrict__ sim, int64_t a0, int64_t texts, int64_t B, int T,
+                                            int V, const scalar_t* __restrict__ text_weight,
                                             const scalar_t* __restrict__ video_weight,
                                             const bool* __restrict__ text_mask, const bool* __restrict__ video_mask,
-                                            bool zero_padding, scalar_t* __restrict__ score,
-                                            int32_t* __restrict__ t2v, int32_t* __restrict__ v2t) {
+                                            bool zero_padding, scalar_t* __restrict__ score, int32_t* __restrict__ t2v,
+                                            int32_t* __restrict__ v2t) {
   const int lane = threadIdx.x % kWarp;
   const int64_t pair = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
   if (pair >= texts * B) return;  // warp-uniform
@@ -358,8 +363,8 @@ __global__ void wti_forward_epilogue_kernel(const acc_t* __restrict__ sim, int64
   const int64_t ld = B * V;
   const int64_t out = a * B + b;
   pair_epilogue<acc_t, scalar_t, scalar_t>(sim + a_local * T * ld + b * V, ld, T, V, text_mask + a * T,
-                                           video_mask + b * V, text_weight + a * T, video_weight + b * V,
-                                           zero_padding, lane, t2v + out * T, v2t + out * V, score + out);
+                                           video_mask + b * V, text_weight + a * T, video_weight + b * V, zero_padding,
+                                           lane, t2v + out * T, v2t + out * V, score + out);
 }
 
 constexpr int64_t kFallbackEntries = int64_t{1} << 26;
@@ -389,8 +394,8 @@ void forward_fallback(const at::Tensor& text, const at::Tensor& video, const at:
     wti_forward_epilogue_kernel<scalar_t, acc_t><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
         sim.const_data_ptr<acc_t>(), a0, texts, B, static_cast<int>(T), static_cast<int>(V),
         text_weight.const_data_ptr<scalar_t>(), video_weight.const_data_ptr<scalar_t>(),
-        text_mask.const_data_ptr<bool>(), video_mask.const_data_ptr<bool>(), zero_padding,
-        score.data_ptr<scalar_t>(), t2v.data_ptr<int32_t>(), v2t.data_ptr<int32_t>());
+        text_mask.const_data_ptr<bool>(), video_mask.const_data_ptr<bool>(), zero_padding, score.data_ptr<scalar_t>(),
+        t2v.data_ptr<int32_t>(), v2t.data_ptr<int32_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
@@ -411,16 +416,16 @@ bool forward_fused(const at::Tensor& text, const at::Tensor& video, const at::Te
     if (tiles_a * tiles_b > std::numeric_limits<int32_t>::max()) return false;
     const bool vector = D % 8 == 0 && reinterpret_cast<uintptr_t>(text.const_data_ptr()) % 16 == 0 &&
                         reinterpret_cast<uintptr_t>(video.const_data_ptr()) % 16 == 0;
-    auto kernel = vector ? fused::wti_forward_fused_kernel<scalar_t, true>
-                         : fused::wti_forward_fused_kernel<scalar_t, false>;
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(fused::kSmemBytes)));
+    auto kernel =
+        vector ? fused::wti_forward_fused_kernel<scalar_t, true> : fused::wti_forward_fused_kernel<scalar_t, false>;
+    C10_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(fused::kSmemBytes)));
     kernel<<<static_cast<unsigned>(tiles_a * tiles_b), fused::kThreads, fused::kSmemBytes,
              at::cuda::getCurrentCUDAStream()>>>(
         text.const_data_ptr<scalar_t>(), video.const_data_ptr<scalar_t>(), text_weight.const_data_ptr<scalar_t>(),
-        video_weight.const_data_ptr<scalar_t>(), text_mask.const_data_ptr<bool>(),
-        video_mask.const_data_ptr<bool>(), A, B, static_cast<int>(T), static_cast<int>(V), D, TA, TB, tiles_b,
-        zero_padding, score.data_ptr<scalar_t>(), t2v.data_ptr<int32_t>(), v2t.data_ptr<int32_t>());
+        video_weight.const_data_ptr<scalar_t>(), text_mask.const_data_ptr<bool>(), video_mask.const_data_ptr<bool>(), A,
+        B, static_cast<int>(T), static_cast<int>(V), D, TA, TB, tiles_b, zero_padding, score.data_ptr<scalar_t>(),
+        t2v.data_ptr<int32_t>(), v2t.data_ptr<int32_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return true;
   } else {
@@ -428,10 +433,11 @@ bool forward_fused(const at::Tensor& text, const at::Tensor& video, const at::Te
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> wti_similarity_cuda(
-    const at::Tensor& text, const at::Tensor& video, const at::Tensor& text_weight,
-    const at::Tensor& video_weight, const at::Tensor& text_mask, const at::Tensor& video_mask,
-    bool zero_padding) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> wti_similarity_cuda(const at::Tensor& text, const at::Tensor& video,
+                                                                   const at::Tensor& text_weight,
+                                                                   const at::Tensor& video_weight,
+                                                                   const at::Tensor& text_mask,
+                                                                   const at::Tensor& video_mask, bool zero_padding) {
   constexpr const char* op = "wti_similarity";
   TORCH_CHECK(text.defined(), "wti_similarity: text is undefined");
   const at::Device device = text.device();
@@ -449,11 +455,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> wti_similarity_cuda(
   check_float_cuda(video_weight, op, "video_weight", 2, device);
   check_shape(video_weight, op, "video_weight", {B, V});
   check_same_dtype(video_weight, op, "video_weight", text);
-  for (auto [mask, name, rows, length] : {std::make_tuple(&text_mask, "text_mask", A, T),
-                                          std::make_tuple(&video_mask, "video_mask", B, V)}) {
+  for (auto [mask, name, rows, length] :
+       {std::make_tuple(&text_mask, "text_mask", A, T), std::make_tuple(&video_mask, "video_mask", B, V)}) {
     TORCH_CHECK(mask->defined(), "wti_similarity: ", name, " is undefined");
-    TORCH_CHECK(mask->device() == device, "wti_similarity (cuda kernel): ", name, " must be on ", device,
-                ", got ", mask->device());
+    TORCH_CHECK(mask->device() == device, "wti_similarity (cuda kernel): ", name, " must be on ", device, ", got ",
+                mask->device());
     TORCH_CHECK(mask->scalar_type() == at::kBool, "wti_similarity: ", name, " must be a bool tensor, got ",
                 mask->scalar_type());
     check_shape(*mask, op, name, {rows, length});
@@ -530,18 +536,18 @@ __device__ __forceinline__ void load2(const scalar_t* src, int64_t d, int64_t D,
 // each (<= kRows).
 template <typename scalar_t, bool kVector>
 __global__ void __launch_bounds__(kThreads)
-wti_backward_side_kernel(const at::opmath_type<scalar_t>* __restrict__ grad, const scalar_t* __restrict__ own,
-                         const scalar_t* __restrict__ own_weight, const scalar_t* __restrict__ oth,
-                         const scalar_t* __restrict__ oth_weight, const int32_t* __restrict__ own_idx,
-                         const int32_t* __restrict__ oth_idx, int64_t n_own, int64_t n_oth, int L_own, int L_oth,
-                         int64_t D, int64_t ps_own, int64_t ps_oth, int items, int chunk, int chunks,
-                         int batch, int words, scalar_t* __restrict__ grad_own, at::opmath_type<scalar_t>* partial) {
+    wti_backward_side_kernel(const at::opmath_type<scalar_t>* __restrict__ grad, const scalar_t* __restrict__ own,
+                             const scalar_t* __restrict__ own_weight, const scalar_t* __restrict__ oth,
+                             const scalar_t* __restrict__ oth_weight, const int32_t* __restrict__ own_idx,
+                             const int32_t* __restrict__ oth_idx, int64_t n_own, int64_t n_oth, int L_own, int L_oth,
+                             int64_t D, int64_t ps_own, int64_t ps_oth, int items, int chunk, int chunks, int batch,
+                             int words, scalar_t* __restrict__ grad_own, at::opmath_type<scalar_t>* partial) {
   using acc_t = at::opmath_type<scalar_t>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int R = items * chunk;
-  acc_t* c_s = reinterpret_cast<acc_t*>(smem_raw);                        // [items][batch]
-  int32_t* idx_s = reinterpret_cast<int32_t*>(c_s + items * batch);       // [batch][R]
-  uint32_t* mask_s = reinterpret_cast<uint32_t*>(idx_s + batch * R);      // [batch][R][words]
+  acc_t* c_s = reinterpret_cast<acc_t*>(smem_raw);                    // [items][batch]
+  int32_t* idx_s = reinterpret_cast<int32_t*>(c_s + items * batch);   // [batch][R]
+  uint32_t* mask_s = reinterpret_cast<uint32_t*>(idx_s + batch * R);  // [batch][R][words]
 
   const int tid = threadIdx.x, warp = tid / kWarp, lane = tid % kWarp;
   // Blocks: D slices fastest, so the slices of one group run together and share its index reads in L2
@@ -657,8 +663,8 @@ wti_backward_side_kernel(const at::opmath_type<scalar_t>* __restrict__ grad, con
 
 // out[i] = sum over slices s of partial[s, i], in slice order.
 template <typename scalar_t>
-__global__ void sum_slices_kernel(const at::opmath_type<scalar_t>* __restrict__ partial, int64_t slices,
-                                  int64_t count, scalar_t* __restrict__ out) {
+__global__ void sum_slices_kernel(const at::opmath_type<scalar_t>* __restrict__ partial, int64_t slices, int64_t count,
+                                  scalar_t* __restrict__ out) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= count) return;
   at::opmath_type<scalar_t> sum = 0;
@@ -715,15 +721,14 @@ void side(const at::Tensor& grad, const at::Tensor& own, const at::Tensor& own_w
 
 }  // namespace bwd
 
-void check_index_cuda(const at::Tensor& tensor, const char* name, at::IntArrayRef expected,
-                      const at::Device& device) {
+void check_index_cuda(const at::Tensor& tensor, const char* name, at::IntArrayRef expected, const at::Device& device) {
   TORCH_CHECK(tensor.defined(), "wti_similarity_backward: ", name, " is undefined");
   TORCH_CHECK(tensor.device() == device, "wti_similarity_backward (cuda kernel): ", name, " must be on ", device,
               ", got ", tensor.device());
   TORCH_CHECK(tensor.scalar_type() == at::kInt, "wti_similarity_backward: ", name, " must be int32, got ",
               tensor.scalar_type());
-  TORCH_CHECK(tensor.sizes() == expected, "wti_similarity_backward: ", name, " must have shape ", expected,
-              ", got ", tensor.sizes());
+  TORCH_CHECK(tensor.sizes() == expected, "wti_similarity_backward: ", name, " must have shape ", expected, ", got ",
+              tensor.sizes());
   // Values are not range-checked here (that would synchronise with the host): the kernel ignores indices
   // outside [0, length) instead of reading out of bounds.
 }
@@ -767,8 +772,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> wti_similarity_backwa
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, text.scalar_type(), "wti_similarity_backward_cuda", [&] {
     // the incoming gradient in the accumulate type, as the cpu kernel reads it (not rounded to float16 first)
-    const at::Tensor g =
-        grad_score.to(c10::CppTypeToScalarType<at::opmath_type<scalar_t>>::value).contiguous();
+    const at::Tensor g = grad_score.to(c10::CppTypeToScalarType<at::opmath_type<scalar_t>>::value).contiguous();
     // pass 1 owns texts: own rows t, own index t2v, other index v2t; pair (a, b) = a*B + b
     bwd::side<scalar_t>(g, x, p, y, q, i, j, B, 1, grad_text, grad_text_weight);
     // pass 2 owns videos: own rows v, own index v2t, other index t2v; pair (b, a) = a*B + b
