@@ -33,20 +33,33 @@ def similarity_matrix(model, text, text_mask, video, video_mask, rates=None, chu
     return total
 
 
+WITHIN_GROUP = "within group"
+
+
 def evaluate(model, loader, device, rates=None, progress=True):
+    """Retrieval metrics of both directions; a test set with its own metrics of the score matrix
+    (`score_metrics`, e.g. the events task's within-group accuracy) adds them under WITHIN_GROUP."""
     model.eval()
     features = encode_all(model, loader, device, progress)
     sim = similarity_matrix(model, *features, rates=rates).float().cpu()
     model.train()
-    return both_directions(sim)
+    metrics = both_directions(sim)
+    extra = getattr(loader.dataset, "score_metrics", None)
+    if extra is not None:
+        metrics[WITHIN_GROUP] = extra(sim)
+    return metrics
 
 
 def format_table(metrics, title=""):
     lines = [title] if title else []
     lines.append("| direction | R@1 | R@5 | R@10 | MdR | MnR |\n|---|---|---|---|---|---|")
     for direction, m in metrics.items():
+        if direction == WITHIN_GROUP:
+            continue
         lines.append(f"| {direction} | {m['R@1']:.1f} | {m['R@5']:.1f} | {m['R@10']:.1f} | {m['MdR']:.1f} | "
                      f"{m['MnR']:.1f} |")
+    if WITHIN_GROUP in metrics:
+        lines.append(f"{WITHIN_GROUP} (%): " + ", ".join(f"{k} {v:.1f}" for k, v in metrics[WITHIN_GROUP].items()))
     return "\n".join(lines)
 
 

@@ -76,6 +76,15 @@ class EpochSampler(torch.utils.data.Sampler):
         return self.size // self.world
 
 
+def training_sampler(train_set, settings, rank=0, world=1):
+    """The training order: the data set's own where it has one (the events task keeps its groups of four
+    in one batch), else a shuffle of single pairs."""
+    sampler = build.train_sampler(train_set, settings, rank, world)
+    if sampler is None:
+        sampler = EpochSampler(len(train_set), settings["seed"], rank, world, shuffle=not settings.get("no_shuffle"))
+    return sampler
+
+
 def _loader(dataset, tokenizer, settings, sampler, batch_size):
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=sampler is not None,
                                        num_workers=settings.get("workers", 0),
@@ -132,7 +141,7 @@ def train(settings):
         model.load_teacher(load_state_dict(settings["teacher_weights"]))
     model.to(device)
     per_rank = settings["batch_size"] // world
-    sampler = EpochSampler(len(train_set), settings["seed"], rank, world, shuffle=not settings.get("no_shuffle"))
+    sampler = training_sampler(train_set, settings, rank, world)
     loader = _loader(train_set, tokenizer, settings, sampler, per_rank)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:

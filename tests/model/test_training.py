@@ -99,3 +99,17 @@ def test_a_pretrained_estimator_can_be_the_teacher(tmp_path):
     _, results = train(dict(SMALL, output=str(tmp_path / "run"), max_steps=1, skip_eval=True,
                             teacher_weights=str(weights)))
     assert torch.isfinite(torch.tensor(results["last_losses"]["banzhaf/entity"]))
+
+
+def test_events_training_batches_are_whole_groups():
+    from hbi_model import build, train
+    from hbi_model.data.events import GROUP, SyntheticEvents
+
+    settings = dict(seed=3, batch_size=8, no_shuffle=False)
+    order = list(iter(train.training_sampler(SyntheticEvents(32, seed=0), settings)))
+    assert sorted(order) == list(range(32))
+    for k in range(0, 32, GROUP):  # batches of 8 are two such runs: every clip meets its three negatives
+        run = order[k:k + GROUP]
+        assert sorted(run) == list(range(run[0] // GROUP * GROUP, run[0] // GROUP * GROUP + GROUP))
+    shapes = build.datasets(dict(data="shapes", num_train=8, num_test=4, max_frames=6, seed=0))[0]
+    assert isinstance(train.training_sampler(shapes, settings), train.EpochSampler)
