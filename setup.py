@@ -7,6 +7,7 @@ Environment:
   TORCH_CUDA_ARCH_LIST    architectures to build for (default "8.0;9.0+PTX": A100, H100/H200, newer via PTX).
   MAX_JOBS                parallel compile jobs (ninja).
 """
+
 import glob
 import os
 import sys
@@ -42,7 +43,7 @@ def _cuda_library_headers():
 
     spec = importlib.util.find_spec("nvidia")
     folders = []
-    for root in (spec.submodule_search_locations if spec else []):
+    for root in spec.submodule_search_locations if spec else []:
         for name in sorted(os.listdir(root)):
             include = os.path.join(root, name, "include")
             if os.path.exists(os.path.join(include, "cusparse.h")):
@@ -92,13 +93,16 @@ def _extensions():
     extra_compile_args = {"cxx": cxx_flags}
     if use_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
-        _say(f"building CUDA kernels with {_cuda_home} for TORCH_CUDA_ARCH_LIST="
-             f"{os.environ['TORCH_CUDA_ARCH_LIST']} (torch built with CUDA {torch.version.cuda})")
+        _say(
+            f"building CUDA kernels with {_cuda_home} for TORCH_CUDA_ARCH_LIST="
+            f"{os.environ['TORCH_CUDA_ARCH_LIST']} (torch built with CUDA {torch.version.cuda})"
+        )
         define_macros.append(("WITH_CUDA", None))
         extra_compile_args["nvcc"] = ["-O3", "-lineinfo"]
         extension_type, sources = CUDAExtension, cpp_sources + cuda_sources
-        include_dirs += [d for d in _cuda_library_headers()
-                         if not os.path.exists(os.path.join(_cuda_home, "include", "cusparse.h"))]
+        include_dirs += [
+            d for d in _cuda_library_headers() if not os.path.exists(os.path.join(_cuda_home, "include", "cusparse.h"))
+        ]
     else:
         extension_type, sources = CppExtension, cpp_sources
     _say(f"compiling {len(sources)} sources")

@@ -8,6 +8,7 @@ Each run trains with `hbi train`'s defaults plus the variant's flags (seed s, fo
 and is skipped when its metrics are already there, so an interrupted ablation resumes. The inference-rate
 rows evaluate the full model's checkpoints again with other level weights (no training). Extra flags after
 `--` go to every run (e.g. `-- --epochs 2` for a quick look)."""
+
 import argparse
 import json
 import os
@@ -28,8 +29,10 @@ VARIANTS = {
     "full": ("full model (defaults)", []),
     "entity": ("entity level only", ["--use-hierarchy", "false"]),
     "no_banzhaf": ("without the Banzhaf loss", ["--use-banzhaf", "false"]),
-    "paired100": ("teacher paired, 100 samples (as the authors ran it)", ["--banzhaf-estimator", "paired",
-                                                                          "--banzhaf-samples", "100"]),
+    "paired100": (
+        "teacher paired, 100 samples (as the authors ran it)",
+        ["--banzhaf-estimator", "paired", "--banzhaf-samples", "100"],
+    ),
     "temperature1": ("teacher in cosine units (temperature 1)", ["--teacher-temperature", "1"]),
     "element": ("Banzhaf KL reduction per element (the authors')", ["--banzhaf-reduction", "element"]),
     "transpose_ref": ("second Banzhaf term over the batch (the authors' .T)", ["--banzhaf-transpose", "reference"]),
@@ -37,8 +40,13 @@ VARIANTS = {
     "scale14": ("logit scale starting at 1/0.07 = 14.3", ["--logit-scale-init", "14.285714"]),
 }
 RATES = [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 1)]
-COLUMNS = [("t2v R@1", "R@1"), ("group", "group acc."), ("motion", "motion"), ("order", "order"),
-           ("binding", "binding")]
+COLUMNS = [
+    ("t2v R@1", "R@1"),
+    ("group", "group acc."),
+    ("motion", "motion"),
+    ("order", "order"),
+    ("binding", "binding"),
+]
 
 
 @torch.no_grad()
@@ -46,14 +54,20 @@ def measure(model, settings, rates):
     """Metrics of `model` on the settings' test set with inference weights `rates`."""
     tokenizer = build.tokenizer(settings)
     _, test_set = build.datasets(settings)
-    loader = torch.utils.data.DataLoader(test_set, batch_size=settings["eval_batch_size"],
-                                         collate_fn=lambda items: collate(items, tokenizer, settings["max_words"]))
+    loader = torch.utils.data.DataLoader(
+        test_set,
+        batch_size=settings["eval_batch_size"],
+        collate_fn=lambda items: collate(items, tokenizer, settings["max_words"]),
+    )
     model.eval()
     features = encode_all(model, loader, torch.device("cpu"), progress=False)
     sim = similarity_matrix(model, *features, rates=rates).float()
     retrieval = both_directions(sim)
-    return {"t2v R@1": retrieval["text-to-video"]["R@1"], "v2t R@1": retrieval["video-to-text"]["R@1"],
-            **group_accuracy(sim)}
+    return {
+        "t2v R@1": retrieval["text-to-video"]["R@1"],
+        "v2t R@1": retrieval["video-to-text"]["R@1"],
+        **group_accuracy(sim),
+    }
 
 
 def run(variant, seed, root, extra):
@@ -65,8 +79,9 @@ def run(variant, seed, root, extra):
     if os.path.exists(done):
         with open(done) as handle:
             return json.load(handle)
-    _, settings = cli.parse(["train", *VARIANTS[variant][1], *extra, "--seed", str(seed), "--output", folder,
-                             "--quiet"])
+    _, settings = cli.parse(
+        ["train", *VARIANTS[variant][1], *extra, "--seed", str(seed), "--output", folder, "--quiet"]
+    )
     settings["skip_eval"] = True  # measured below, with the group metrics
     start = time.time()
     if checkpoint.exists(folder):  # trained before an interruption of the evaluation: load it
@@ -76,8 +91,12 @@ def run(variant, seed, root, extra):
     else:
         model, _ = train(settings)
         wall = time.time() - start
-    result = {"variant": variant, "seed": seed, "train_seconds": wall,
-              "metrics": measure(model, settings, settings.get("rates"))}
+    result = {
+        "variant": variant,
+        "seed": seed,
+        "train_seconds": wall,
+        "metrics": measure(model, settings, settings.get("rates")),
+    }
     if variant == "full":
         result["rates"] = {" ".join(map(str, r)): measure(model, settings, r) for r in RATES}
     with open(done + ".tmp", "w") as handle:
@@ -93,8 +112,10 @@ def summary(values):
 
 
 def table(results, seeds):
-    lines = [f"| variant ({len(seeds)} seeds: mean ± sd) | " + " | ".join(label for _, label in COLUMNS)
-             + " | train s |", "|---|" + "---|" * (len(COLUMNS) + 1)]
+    lines = [
+        f"| variant ({len(seeds)} seeds: mean ± sd) | " + " | ".join(label for _, label in COLUMNS) + " | train s |",
+        "|---|" + "---|" * (len(COLUMNS) + 1),
+    ]
     rows = [(VARIANTS[v][0], [r["metrics"] for r in rs], [r["train_seconds"] for r in rs]) for v, rs in results.items()]
     if "full" in results:
         for rates in RATES:
@@ -103,15 +124,18 @@ def table(results, seeds):
     for name, metrics, walls in rows:
         cells = [summary([m[key] for m in metrics]) for key, _ in COLUMNS]
         walls = [w for w in walls if w is not None]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {statistics.mean(walls):.0f} |" if walls else
-                     f"| {name} | " + " | ".join(cells) + " | (eval) |")
+        lines.append(
+            f"| {name} | " + " | ".join(cells) + f" | {statistics.mean(walls):.0f} |"
+            if walls
+            else f"| {name} | " + " | ".join(cells) + " | (eval) |"
+        )
     return "\n".join(lines)
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -124,9 +148,11 @@ def main(argv=None):
             result = run(variant, seed, args.output, extra)
             results.setdefault(variant, []).append(result)
             m = result["metrics"]
-            print(f"{variant} seed {seed}: R@1 {m['t2v R@1']:.1f}, group {m['group']:.1f}, motion {m['motion']:.1f}, "
-                  f"order {m['order']:.1f}, binding {m['binding']:.1f}, train {result['train_seconds'] or 0:.0f} s",
-                  flush=True)
+            print(
+                f"{variant} seed {seed}: R@1 {m['t2v R@1']:.1f}, group {m['group']:.1f}, motion {m['motion']:.1f}, "
+                f"order {m['order']:.1f}, binding {m['binding']:.1f}, train {result['train_seconds'] or 0:.0f} s",
+                flush=True,
+            )
     text = table(results, args.seeds)
     print(text)
     with open(os.path.join(args.output, "table.md"), "w") as handle:

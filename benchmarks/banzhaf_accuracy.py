@@ -6,6 +6,7 @@ Games as the model's entity level: T = 32 words of which 20 real, V = 12 frames,
 weight logits (standard normal), float64. Error: RMSE over the real cells divided by the mean |I| of the
 exact index, averaged over seeds. Prints a Markdown table.
 """
+
 import argparse
 
 import torch
@@ -33,8 +34,12 @@ def main():
     for estimator in ("paired", "msr"):
         cells = []
         for n in args.samples:
-            errors = [relative_error(hbi_ops.banzhaf_interaction(*game, estimator=estimator, num_samples=n, seed=s),
-                                     exact, real) for s in range(args.seeds)]
+            errors = [
+                relative_error(
+                    hbi_ops.banzhaf_interaction(*game, estimator=estimator, num_samples=n, seed=s), exact, real
+                )
+                for s in range(args.seeds)
+            ]
             cells.append(f"{100 * sum(errors) / len(errors):.1f} %")
         print(f"| {estimator} | {' | '.join(cells)} |")
 

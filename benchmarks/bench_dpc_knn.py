@@ -10,6 +10,7 @@ Sizes (docs/reference_cost.md), float32:
 
 GPU targets (dpc_knn + merge_tokens forward, H100/H200): text <= 30 us, frames <= 20 us, image <= 1.5 ms.
 """
+
 import time
 
 import pytest
@@ -35,13 +36,14 @@ def _backends(device):
 
 def _label(size):
     return f"{size['name']} B{size['B']}-N{size['N']}-C{size['C']}-K{size['K']}-k{size['k']}" + (
-        "-masked" if size["masked"] else "")
+        "-masked" if size["masked"] else ""
+    )
 
 
 def _cases():
     cases = []
     device = bench_device()
-    for size in (GPU_SIZES if device == "cuda" else CPU_SIZES):
+    for size in GPU_SIZES if device == "cuda" else CPU_SIZES:
         for backend in _backends(device):
             if backend == "triton" and size["N"] > TRITON_MAX_TOKENS:
                 continue  # the triton dpc_knn declines N > 16384

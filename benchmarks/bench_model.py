@@ -1,6 +1,7 @@
 """Training-step cost of HBI over plain CLIP with mean pooling (same encoders, same batch of the synthetic
 events task): the overhead of the hierarchy, the WTI heads and the Banzhaf teacher computed on every step,
 the exact index (the default) and, for comparison, the paired estimator with 100 samples."""
+
 import pytest
 import torch
 import torch.nn.functional as F

@@ -4,6 +4,7 @@ CPU: a CPU-scaled size (A = B = 64 texts / videos, T = 32 words, V = 12 frames, 
 Both with realistic padding and without any. GPU (when bench_device() is "cuda"): also the full size, the
 MSR-VTT test set (A = B = 1000, T = 32, V = 12, D = 512, fp16, padded and not; bf16 padded).
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,20 +13,27 @@ import hbi_ops
 from hbi_ops.testing import backends_for, bench_device, synchronize
 
 # padded: realistic padding (texts 8..T real words, videos V/2..V real frames); else every token is real.
-CPU_SIZES = [dict(A=64, B=64, T=32, V=12, D=512, dtype=torch.float32, padded=True),
-             dict(A=64, B=64, T=32, V=12, D=512, dtype=torch.float32, padded=False)]
+CPU_SIZES = [
+    dict(A=64, B=64, T=32, V=12, D=512, dtype=torch.float32, padded=True),
+    dict(A=64, B=64, T=32, V=12, D=512, dtype=torch.float32, padded=False),
+]
 # The GPU targets (MSR-VTT test set, fp16): forward >= 5x and backward >= 3x the torch backend.
-GPU_SIZES = [dict(A=1000, B=1000, T=32, V=12, D=512, dtype=torch.float16, padded=True),
-             dict(A=1000, B=1000, T=32, V=12, D=512, dtype=torch.float16, padded=False),
-             dict(A=1000, B=1000, T=32, V=12, D=512, dtype=torch.bfloat16, padded=True)]
+GPU_SIZES = [
+    dict(A=1000, B=1000, T=32, V=12, D=512, dtype=torch.float16, padded=True),
+    dict(A=1000, B=1000, T=32, V=12, D=512, dtype=torch.float16, padded=False),
+    dict(A=1000, B=1000, T=32, V=12, D=512, dtype=torch.bfloat16, padded=True),
+]
 
 
 def _cases():
     device = bench_device()
     sizes = GPU_SIZES + CPU_SIZES if device == "cuda" else CPU_SIZES
-    return [pytest.param(device, size, padding, backend, id=f"{device}-{_label(size)}-{padding}-{backend}")
-            for size in sizes for padding in (("ignore", "zero") if size["padded"] else ("ignore",))
-            for backend in backends_for("wti_similarity", device)]
+    return [
+        pytest.param(device, size, padding, backend, id=f"{device}-{_label(size)}-{padding}-{backend}")
+        for size in sizes
+        for padding in (("ignore", "zero") if size["padded"] else ("ignore",))
+        for backend in backends_for("wti_similarity", device)
+    ]
 
 
 def _label(size):

@@ -2,6 +2,7 @@
 the same run; the summary divides each baseline's median (the `torch` oracle and, where there is one,
 a vectorised plain-PyTorch version, `torch-vectorised`; for the exact Banzhaf estimator, the sampled ones it
 replaces, `paired-100` and `paired-1000`) by each kernel backend's median."""
+
 import os
 
 import torch
@@ -25,8 +26,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         for backend, median in sorted(medians.items(), key=lambda kv: str(kv[0])):
             if backend in BASELINES:
                 continue
-            ratios = "  ".join(f"{name} {medians[name] * 1e3:10.3f} ms -> x{medians[name] / median:7.1f}"
-                               for name in BASELINES if name in medians)
+            ratios = "  ".join(
+                f"{name} {medians[name] * 1e3:10.3f} ms -> x{medians[name] / median:7.1f}"
+                for name in BASELINES
+                if name in medians
+            )
             lines.append(f"{group:<58} {backend:>6} {median * 1e3:10.3f} ms | {ratios}")
     if lines:
         device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"

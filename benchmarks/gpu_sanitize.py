@@ -4,6 +4,7 @@ few minutes; the shapes still cover several tiles, padding, empty pairs and ever
 
     python benchmarks/gpu_sanitize.py [--device cuda] [--backends cuda triton]
 """
+
 import argparse
 import time
 
@@ -16,12 +17,26 @@ from hbi_ops.testing import padded_mask, random_game
 def banzhaf(backend, device):
     game = random_game(3, 37, 6, torch.float32, device=device)  # two 32-word tiles, padding, 43 players
     small = random_game(2, 5, 4, torch.float32, device=device)
-    for definition, estimator, inputs in (("textbook", "exact", game), ("textbook", "paired", game),
-                                          ("textbook", "msr", game), ("reference", "paired", game),
-                                          ("reference", "exact", small)):
+    for definition, estimator, inputs in (
+        ("textbook", "exact", game),
+        ("textbook", "paired", game),
+        ("textbook", "msr", game),
+        ("reference", "paired", game),
+        ("reference", "exact", small),
+    ):
         leaves = [x.clone().requires_grad_() for x in (inputs[0], inputs[3], inputs[4])]
-        out = hbi_ops.banzhaf_interaction(leaves[0], inputs[1], inputs[2], leaves[1], leaves[2], definition=definition,
-                                          estimator=estimator, num_samples=40, seed=1, backend=backend)
+        out = hbi_ops.banzhaf_interaction(
+            leaves[0],
+            inputs[1],
+            inputs[2],
+            leaves[1],
+            leaves[2],
+            definition=definition,
+            estimator=estimator,
+            num_samples=40,
+            seed=1,
+            backend=backend,
+        )
         torch.autograd.grad(out.sum(), leaves)
         yield f"banzhaf_interaction {definition} {estimator}"
 
@@ -33,8 +48,16 @@ def wti(backend, device):
         p = torch.rand(9, 33, device=device, dtype=dtype, requires_grad=True)
         q = torch.rand(7, 13, device=device, dtype=dtype, requires_grad=True)
         for padding in ("ignore", "zero"):
-            score = hbi_ops.wti_similarity(text, video, p, q, padded_mask(9, 33, device=device),
-                                           padded_mask(7, 13, device=device), padding=padding, backend=backend)
+            score = hbi_ops.wti_similarity(
+                text,
+                video,
+                p,
+                q,
+                padded_mask(9, 33, device=device),
+                padded_mask(7, 13, device=device),
+                padding=padding,
+                backend=backend,
+            )
             torch.autograd.grad(score.sum(), (text, video, p, q))
             yield f"wti_similarity {dtype} {padding}"
 

@@ -8,6 +8,7 @@ the table says so). Host overhead: mean wall time of issuing one call without wa
 Every figure names the card. Ratios: against the `torch` backend measured in the same run, and
 against the authors' figures of docs/reference_cost.md (an H200).
 """
+
 import argparse
 import json
 import statistics
@@ -28,8 +29,15 @@ AUTHORS = {  # docs/reference_cost.md, one H200, torch 2.11
     "wti forward": ("strong plain PyTorch 14.7 ms", 14.7e-3),
     "wti forward+backward": ("strong plain PyTorch 37.5 ms", 37.5e-3),
 }
-TARGETS = {"banzhaf exact": 20e-6, "banzhaf exact fwd+bwd": 60e-6, "banzhaf paired": 1e-3, "banzhaf msr": 0.1e-3,
-           "dpc text": 30e-6, "dpc frames": 20e-6, "dpc image": 1.5e-3}
+TARGETS = {
+    "banzhaf exact": 20e-6,
+    "banzhaf exact fwd+bwd": 60e-6,
+    "banzhaf paired": 1e-3,
+    "banzhaf msr": 0.1e-3,
+    "dpc text": 30e-6,
+    "dpc frames": 20e-6,
+    "dpc image": 1.5e-3,
+}
 
 
 def gpu_time(fn, repeats, graph=True, warmup=3):
@@ -94,34 +102,53 @@ def banzhaf_cases(quick):
     game = (sim, text_mask, video_mask, wt, wv)
     backends = backends_for("banzhaf_interaction", DEVICE)
     exact_size = f"B={batch} T=32(20) V=12"
-    yield "banzhaf exact", f"banzhaf_interaction exact (closed form) {exact_size}", \
-        {b: (lambda b=b: hbi_ops.banzhaf_interaction(*game, backend=b)) for b in backends}
+    yield (
+        "banzhaf exact",
+        f"banzhaf_interaction exact (closed form) {exact_size}",
+        {b: (lambda b=b: hbi_ops.banzhaf_interaction(*game, backend=b)) for b in backends},
+    )
     exact_leaves = [x.clone().requires_grad_() for x in (sim, wt, wv)]
 
     def exact_fwd_bwd(backend):
-        out = hbi_ops.banzhaf_interaction(exact_leaves[0], text_mask, video_mask, exact_leaves[1], exact_leaves[2],
-                                          backend=backend)
+        out = hbi_ops.banzhaf_interaction(
+            exact_leaves[0], text_mask, video_mask, exact_leaves[1], exact_leaves[2], backend=backend
+        )
         return torch.autograd.grad(out.sum(), exact_leaves)
 
-    yield "banzhaf exact fwd+bwd", f"banzhaf_interaction exact fwd+bwd {exact_size}", \
-        {b: (lambda b=b: exact_fwd_bwd(b)) for b in backends}
+    yield (
+        "banzhaf exact fwd+bwd",
+        f"banzhaf_interaction exact fwd+bwd {exact_size}",
+        {b: (lambda b=b: exact_fwd_bwd(b)) for b in backends},
+    )
     for estimator in ("paired", "msr"):
-        calls = {b: (lambda b=b, e=estimator: hbi_ops.banzhaf_interaction(*game, estimator=e, num_samples=samples,
-                                                                        backend=b))
-                 for b in backends_for("banzhaf_interaction", DEVICE)}
+        calls = {
+            b: (
+                lambda b=b, e=estimator: hbi_ops.banzhaf_interaction(*game, estimator=e, num_samples=samples, backend=b)
+            )
+            for b in backends_for("banzhaf_interaction", DEVICE)
+        }
         if estimator == "paired":
             calls["torch-vectorised"] = lambda: paired_textbook_vectorised(*game, samples, 0)
         yield f"banzhaf {estimator}", f"banzhaf_interaction {estimator} textbook {size}", calls
     leaves = [x.clone().requires_grad_() for x in (sim, wt, wv)]
 
     def fwd_bwd(backend):
-        out = hbi_ops.banzhaf_interaction(leaves[0], text_mask, video_mask, leaves[1], leaves[2],
-                                          estimator="paired", num_samples=samples, backend=backend)
+        out = hbi_ops.banzhaf_interaction(
+            leaves[0],
+            text_mask,
+            video_mask,
+            leaves[1],
+            leaves[2],
+            estimator="paired",
+            num_samples=samples,
+            backend=backend,
+        )
         return torch.autograd.grad(out.sum(), leaves)
 
     def vectorised_fwd_bwd():
-        return torch.autograd.grad(paired_textbook_vectorised(leaves[0], text_mask, video_mask, leaves[1], leaves[2],
-                                                              samples, 0).sum(), leaves)
+        return torch.autograd.grad(
+            paired_textbook_vectorised(leaves[0], text_mask, video_mask, leaves[1], leaves[2], samples, 0).sum(), leaves
+        )
 
     # The oracle's autograd graph at this size would hold ~1000 x 19M-element tensors: baseline is the
     # vectorised version here.
@@ -131,8 +158,11 @@ def banzhaf_cases(quick):
 
 
 def dpc_cases(quick):
-    sizes = [("dpc text", 128, 32, 512, 16, 3, True), ("dpc frames", 128, 12, 512, 6, 3, False),
-             ("dpc image", 4 if quick else 32, 3136, 64, 784, 5, False)]
+    sizes = [
+        ("dpc text", 128, 32, 512, 16, 3, True),
+        ("dpc frames", 128, 12, 512, 6, 3, False),
+        ("dpc image", 4 if quick else 32, 3136, 64, 784, 5, False),
+    ]
     for key, batch, n, c, k_clusters, k, masked in sizes:
         x = torch.randn(batch, n, c, device=DEVICE)
         mask = None
@@ -145,8 +175,11 @@ def dpc_cases(quick):
             idx, _ = hbi_ops.dpc_knn(x, k_clusters, k=k, mask=mask, backend=b)
             return hbi_ops.merge_tokens(x, idx, k_clusters, weight, backend=b)
 
-        yield key, f"dpc_knn + merge_tokens B={batch} N={n} C={c} K={k_clusters} k={k}{' masked' if masked else ''}", \
-            {b: (lambda b=b: call(b)) for b in backends}
+        yield (
+            key,
+            f"dpc_knn + merge_tokens B={batch} N={n} C={c} K={k_clusters} k={k}{' masked' if masked else ''}",
+            {b: (lambda b=b: call(b)) for b in backends},
+        )
 
 
 def wti_cases(quick):
@@ -157,15 +190,21 @@ def wti_cases(quick):
     q = torch.randn(n, 12, device=DEVICE).softmax(-1).half()
     size = f"A=B={n} T=32 V=12 D=512 fp16"
     backends = backends_for("wti_similarity", DEVICE)
-    yield "wti forward", f"wti_similarity forward {size}", \
-        {b: (lambda b=b: hbi_ops.wti_similarity(text, video, p, q, backend=b)) for b in backends}
+    yield (
+        "wti forward",
+        f"wti_similarity forward {size}",
+        {b: (lambda b=b: hbi_ops.wti_similarity(text, video, p, q, backend=b)) for b in backends},
+    )
     leaves = [x.clone().requires_grad_() for x in (text, video, p, q)]
 
     def fwd_bwd(b):
         return torch.autograd.grad(hbi_ops.wti_similarity(*leaves, backend=b).sum(), leaves)
 
-    yield "wti forward+backward", f"wti_similarity forward+backward {size}", \
-        {b: (lambda b=b: fwd_bwd(b)) for b in backends}
+    yield (
+        "wti forward+backward",
+        f"wti_similarity forward+backward {size}",
+        {b: (lambda b=b: fwd_bwd(b)) for b in backends},
+    )
 
 
 def main():
@@ -198,8 +237,17 @@ def main():
                 peak = torch.cuda.max_memory_allocated() if DEVICE == "cuda" else 0
                 overhead = float("nan") if slow else host_overhead(fn)
                 measured[backend] = (seconds, mode, overhead, peak)
-                records.append(dict(card=card, case=label, backend=backend, seconds=seconds, mode=mode,
-                                    host_overhead=overhead, peak_bytes=peak))
+                records.append(
+                    dict(
+                        card=card,
+                        case=label,
+                        backend=backend,
+                        seconds=seconds,
+                        mode=mode,
+                        host_overhead=overhead,
+                        peak_bytes=peak,
+                    )
+                )
                 print(f"{label:<70} {backend:>16} {seconds * 1e3:10.4f} ms ({mode})", flush=True)
             baseline = measured.get("torch") or measured.get("torch-vectorised")
             for backend, (seconds, mode, overhead, peak) in measured.items():
@@ -207,12 +255,19 @@ def main():
                 authors = AUTHORS.get(key)
                 vs_authors = f"x{authors[1] / seconds:.2f} vs {authors[0]}" if authors else ""
                 target = TARGETS.get(key)
-                met = "" if target is None or backend not in ("cuda", "triton") else \
-                    (" (target met)" if seconds <= target else f" (target {target * 1e3:g} ms missed)")
-                rows.append(f"| {card} | {label} | {backend} | {seconds * 1e3:.4f} ms{met} | {mode} | "
-                            f"{overhead * 1e6:.0f} us | {peak / 2**20:.0f} MiB | {vs_torch} | {vs_authors} |")
-    header = ("| card | operator, size | backend | GPU time (median) | timed as | host overhead per call | "
-              "peak memory | vs torch (same run) | vs docs/reference_cost.md |\n|---|---|---|---|---|---|---|---|---|")
+                met = (
+                    ""
+                    if target is None or backend not in ("cuda", "triton")
+                    else (" (target met)" if seconds <= target else f" (target {target * 1e3:g} ms missed)")
+                )
+                rows.append(
+                    f"| {card} | {label} | {backend} | {seconds * 1e3:.4f} ms{met} | {mode} | "
+                    f"{overhead * 1e6:.0f} us | {peak / 2**20:.0f} MiB | {vs_torch} | {vs_authors} |"
+                )
+    header = (
+        "| card | operator, size | backend | GPU time (median) | timed as | host overhead per call | "
+        "peak memory | vs torch (same run) | vs docs/reference_cost.md |\n|---|---|---|---|---|---|---|---|---|"
+    )
     with open(args.out, "w") as handle:
         handle.write(header + "\n" + "\n".join(rows) + "\n")
     with open(args.out.rsplit(".", 1)[0] + ".json", "w") as handle:

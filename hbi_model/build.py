@@ -1,4 +1,5 @@
 """Building the model, tokeniser, data sets and training order from the command line's settings."""
+
 import dataclasses
 import math
 
@@ -35,9 +36,16 @@ def tokenizer_and_encoders(settings):
     words = tokenizer(settings)
     if settings.get("clip"):
         return words, CLIPEncoders.from_pretrained(settings["clip"])
-    config = tiny_clip_config(vocab_size=len(words), width=settings.get("tiny_width", 64),
-                              projection_dim=settings.get("tiny_width", 64), image_size=32, patch_size=8,
-                              max_words=settings["max_words"], layers=settings.get("tiny_layers", 2), heads=4)
+    config = tiny_clip_config(
+        vocab_size=len(words),
+        width=settings.get("tiny_width", 64),
+        projection_dim=settings.get("tiny_width", 64),
+        image_size=32,
+        patch_size=8,
+        max_words=settings["max_words"],
+        layers=settings.get("tiny_layers", 2),
+        heads=4,
+    )
     scale = settings.get("logit_scale_init")
     scale = 100.0 if scale is None else scale
     if not scale > 0:
@@ -65,12 +73,16 @@ def datasets(settings):
     """(train, test) data sets."""
     name = settings.get("data", "synthetic")
     if name == "synthetic":
-        return (SyntheticEvents(settings["num_train"], max_frames=settings["max_frames"], seed=settings["seed"] * 2 + 1),
-                SyntheticEvents(settings["num_test"], max_frames=settings["max_frames"], seed=settings["seed"] * 2 + 2))
+        return (
+            SyntheticEvents(settings["num_train"], max_frames=settings["max_frames"], seed=settings["seed"] * 2 + 1),
+            SyntheticEvents(settings["num_test"], max_frames=settings["max_frames"], seed=settings["seed"] * 2 + 2),
+        )
     if name == "shapes":
         common = dict(max_frames=settings["max_frames"], with_direction=settings.get("with_direction", False))
-        return (SyntheticVideoText(settings["num_train"], seed=settings["seed"] * 2 + 1, **common),
-                SyntheticVideoText(settings["num_test"], seed=settings["seed"] * 2 + 2, **common))
+        return (
+            SyntheticVideoText(settings["num_train"], seed=settings["seed"] * 2 + 1, **common),
+            SyntheticVideoText(settings["num_test"], seed=settings["seed"] * 2 + 2, **common),
+        )
     from hbi_model.data import real
 
     return real.datasets(name, settings)
@@ -84,6 +96,7 @@ def train_sampler(train_set, settings, rank=0, world=1):
         return None
     per_rank = settings["batch_size"] // world
     if per_rank % 4:
-        raise ValueError(f"batch_size per process must be a multiple of 4 for the events task (groups of four), "
-                         f"got {per_rank}")
+        raise ValueError(
+            f"batch_size per process must be a multiple of 4 for the events task (groups of four), got {per_rank}"
+        )
     return GroupSampler(len(train_set), settings["seed"], rank, world, shuffle=not settings.get("no_shuffle"))

@@ -9,6 +9,7 @@ Layout of a run folder:
 A save writes step-N.tmp<pid>/, flushes it to disk, renames it to step-N/ and then replaces `latest`
 through os.replace: a kill at any moment leaves `latest` naming a complete folder, the previous one or
 the new one. Older step folders and the temporaries of killed saves are removed after the switch."""
+
 import os
 import shutil
 from pathlib import Path
@@ -79,8 +80,9 @@ def latest(directory):
     name = pointer.read_text().strip()
     folder = pointer.parent / name
     if not name.startswith("step-") or not folder.is_dir():
-        raise CheckpointError(f"{pointer} names {name!r}, which is not a step folder beside it; "
-                              f"{_fresh_start(directory)}")
+        raise CheckpointError(
+            f"{pointer} names {name!r}, which is not a step folder beside it; {_fresh_start(directory)}"
+        )
     return folder
 
 
@@ -98,20 +100,27 @@ def load(directory, model, map_location="cpu", trainer=True):
             weights_step = (handle.metadata() or {}).get("step")
         weights = load_file(str(weights_path), device=str(map_location))
     except (SafetensorError, OSError) as error:
-        raise CheckpointError(f"checkpoint file {weights_path} is unreadable ({error}); "
-                              f"{_fresh_start(directory)}") from error
+        raise CheckpointError(
+            f"checkpoint file {weights_path} is unreadable ({error}); {_fresh_start(directory)}"
+        ) from error
     if weights_step is None or int(weights_step) != step:
-        raise CheckpointError(f"{weights_path} holds the weights of step {weights_step}, not of step {step} "
-                              f"(its folder's); {_fresh_start(directory)}")
+        raise CheckpointError(
+            f"{weights_path} holds the weights of step {weights_step}, not of step {step} "
+            f"(its folder's); {_fresh_start(directory)}"
+        )
     state = None
     if trainer:
         try:
             state = torch.load(state_path, map_location=map_location, weights_only=False)
         except Exception as error:  # truncated or corrupt pickles fail in many ways
-            raise CheckpointError(f"checkpoint file {state_path} is unreadable ({type(error).__name__}: "
-                                  f"{error}); {_fresh_start(directory)}") from error
+            raise CheckpointError(
+                f"checkpoint file {state_path} is unreadable ({type(error).__name__}: "
+                f"{error}); {_fresh_start(directory)}"
+            ) from error
         if int(state.get("step", -1)) != step:
-            raise CheckpointError(f"{state_path} holds the trainer state of step {state.get('step')}, not of "
-                                  f"step {step} (its folder's); {_fresh_start(directory)}")
+            raise CheckpointError(
+                f"{state_path} holds the trainer state of step {state.get('step')}, not of "
+                f"step {step} (its folder's); {_fresh_start(directory)}"
+            )
     model.load_state_dict(weights)
     return state

@@ -1,5 +1,6 @@
 """`hbi train | eval | explain` (one flag per hyperparameter of the model, docs/model.md; `--config FILE.json`
 sets any of them; flags win). The defaults train and evaluate on the synthetic events task with no download."""
+
 import argparse
 import dataclasses
 import json
@@ -8,11 +9,32 @@ import sys
 from hbi_model.retrieval import HBIConfig
 
 DEFAULTS = {
-    "task": "retrieval", "data": "synthetic", "data_root": None, "clip": None, "output": "runs/hbi", "epochs": 20,
-    "batch_size": 32, "lr": 5e-4, "clip_lr_scale": None, "weight_decay": 0.2, "warmup": 0.1, "grad_clip": 1.0,
-    "max_steps": None, "seed": 0, "workers": 0, "save_every": 50, "num_train": 2000, "num_test": 400,
-    "max_words": 16, "max_frames": 6, "eval_batch_size": 64, "tiny_width": 64, "tiny_layers": 2,
-    "logit_scale_init": 100.0, "with_direction": False, "rand_augment": True,
+    "task": "retrieval",
+    "data": "synthetic",
+    "data_root": None,
+    "clip": None,
+    "output": "runs/hbi",
+    "epochs": 20,
+    "batch_size": 32,
+    "lr": 5e-4,
+    "clip_lr_scale": None,
+    "weight_decay": 0.2,
+    "warmup": 0.1,
+    "grad_clip": 1.0,
+    "max_steps": None,
+    "seed": 0,
+    "workers": 0,
+    "save_every": 50,
+    "num_train": 2000,
+    "num_test": 400,
+    "max_words": 16,
+    "max_frames": 6,
+    "eval_batch_size": 64,
+    "tiny_width": 64,
+    "tiny_layers": 2,
+    "logit_scale_init": 100.0,
+    "with_direction": False,
+    "rand_augment": True,
 }
 REAL_DATA = {"max_words": 32, "max_frames": 12, "batch_size": 128, "epochs": 5, "lr": 1e-4}  # the reference's
 
@@ -58,11 +80,11 @@ HELP = {
     "banzhaf_definition": "teacher's game: textbook or reference, the authors' label generator (default: {default})",
     "banzhaf_estimator": "teacher's estimator: exact, paired or msr (sampled) (default: {default})",
     "banzhaf_samples": "coalitions a cell of the sampled estimators (default: {default})",
-    "exact_max_players": "players up to which the reference definition is enumerated, else paired (default: {default})",
+    "exact_max_players": "players the reference definition is enumerated up to, else sampled (default: {default})",
     "teacher_temperature": "targets = softmax(index / T); the authors' R x 1000 is 1e-3 (default: {default})",
-    "reference_weights": "feed the weight heads' probabilities as logits, as the authors' generator (default: {default})",
+    "reference_weights": "the weight heads' probabilities as logits, as the authors' generator (default: {default})",
     "banzhaf_reduction": "Banzhaf KL: row (a sum per row) or element (the authors' mean per cell) (default: {default})",
-    "banzhaf_transpose": "second Banzhaf term: words, or reference (the authors' .T: over the batch) (default: {default})",
+    "banzhaf_transpose": "second Banzhaf term: words, or reference (the authors' .T: the batch) (default: {default})",
     "entity_padding": "entity-level WTI at padding: ignore, or zero (the authors' zero fill) (default: {default})",
     "init": "new modules' initialisation: reference (the authors') or pytorch (default: {default})",
     "rates": "inference weights of the entity, action and event levels (default: {default})",
@@ -98,16 +120,36 @@ def _parser():
         p = commands.add_parser(name, formatter_class=formatter)
         p.add_argument("--config", metavar="FILE", help=_help("config", None))
         p.add_argument("--task", choices=["retrieval", "qa"], metavar="NAME", help=_help("task", DEFAULTS["task"]))
-        p.add_argument("--data", choices=["synthetic", "shapes", "msrvtt", "msvd", "didemo", "activitynet"],
-                       metavar="NAME", help=_help("data", DEFAULTS["data"]))
+        p.add_argument(
+            "--data",
+            choices=["synthetic", "shapes", "msrvtt", "msvd", "didemo", "activitynet"],
+            metavar="NAME",
+            help=_help("data", DEFAULTS["data"]),
+        )
         for flag in ("data-root", "clip", "output"):
             key = flag.replace("-", "_")
             p.add_argument(f"--{flag}", metavar="PATH", help=_help(key, DEFAULTS[key]))
-        for flag, kind in (("epochs", int), ("batch-size", int), ("lr", float), ("clip-lr-scale", float),
-                           ("weight-decay", float), ("warmup", float), ("grad-clip", float), ("max-steps", int),
-                           ("seed", int), ("workers", int), ("save-every", int), ("num-train", int),
-                           ("num-test", int), ("max-words", int), ("max-frames", int), ("eval-batch-size", int),
-                           ("tiny-width", int), ("tiny-layers", int), ("logit-scale-init", float)):
+        for flag, kind in (
+            ("epochs", int),
+            ("batch-size", int),
+            ("lr", float),
+            ("clip-lr-scale", float),
+            ("weight-decay", float),
+            ("warmup", float),
+            ("grad-clip", float),
+            ("max-steps", int),
+            ("seed", int),
+            ("workers", int),
+            ("save-every", int),
+            ("num-train", int),
+            ("num-test", int),
+            ("max-words", int),
+            ("max-frames", int),
+            ("eval-batch-size", int),
+            ("tiny-width", int),
+            ("tiny-layers", int),
+            ("logit-scale-init", float),
+        ):
             key = flag.replace("-", "_")
             p.add_argument(f"--{flag}", type=kind, metavar="N" if kind is int else "X", help=_help(key, DEFAULTS[key]))
         for field in dataclasses.fields(HBIConfig):

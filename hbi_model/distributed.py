@@ -1,9 +1,9 @@
 """torchrun support: process group set-up and an all-gather that keeps the gradient."""
+
 import os
 
 import torch
 import torch.distributed as dist
-
 
 _GATHER_GROUP = None  # its own communicator: DDP's gradient all-reduces must not interleave with it
 
@@ -45,7 +45,7 @@ class _GatherWithGrad(torch.autograd.Function):
     def backward(ctx, grad):
         grad = grad.contiguous().clone()
         dist.all_reduce(grad, group=_GATHER_GROUP)
-        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
 
 
 def gather_with_grad(tensor):

@@ -1,4 +1,5 @@
 """CLIP text and frame encoders through `transformers` (SPEC section 2, "Encoders")."""
+
 import torch
 from torch import nn
 
@@ -54,21 +55,38 @@ def with_image_size(settings, encoders):
     size set explicitly is an error rather than a crash in the first batch."""
     wanted = settings.get("image_size")
     if wanted is not None and wanted != encoders.image_size:
-        raise ValueError(f"image_size {wanted} does not match the CLIP encoder's {encoders.image_size} (its "
-                         f"vision_config.image_size); leave image_size unset to follow the encoder")
+        raise ValueError(
+            f"image_size {wanted} does not match the CLIP encoder's {encoders.image_size} (its "
+            f"vision_config.image_size); leave image_size unset to follow the encoder"
+        )
     return {**settings, "image_size": encoders.image_size}
 
 
-def tiny_clip_config(vocab_size=64, width=32, projection_dim=32, image_size=32, patch_size=8, max_words=32,
-                     layers=2, heads=2):
+def tiny_clip_config(
+    vocab_size=64, width=32, projection_dim=32, image_size=32, patch_size=8, max_words=32, layers=2, heads=2
+):
     """A small randomly initialised CLIP, for tests and the download-free default run."""
     from transformers import CLIPConfig
 
-    text = dict(vocab_size=vocab_size, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
-                num_attention_heads=heads, max_position_embeddings=max_words, bos_token_id=1, eos_token_id=2,
-                pad_token_id=0)
-    vision = dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
-                  num_attention_heads=heads, image_size=image_size, patch_size=patch_size)
+    text = dict(
+        vocab_size=vocab_size,
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=max_words,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    vision = dict(
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
 
 
@@ -79,8 +97,9 @@ class TemporalTransformer(nn.Module):
     def __init__(self, width=512, layers=4, heads=8, max_frames=12):
         super().__init__()
         self.position = nn.Embedding(max_frames, width)
-        layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, activation="gelu",
-                                           batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            width, heads, 4 * width, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
     def forward(self, frames, frame_mask):

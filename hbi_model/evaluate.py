@@ -1,5 +1,6 @@
 """Evaluation: features of every text and video, the [texts, videos] score in chunks of texts (the fused
 wti_similarity never materialises [texts, videos, T, V]), and the retrieval metrics."""
+
 import torch
 from tqdm import tqdm
 
@@ -12,8 +13,12 @@ def encode_all(model, loader, device, progress=True):
     texts, text_masks, videos, video_masks = [], [], [], []
     # disable=None: tqdm draws no bar where stderr is not a terminal (a log)
     for batch in tqdm(loader, desc="encode", disable=None if progress else True, leave=False):
-        t, tm, v, vm = model.encode(batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                                    batch["pixel_values"].to(device), batch["frame_mask"].to(device))
+        t, tm, v, vm = model.encode(
+            batch["input_ids"].to(device),
+            batch["attention_mask"].to(device),
+            batch["pixel_values"].to(device),
+            batch["frame_mask"].to(device),
+        )
         texts.append(t), text_masks.append(tm), videos.append(v), video_masks.append(vm)
     return torch.cat(texts), torch.cat(text_masks), torch.cat(videos), torch.cat(video_masks)
 
@@ -56,8 +61,9 @@ def format_table(metrics, title=""):
     for direction, m in metrics.items():
         if direction == WITHIN_GROUP:
             continue
-        lines.append(f"| {direction} | {m['R@1']:.1f} | {m['R@5']:.1f} | {m['R@10']:.1f} | {m['MdR']:.1f} | "
-                     f"{m['MnR']:.1f} |")
+        lines.append(
+            f"| {direction} | {m['R@1']:.1f} | {m['R@5']:.1f} | {m['R@10']:.1f} | {m['MdR']:.1f} | {m['MnR']:.1f} |"
+        )
     if WITHIN_GROUP in metrics:
         lines.append(f"{WITHIN_GROUP} (%): " + ", ".join(f"{k} {v:.1f}" for k, v in metrics[WITHIN_GROUP].items()))
     return "\n".join(lines)
@@ -71,19 +77,27 @@ def evaluate_qa(model, loader, device, train_set, test_set, progress=True):
     model.eval()
     predictions, answers, types = [], [], []
     for batch in tqdm(loader, desc="answer", disable=None if progress else True, leave=False):
-        logits = model.predict(batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                               batch["pixel_values"].to(device), batch["frame_mask"].to(device))
+        logits = model.predict(
+            batch["input_ids"].to(device),
+            batch["attention_mask"].to(device),
+            batch["pixel_values"].to(device),
+            batch["frame_mask"].to(device),
+        )
         if not torch.isfinite(logits).all():  # argmax would silently pick the NaN's position
-            raise ValueError(f"the model's answer logits are not finite for videos {batch['video_id'][:4]}...: "
-                             f"the model's features or weights are not finite")
+            raise ValueError(
+                f"the model's answer logits are not finite for videos {batch['video_id'][:4]}...: "
+                f"the model's features or weights are not finite"
+            )
         predictions.append(logits.argmax(-1).cpu())
         answers.append(batch["answer"])
         types += batch["question_type"]
     model.train()
     predictions, answers = torch.cat(predictions), torch.cat(answers)
     train_answers, _ = train_set.answer_table()
-    return {"model": accuracy(predictions, answers, types),
-            "majority answer": majority_baseline(train_answers, answers, types)}
+    return {
+        "model": accuracy(predictions, answers, types),
+        "majority answer": majority_baseline(train_answers, answers, types),
+    }
 
 
 def format_qa_table(metrics, title=""):

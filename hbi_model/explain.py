@@ -5,6 +5,7 @@ model's own dpc_knn merged into them. One PNG per pair, or one self-contained HT
 
 `explain_pair` computes what a figure shows (labels, members, thumbnails, values); `render` only draws
 it, so that what is drawn can be checked against the model."""
+
 import base64
 import functools
 import html
@@ -27,23 +28,36 @@ from hbi_model.metrics import ranks_of_positives
 
 def add_arguments(parser):
     """The flags of `hbi explain` (cli.py adds the ones every command shares)."""
-    parser.add_argument("--text", "--caption", dest="text",
-                        help="a caption (a question with --task qa); default: the test item's own")
-    parser.add_argument("--video", help="a video file to explain instead of a test video (decoded like the "
-                        "data sets: 1 frame per second, uniformly picked up to --max-frames); needs --text")
+    parser.add_argument(
+        "--text", "--caption", dest="text", help="a caption (a question with --task qa); default: the test item's own"
+    )
+    parser.add_argument(
+        "--video",
+        help="a video file to explain instead of a test video (decoded like the "
+        "data sets: 1 frame per second, uniformly picked up to --max-frames); needs --text",
+    )
     parser.add_argument("--index", type=int, nargs="+", help="test items to explain (default: 0)")
     parser.add_argument("--top", type=int, help="explain the N test pairs the model ranks best")
-    parser.add_argument("--png", default="explain.png",
-                        help="the picture (several pairs without --html: one file each, NAME_<index>.png)")
+    parser.add_argument(
+        "--png",
+        default="explain.png",
+        help="the picture (several pairs without --html: one file each, NAME_<index>.png)",
+    )
     parser.add_argument("--html", help="write one self-contained HTML page of every requested pair instead")
-    parser.add_argument("--show-special", action="store_true", default=None,
-                        help="also show the start and end tokens, and clusters holding no word or no frame")
-    parser.add_argument("--no-rank", action="store_true", default=None,
-                        help="skip the retrieval rank (it encodes the whole test set)")
+    parser.add_argument(
+        "--show-special",
+        action="store_true",
+        default=None,
+        help="also show the start and end tokens, and clusters holding no word or no frame",
+    )
+    parser.add_argument(
+        "--no-rank", action="store_true", default=None, help="skip the retrieval rank (it encodes the whole test set)"
+    )
 
 
 # -------------------------------------------------------------------------------------------------
 # What a figure shows
+
 
 @dataclass
 class LevelMap:
@@ -51,6 +65,7 @@ class LevelMap:
     or text clusters) and columns (frames, or video clusters) of the pair's game at this level.
     row_tokens / column_frames: the token and frame positions merged into each row / column under the
     model's assignment (one each at the entity level); rows / columns: their indices at this level."""
+
     level: str
     values: torch.Tensor
     rows: list
@@ -123,8 +138,9 @@ def explain_pair(model, tokenizer, batch, show_special=False):
     device = model.step.device
     ids, text_mask = batch["input_ids"], batch["attention_mask"].bool()
     caption = batch["caption"][0]
-    features = model.encode(ids.to(device), text_mask.to(device), batch["pixel_values"].to(device),
-                            batch["frame_mask"].to(device))
+    features = model.encode(
+        ids.to(device), text_mask.to(device), batch["pixel_values"].to(device), batch["frame_mask"].to(device)
+    )
     with recording_assignments(model.text_levels) as text_idx, recording_assignments(model.video_levels) as video_idx:
         levels = model.levels(*features)
     word_positions = text_mask[0].nonzero().flatten().tolist()
@@ -143,25 +159,37 @@ def explain_pair(model, tokenizer, batch, show_special=False):
         tm = tm if tm is not None else torch.ones(tn.shape[:2], dtype=torch.bool, device=device)
         vm = vm if vm is not None else torch.ones(vn.shape[:2], dtype=torch.bool, device=device)
         pair_map = torch.einsum("btd,bvd->btv", tn, vn).float()
-        interaction = hbi_ops.banzhaf_interaction(pair_map, tm, vm, wt.float().masked_fill(~tm, 0),
-                                                  wv.float().masked_fill(~vm, 0), estimator="exact")[0].cpu()
+        interaction = hbi_ops.banzhaf_interaction(
+            pair_map, tm, vm, wt.float().masked_fill(~tm, 0), wv.float().masked_fill(~vm, 0), estimator="exact"
+        )[0].cpu()
         row_tokens = _members(text_cluster.tolist(), word_positions, tn.shape[1])
         column_frames = _members(video_cluster.tolist(), frame_positions, vn.shape[1])
         # Padding is no player (its rows are zero); start and end tokens and empty clusters on request.
         players = tm[0].cpu().tolist()
-        rows = [r for r, members in enumerate(row_tokens)
-                if players[r] and (show_special or any(p not in special for p in members))]
+        rows = [
+            r
+            for r, members in enumerate(row_tokens)
+            if players[r] and (show_special or any(p not in special for p in members))
+        ]
         columns = [c for c, members in enumerate(column_frames) if members or (show_special and bool(vm[0, c]))]
-        maps.append(LevelMap(level, interaction[rows][:, columns], rows, columns,
-                             [_label(row_tokens[r], tokens, special, show_special) for r in rows],
-                             [row_tokens[r] for r in rows], [column_frames[c] for c in columns],
-                             float(sim[0, 0])))
-    return Explanation(caption, tokens, special, thumbnails(batch["pixel_values"][0], batch["frame_mask"][0]),
-                       maps)
+        maps.append(
+            LevelMap(
+                level,
+                interaction[rows][:, columns],
+                rows,
+                columns,
+                [_label(row_tokens[r], tokens, special, show_special) for r in rows],
+                [row_tokens[r] for r in rows],
+                [column_frames[c] for c in columns],
+                float(sim[0, 0]),
+            )
+        )
+    return Explanation(caption, tokens, special, thumbnails(batch["pixel_values"][0], batch["frame_mask"][0]), maps)
 
 
 # -------------------------------------------------------------------------------------------------
 # Retrieval rank among the test set's videos
+
 
 class Ranking:
     """The test set encoded once; the rank of a caption's video among the test videos, by the rule of
@@ -173,10 +201,14 @@ class Ranking:
 
         self.model, self.similarity = model, functools.partial(similarity_matrix, model)
         loader = torch.utils.data.DataLoader(
-            test_set, batch_size=settings.get("eval_batch_size", 64), num_workers=settings.get("workers", 0),
-            collate_fn=functools.partial(collate, tokenizer=tokenizer, max_words=settings["max_words"]))
-        text, text_mask, self.videos, self.video_masks = encode_all(model, loader, model.step.device,
-                                                                    not settings.get("quiet"))
+            test_set,
+            batch_size=settings.get("eval_batch_size", 64),
+            num_workers=settings.get("workers", 0),
+            collate_fn=functools.partial(collate, tokenizer=tokenizer, max_words=settings["max_words"]),
+        )
+        text, text_mask, self.videos, self.video_masks = encode_all(
+            model, loader, model.step.device, not settings.get("quiet")
+        )
         self.matrix = self.similarity(text, text_mask, self.videos, self.video_masks).float().cpu()
         self.ranks = ranks_of_positives(self.matrix)
 
@@ -192,8 +224,11 @@ class Ranking:
             return float(self.matrix[index, index]), int(self.ranks[index]), len(self.matrix)
         device = self.model.step.device
         text, text_mask, video, video_mask = self.model.encode(
-            batch["input_ids"].to(device), batch["attention_mask"].to(device), batch["pixel_values"].to(device),
-            batch["frame_mask"].to(device))
+            batch["input_ids"].to(device),
+            batch["attention_mask"].to(device),
+            batch["pixel_values"].to(device),
+            batch["frame_mask"].to(device),
+        )
         if index is None:
             video, video_mask = torch.cat([video, self.videos]), torch.cat([video_mask, self.video_masks])
             index = 0
@@ -201,8 +236,10 @@ class Ranking:
             video, video_mask = self.videos, self.video_masks
         row = self.similarity(text, text_mask, video, video_mask).float().cpu()[0]
         if not torch.isfinite(row).all():
-            raise ValueError("the caption's similarities to the test videos are not finite: the model's features "
-                             "or weights are not finite")
+            raise ValueError(
+                "the caption's similarities to the test videos are not finite: the model's features "
+                "or weights are not finite"
+            )
         return float(row[index]), int((row >= row[index]).sum()), len(row)
 
 
@@ -220,8 +257,9 @@ def _wrap(label, width=22):
 def title_lines(explanation):
     lines = [f"\u201c{explanation.caption}\u201d"]
     if explanation.rank is not None:
-        lines.append(f"similarity {explanation.score:.3f}, rank {explanation.rank} of {explanation.candidates} "
-                     f"test videos")
+        lines.append(
+            f"similarity {explanation.score:.3f}, rank {explanation.rank} of {explanation.candidates} test videos"
+        )
     return lines + explanation.notes
 
 
@@ -259,27 +297,53 @@ def render(explanation):
         ax = fig.add_axes(box(x, top, map_width, map_height), label=f"{level_map.level} map")
         values = level_map.values.numpy()
         scale = float(abs(values).max()) if values.size else 0.0
-        image = ax.imshow(values if values.size else [[0.0]], cmap="RdBu_r", vmin=-(scale or 1e-12),
-                          vmax=scale or 1e-12, aspect="auto", interpolation="nearest")
+        image = ax.imshow(
+            values if values.size else [[0.0]],
+            cmap="RdBu_r",
+            vmin=-(scale or 1e-12),
+            vmax=scale or 1e-12,
+            aspect="auto",
+            interpolation="nearest",
+        )
         if level_map.level != "entity" and values.size <= 24:  # few clusters: room for their values
             for (r, c), value in np.ndenumerate(values):
-                ax.text(c, r, f"{value:.2g}", ha="center", va="center", fontsize=FONT - 2,
-                        color="white" if abs(value) > 0.6 * scale else "black")
+                ax.text(
+                    c,
+                    r,
+                    f"{value:.2g}",
+                    ha="center",
+                    va="center",
+                    fontsize=FONT - 2,
+                    color="white" if abs(value) > 0.6 * scale else "black",
+                )
         ax.set_yticks(range(len(labels)), labels, fontsize=FONT)
         ax.set_xticks([])
         words = "words" if level_map.level == "entity" else "text clusters"
         frames = "frames" if level_map.level == "entity" else "video clusters"
-        ax.set_title(f"{level_map.level} level: {words} \u00d7 {frames}\nsimilarity {level_map.similarity:.3f}",
-                     fontsize=FONT + 1)
+        ax.set_title(
+            f"{level_map.level} level: {words} \u00d7 {frames}\nsimilarity {level_map.similarity:.3f}",
+            fontsize=FONT + 1,
+        )
         cax = fig.add_axes(box(x + map_width + 0.08, top, 0.1, map_height), label=f"{level_map.level} colour bar")
         fig.colorbar(image, cax=cax).ax.tick_params(labelsize=FONT - 1)
         strip = fig.add_axes(box(x, top + map_height + gap, map_width, stack * CELL), label=f"{level_map.level} frames")
         for column, members in enumerate(level_map.column_frames):
             for k, frame in enumerate(members):
-                strip.imshow(explanation.thumbnails[frame], extent=(column - 0.46, column + 0.46, k + 0.96, k + 0.04),
-                             aspect="auto", interpolation="nearest", gid=f"frame {frame}")
-                strip.text(column - 0.42, k + 0.9, str(frame), color="white", fontsize=FONT - 2,
-                           bbox=dict(facecolor="black", alpha=0.6, pad=0.5, linewidth=0))
+                strip.imshow(
+                    explanation.thumbnails[frame],
+                    extent=(column - 0.46, column + 0.46, k + 0.96, k + 0.04),
+                    aspect="auto",
+                    interpolation="nearest",
+                    gid=f"frame {frame}",
+                )
+                strip.text(
+                    column - 0.42,
+                    k + 0.9,
+                    str(frame),
+                    color="white",
+                    fontsize=FONT - 2,
+                    bbox=dict(facecolor="black", alpha=0.6, pad=0.5, linewidth=0),
+                )
         strip.set_xlim(-0.5, columns - 0.5)
         strip.set_ylim(stack, 0)
         strip.axis("off")
@@ -299,23 +363,34 @@ def write_html(path, explanations, sources):
     for explanation, source in zip(explanations, sources):
         picture = base64.b64encode(png_bytes(render(explanation))).decode("ascii")
         clusters = "".join(
-            f"<li>{m.level} level: text clusters " + " | ".join(html.escape(label) for label in m.row_labels)
-            + "; video clusters of frames " + " | ".join(" ".join(map(str, frames)) for frames in m.column_frames)
-            + "</li>" for m in explanation.levels if m.level != "entity")
+            f"<li>{m.level} level: text clusters "
+            + " | ".join(html.escape(label) for label in m.row_labels)
+            + "; video clusters of frames "
+            + " | ".join(" ".join(map(str, frames)) for frames in m.column_frames)
+            + "</li>"
+            for m in explanation.levels
+            if m.level != "entity"
+        )
         lines = "".join(f"<p>{html.escape(line)}</p>" for line in title_lines(explanation)[1:])
-        sections.append(f'<section class="pair"><h2>{html.escape(source)}: {html.escape(explanation.caption)}</h2>'
-                        f'{lines}<img alt="{html.escape(explanation.caption)}" src="data:image/png;base64,{picture}">'
-                        f"<ul>{clusters}</ul></section>")
-    page = ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>hbi explain</title><style>"
-            "body{font-family:sans-serif;margin:2em} section{border-top:1px solid #ccc;padding:1em 0} "
-            "img{max-width:100%}</style></head><body><h1>hbi explain: Banzhaf interaction per level</h1>\n"
-            + "\n".join(sections) + "\n</body></html>\n")
+        sections.append(
+            f'<section class="pair"><h2>{html.escape(source)}: {html.escape(explanation.caption)}</h2>'
+            f'{lines}<img alt="{html.escape(explanation.caption)}" src="data:image/png;base64,{picture}">'
+            f"<ul>{clusters}</ul></section>"
+        )
+    page = (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>hbi explain</title><style>'
+        "body{font-family:sans-serif;margin:2em} section{border-top:1px solid #ccc;padding:1em 0} "
+        "img{max-width:100%}</style></head><body><h1>hbi explain: Banzhaf interaction per level</h1>\n"
+        + "\n".join(sections)
+        + "\n</body></html>\n"
+    )
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(page)
 
 
 # -------------------------------------------------------------------------------------------------
 # The command
+
 
 def _video_item(settings, model):
     from hbi_model.data.video import load_video
@@ -403,16 +478,22 @@ def explain(settings):
         with open(path, "wb") as handle:
             handle.write(png_bytes(render(explanation)))
         rank = f", rank {explanation.rank} of {explanation.candidates}" if explanation.rank is not None else ""
-        print(f"wrote {path}: {', '.join(m.level for m in explanation.levels)} levels for {source}, "
-              f"'{explanation.caption}'{rank}")
+        print(
+            f"wrote {path}: {', '.join(m.level for m in explanation.levels)} levels for {source}, "
+            f"'{explanation.caption}'{rank}"
+        )
     return explanations
 
 
 @torch.no_grad()
 def _answers(model, batch, vocabulary, answer):
     device = model.step.device
-    logits = model.predict(batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                           batch["pixel_values"].to(device), batch["frame_mask"].to(device))
+    logits = model.predict(
+        batch["input_ids"].to(device),
+        batch["attention_mask"].to(device),
+        batch["pixel_values"].to(device),
+        batch["frame_mask"].to(device),
+    )
     lines = [f"predicted answer: {vocabulary.answers[int(logits.argmax(-1)[0])]}"]
     if answer is not None:
         lines.append(f"answer: {vocabulary.answers[answer]}" if answer >= 0 else "answer: (not in the vocabulary)")

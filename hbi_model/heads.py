@@ -1,4 +1,5 @@
 """Per-level token weight heads and the Banzhaf estimator network (docs/model.md)."""
+
 import math
 
 import torch

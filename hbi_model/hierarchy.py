@@ -1,5 +1,6 @@
 """Token clustering and merging (CTM) and the attention that refines merged tokens (TCBlock), on
 hbi_ops.dpc_knn and hbi_ops.merge_tokens (SPEC section 2, "Three levels")."""
+
 import contextlib
 import math
 
@@ -85,6 +86,7 @@ def recording_assignments(levels):
     def keep(position):
         def hook(_module, _inputs, outputs):
             assignments[position] = outputs[3].detach()
+
         return hook
 
     handles = [level.ctm.register_forward_hook(keep(i)) for i, level in enumerate(levels)]

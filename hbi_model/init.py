@@ -6,6 +6,7 @@
 - TCBlock: Linear weights truncated normal (std 0.02, cut at +-2), biases 0, LayerNorm weight 1 and bias 0;
 - Banzhaf estimators: Q, K, V (no bias) xavier-uniform with gain 1.414; their convolutions keep PyTorch's
   default, as do the CTMs and the temporal module."""
+
 from torch import nn
 
 from hbi_model.heads import BanzhafEstimator, WeightHead

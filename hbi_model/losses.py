@@ -1,4 +1,5 @@
 """Losses (docs/model.md): symmetric InfoNCE, the cross-level KL and the Banzhaf KL."""
+
 import torch
 import torch.nn.functional as F
 
@@ -53,5 +54,6 @@ def banzhaf_kl(teacher, student, valid, reduction="row", transpose="words"):
         flip = lambda x: x.permute(2, 1, 0)  # noqa: E731
     else:
         raise ValueError(f"transpose must be one of {BANZHAF_TRANSPOSES}, got {transpose!r}")
-    return (masked_kl(teacher, student, valid, reduction)
-            + masked_kl(flip(teacher), flip(student), flip(valid), reduction))
+    return masked_kl(teacher, student, valid, reduction) + masked_kl(
+        flip(teacher), flip(student), flip(valid), reduction
+    )

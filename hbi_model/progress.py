@@ -1,5 +1,6 @@
 """Training progress: on a terminal a bar with the loss and steps per second; in a log (stdout not a
 terminal) one plain line per epoch instead, which a log keeps readable where a bar's redraws are not."""
+
 import datetime
 import sys
 import time
@@ -14,8 +15,14 @@ class TrainingProgress:
         self.total_steps, self.num_epochs = total_steps, num_epochs
         interactive = enabled and sys.stdout.isatty()
         self.lines = enabled and not interactive
-        self.bar = tqdm(total=total_steps, initial=initial_step, desc="train", unit=" steps", bar_format=BAR_FORMAT,
-                        disable=not interactive)
+        self.bar = tqdm(
+            total=total_steps,
+            initial=initial_step,
+            desc="train",
+            unit=" steps",
+            bar_format=BAR_FORMAT,
+            disable=not interactive,
+        )
         self.started = time.monotonic()
         self._new_epoch()
 
@@ -40,8 +47,11 @@ class TrainingProgress:
             mean = sum(self.epoch_losses) / len(self.epoch_losses)
             rate = len(self.epoch_losses) / max(now - self.epoch_started, 1e-9)
             elapsed = datetime.timedelta(seconds=int(now - self.started))
-            print(f"epoch {epoch + 1}/{self.num_epochs}: steps {step}/{self.total_steps}, mean loss {mean:.4f}, "
-                  f"{rate:.2f} steps/s, elapsed {elapsed}", flush=True)
+            print(
+                f"epoch {epoch + 1}/{self.num_epochs}: steps {step}/{self.total_steps}, mean loss {mean:.4f}, "
+                f"{rate:.2f} steps/s, elapsed {elapsed}",
+                flush=True,
+            )
         self._new_epoch()
 
     def close(self):

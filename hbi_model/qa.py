@@ -1,6 +1,7 @@
 """Video question answering on the same hierarchy (SPEC section 2, "Video QA"): per level an answer
 head; loss per level CE(answers) + 1/2 (contrastive + skl * banzhaf), plus kl * KL between the levels'
 answer logits; prediction 0.4 entity + 0.4 action + 0.2 event."""
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -49,8 +50,9 @@ class AnswerHead(nn.Module):
         self.classifier = nn.Sequential(nn.Linear(8 * width, 16 * width), nn.ReLU(), nn.Linear(16 * width, num_answers))
 
     def forward(self, text, text_mask, video, video_mask):
-        joint = torch.cat([self.text_proj(self.text_pool(text, text_mask)),
-                           self.video_proj(self.video_pool(video, video_mask))], -1)
+        joint = torch.cat(
+            [self.text_proj(self.text_pool(text, text_mask)), self.video_proj(self.video_pool(video, video_mask))], -1
+        )
         return self.classifier(self.dropout(joint))
 
 

@@ -1,4 +1,5 @@
 """The HBI video-text retrieval model (docs/model.md) on hbi_ops."""
+
 from dataclasses import dataclass, field
 
 import torch
@@ -45,9 +46,14 @@ class HBIConfig:
     rates: tuple = field(default=(1.0, 0.0, 0.0))  # inference weights of entity, action, event
 
     def __post_init__(self):
-        choices = {"banzhaf_definition": ("textbook", "reference"), "banzhaf_estimator": ("exact", "paired", "msr"),
-                   "banzhaf_reduction": BANZHAF_REDUCTIONS, "banzhaf_transpose": BANZHAF_TRANSPOSES,
-                   "entity_padding": ("ignore", "zero"), "init": INITS}
+        choices = {
+            "banzhaf_definition": ("textbook", "reference"),
+            "banzhaf_estimator": ("exact", "paired", "msr"),
+            "banzhaf_reduction": BANZHAF_REDUCTIONS,
+            "banzhaf_transpose": BANZHAF_TRANSPOSES,
+            "entity_padding": ("ignore", "zero"),
+            "init": INITS,
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -65,10 +71,18 @@ class HBIRetrieval(nn.Module):
         width = encoders.width
         self.temporal = TemporalTransformer(width, config.temporal_layers, config.temporal_heads, config.max_frames)
         heads = config.attention_heads
-        self.text_levels = nn.ModuleList([Level(width, config.t_rate0, config.cluster_k, heads),
-                                          Level(width, config.t_rate1, config.cluster_k, heads)])
-        self.video_levels = nn.ModuleList([Level(width, config.v_rate0, config.cluster_k, heads),
-                                           Level(width, config.v_rate1, config.cluster_k, heads)])
+        self.text_levels = nn.ModuleList(
+            [
+                Level(width, config.t_rate0, config.cluster_k, heads),
+                Level(width, config.t_rate1, config.cluster_k, heads),
+            ]
+        )
+        self.video_levels = nn.ModuleList(
+            [
+                Level(width, config.v_rate0, config.cluster_k, heads),
+                Level(width, config.v_rate1, config.cluster_k, heads),
+            ]
+        )
         self.text_heads = nn.ModuleList([WeightHead(width) for _ in LEVELS])
         self.video_heads = nn.ModuleList([WeightHead(width) for _ in LEVELS])
         self.students = nn.ModuleList([BanzhafEstimator() for _ in LEVELS])
@@ -144,18 +158,31 @@ class HBIRetrieval(nn.Module):
             lv = lv.masked_fill(~video_mask, float("-inf")).softmax(-1).nan_to_num(0.0)
         estimator = cfg.banzhaf_estimator
         # The reference definition's exact estimator enumerates 2^n coalitions: larger levels sample.
-        if cfg.banzhaf_definition == "reference" and estimator == "exact" and \
-                sim.shape[1] + sim.shape[2] > cfg.exact_max_players:
+        if (
+            cfg.banzhaf_definition == "reference"
+            and estimator == "exact"
+            and sim.shape[1] + sim.shape[2] > cfg.exact_max_players
+        ):
             estimator = "paired"
-        index = hbi_ops.banzhaf_interaction(r, text_mask, video_mask, lt.nan_to_num(0.0), lv.nan_to_num(0.0),
-                                            definition=cfg.banzhaf_definition, estimator=estimator,
-                                            num_samples=cfg.banzhaf_samples, seed=int(self.step))
+        index = hbi_ops.banzhaf_interaction(
+            r,
+            text_mask,
+            video_mask,
+            lt.nan_to_num(0.0),
+            lv.nan_to_num(0.0),
+            definition=cfg.banzhaf_definition,
+            estimator=estimator,
+            num_samples=cfg.banzhaf_samples,
+            seed=int(self.step),
+        )
         return index / cfg.teacher_temperature
 
     def banzhaf_loss(self, level, text_mask, video_mask, tn, vn, wt, wv):
         batch, words, frames = tn.shape[0], tn.shape[1], vn.shape[1]
         text_mask = text_mask if text_mask is not None else torch.ones(batch, words, dtype=torch.bool, device=tn.device)
-        video_mask = video_mask if video_mask is not None else torch.ones(batch, frames, dtype=torch.bool, device=tn.device)
+        video_mask = (
+            video_mask if video_mask is not None else torch.ones(batch, frames, dtype=torch.bool, device=tn.device)
+        )
         valid = text_mask[:, :, None] & video_mask[:, None, :]
         # The matched pairs' fine-grained maps, zero at padded cells (as the reference's entity level):
         # the estimators' 3x3 convolutions would otherwise carry padded tokens into real cells.
@@ -163,8 +190,9 @@ class HBIRetrieval(nn.Module):
         with torch.no_grad():
             teacher = self.teacher_logits(sim, text_mask, video_mask, wt, wv)
         student = self.students[LEVELS.index(level)](sim)
-        return banzhaf_kl(teacher.to(student.dtype), student, valid, self.config.banzhaf_reduction,
-                          self.config.banzhaf_transpose)
+        return banzhaf_kl(
+            teacher.to(student.dtype), student, valid, self.config.banzhaf_reduction, self.config.banzhaf_transpose
+        )
 
     # ---------------------------------------------------------------------------------------------
     def forward(self, input_ids, attention_mask, pixel_values, frame_mask, gather=None):
@@ -191,8 +219,11 @@ class HBIRetrieval(nn.Module):
                 parts[f"banzhaf/{level}"] = self.banzhaf_loss(level, tm, vm, *extras)
                 total = total + cfg.skl * parts[f"banzhaf/{level}"]
         if cfg.kl and len(sims) > 1:
-            cross = sum(level_kl(sims[level], sims["entity"]) + level_kl(sims[level].t(), sims["entity"].t())
-                        for level in sims if level != "entity")
+            cross = sum(
+                level_kl(sims[level], sims["entity"]) + level_kl(sims[level].t(), sims["entity"].t())
+                for level in sims
+                if level != "entity"
+            )
             parts["cross_level_kl"] = cross
             total = total + cfg.kl * cross
         self.step += 1

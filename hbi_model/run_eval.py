@@ -1,4 +1,5 @@
 """`hbi eval`: load a run's checkpoint and print the test metrics."""
+
 import json
 import os
 

@@ -3,6 +3,7 @@ LayerNorm weights), separate learning rates for CLIP and the new modules, linear
 gradient clipping, mixed precision on GPU, torchrun multi-process with all-gathered features,
 atomic checkpoints that resume to the same result, a stop (after one retry from the last checkpoint) on a
 non-finite loss or gradient, progress on a terminal or in a log, and an evaluation at the end."""
+
 import functools
 import json
 import math
@@ -43,8 +44,14 @@ def parameter_groups(model, lr, clip_lr_scale, weight_decay):
         clip = name.startswith("encoders.")
         no_decay = param.ndim < 2 or "norm" in name.lower()
         key = (clip, no_decay)
-        groups.setdefault(key, {"params": [], "lr": lr * (clip_lr_scale if clip else 1.0),
-                                "weight_decay": 0.0 if no_decay else weight_decay})
+        groups.setdefault(
+            key,
+            {
+                "params": [],
+                "lr": lr * (clip_lr_scale if clip else 1.0),
+                "weight_decay": 0.0 if no_decay else weight_decay,
+            },
+        )
         groups[key]["params"].append(param)
     return list(groups.values())
 
@@ -70,7 +77,7 @@ class EpochSampler(torch.utils.data.Sampler):
         else:
             order = torch.arange(self.size)
         usable = self.size - self.size % self.world
-        return iter(order[:usable][self.rank::self.world].tolist())
+        return iter(order[:usable][self.rank :: self.world].tolist())
 
     def __len__(self):
         return self.size // self.world
@@ -86,10 +93,14 @@ def training_sampler(train_set, settings, rank=0, world=1):
 
 
 def _loader(dataset, tokenizer, settings, sampler, batch_size):
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=sampler is not None,
-                                       num_workers=settings.get("workers", 0),
-                                       collate_fn=functools.partial(collate, tokenizer=tokenizer,
-                                                                    max_words=settings["max_words"]))
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=sampler is not None,
+        num_workers=settings.get("workers", 0),
+        collate_fn=functools.partial(collate, tokenizer=tokenizer, max_words=settings["max_words"]),
+    )
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -145,13 +156,19 @@ def train(settings):
     loader = _loader(train_set, tokenizer, settings, sampler, per_rank)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(train_set)} training pairs make no batch of --batch-size {settings['batch_size']} "
-                         f"({world} process(es)): the training set is empty or too small")
+        raise ValueError(
+            f"{len(train_set)} training pairs make no batch of --batch-size {settings['batch_size']} "
+            f"({world} process(es)): the training set is empty or too small"
+        )
     total_steps = settings.get("max_steps") or settings["epochs"] * steps_per_epoch
-    optimizer = torch.optim.AdamW(parameter_groups(model, settings["lr"], settings["clip_lr_scale"],
-                                                   settings["weight_decay"]), betas=(0.9, 0.98), eps=1e-6)
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, settings["lr"], settings["clip_lr_scale"], settings["weight_decay"]),
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, functools.partial(warmup_cosine, total=total_steps, warmup_fraction=settings["warmup"]))
+        optimizer, functools.partial(warmup_cosine, total=total_steps, warmup_fraction=settings["warmup"])
+    )
     step, output = 0, settings["output"]
     saved_step = None  # the step of this run's checkpoint, the one a non-finite step retries from
     if settings.get("resume", True) and checkpoint.exists(output):
@@ -162,8 +179,9 @@ def train(settings):
     if world > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
     amp = device.type == "cuda" and not settings.get("no_amp")
-    progress = TrainingProgress(total_steps, math.ceil(total_steps / steps_per_epoch), step,
-                                enabled=main_process and not settings.get("quiet"))
+    progress = TrainingProgress(
+        total_steps, math.ceil(total_steps / steps_per_epoch), step, enabled=main_process and not settings.get("quiet")
+    )
     model.train()
     last, retried_from = {}, None
     while step < total_steps:
@@ -175,9 +193,14 @@ def train(settings):
                 continue
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 extra = {"answer": batch["answer"].to(device)} if task == "qa" else {}
-                parts = wrapped(batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                                batch["pixel_values"].to(device), batch["frame_mask"].to(device),
-                                gather=distributed.gather_with_grad if world > 1 else None, **extra)
+                parts = wrapped(
+                    batch["input_ids"].to(device),
+                    batch["attention_mask"].to(device),
+                    batch["pixel_values"].to(device),
+                    batch["frame_mask"].to(device),
+                    gather=distributed.gather_with_grad if world > 1 else None,
+                    **extra,
+                )
             optimizer.zero_grad(set_to_none=True)
             problem = _non_finite(parts, None)
             if problem is None:
@@ -187,15 +210,21 @@ def train(settings):
                 problem = _non_finite(parts, torch.nn.utils.clip_grad_norm_(model.parameters(), settings["grad_clip"]))
             if problem is not None:
                 what, detail = problem
-                message = (f"training stopped: the {what} is not finite at step {step + 1} of {total_steps} "
-                           f"(epoch {epoch + 1}; {detail})")
+                message = (
+                    f"training stopped: the {what} is not finite at step {step + 1} of {total_steps} "
+                    f"(epoch {epoch + 1}; {detail})"
+                )
                 if saved_step is None:
-                    raise NonFiniteLossError(f"{message}; there is no checkpoint to retry from (--save-every). "
-                                             f"Unreadable videos are logged as warnings; a lower --lr may help")
+                    raise NonFiniteLossError(
+                        f"{message}; there is no checkpoint to retry from (--save-every). "
+                        f"Unreadable videos are logged as warnings; a lower --lr may help"
+                    )
                 if retried_from is not None:
-                    raise NonFiniteLossError(f"{message}, after training was retried once from the checkpoint of "
-                                             f"step {retried_from}. Unreadable videos are logged as warnings; a "
-                                             f"lower --lr may help")
+                    raise NonFiniteLossError(
+                        f"{message}, after training was retried once from the checkpoint of "
+                        f"step {retried_from}. Unreadable videos are logged as warnings; a "
+                        f"lower --lr may help"
+                    )
                 if main_process:
                     print(f"{message}: retrying once from the checkpoint of step {saved_step}", flush=True)
                 step = retried_from = _restore(output, model, optimizer, scheduler, device)
@@ -229,8 +258,9 @@ def train(settings):
                 print(format_qa_table(metrics, f"test set: {len(test_set)} questions"))
             else:
                 metrics = evaluate(model, test_loader, device, progress=not settings.get("quiet"))
-                print(format_table(metrics, f"test set: {len(test_set)} pairs (chance R@1 = "
-                                            f"{100 / len(test_set):.2f}%)"))
+                print(
+                    format_table(metrics, f"test set: {len(test_set)} pairs (chance R@1 = {100 / len(test_set):.2f}%)")
+                )
             results["metrics"] = metrics
         with open(os.path.join(output, "results.json"), "w") as handle:
             json.dump(results, handle, indent=1)
@@ -239,8 +269,16 @@ def train(settings):
 
 
 def _save(output, model, optimizer, scheduler, step):
-    checkpoint.save(output, model, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                    "step": step, "rng": torch.get_rng_state()})
+    checkpoint.save(
+        output,
+        model,
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+            "rng": torch.get_rng_state(),
+        },
+    )
 
 
 def _dump(path, model, parts, rank):

@@ -9,6 +9,7 @@
 Every operator takes ``backend=`` ("cuda", "triton", "cpu" or "torch"; default: the fastest available
 for the inputs' device); the environment variable HBI_OPS_BACKEND forces one globally.
 """
+
 from hbi_ops._api import backends, banzhaf_interaction, dpc_knn, merge_tokens, wti_similarity
 
 __all__ = ["wti_similarity", "banzhaf_interaction", "dpc_knn", "merge_tokens", "backends"]

@@ -1,4 +1,5 @@
 """The public operators of docs/: check arguments once, pick a backend, call it."""
+
 import torch
 
 from hbi_ops import _checks, _dispatch
@@ -9,8 +10,9 @@ ESTIMATORS = ("exact", "paired", "msr")
 PADDINGS = ("ignore", "zero")
 
 
-def wti_similarity(text, video, text_weight, video_weight, text_mask=None, video_mask=None, *,
-                   padding="ignore", backend=None):
+def wti_similarity(
+    text, video, text_weight, video_weight, text_mask=None, video_mask=None, *, padding="ignore", backend=None
+):
     """Weighted token-wise similarity score[a, b] of texts [A, T, D] and videos [B, V, D].
 
     score = (sum_t p[a,t] max_v S[a,b,t,v] + sum_v q[b,v] max_t S[a,b,t,v]) / 2, S = <text, video>.
@@ -28,8 +30,15 @@ def wti_similarity(text, video, text_weight, video_weight, text_mask=None, video
     _checks.shape("text_weight", text_weight, (num_texts, num_words))
     _checks.tensor("video_weight", video_weight, floating=True)
     _checks.shape("video_weight", video_weight, (num_videos, num_frames))
-    _checks.same_device("text", text, video=video, text_weight=text_weight, video_weight=video_weight,
-                        text_mask=text_mask, video_mask=video_mask)
+    _checks.same_device(
+        "text",
+        text,
+        video=video,
+        text_weight=text_weight,
+        video_weight=video_weight,
+        text_mask=text_mask,
+        video_mask=video_mask,
+    )
     text_mask = _checks.mask("text_mask", text_mask, (num_texts, num_words), text)
     video_mask = _checks.mask("video_mask", video_mask, (num_videos, num_frames), text)
     _checks.choice("padding", padding, PADDINGS)
@@ -37,9 +46,18 @@ def wti_similarity(text, video, text_weight, video_weight, text_mask=None, video
     # Weights of padded tokens never count, whatever they hold.
     text_weight = text_weight.masked_fill(~text_mask, 0.0)
     video_weight = video_weight.masked_fill(~video_mask, 0.0)
-    score = _dispatch.call("wti_similarity", text.device, backend, text.to(dtype), video.to(dtype),
-                           text_weight.to(dtype), video_weight.to(dtype), text_mask, video_mask,
-                           padding == "zero")
+    score = _dispatch.call(
+        "wti_similarity",
+        text.device,
+        backend,
+        text.to(dtype),
+        video.to(dtype),
+        text_weight.to(dtype),
+        video_weight.to(dtype),
+        text_mask,
+        video_mask,
+        padding == "zero",
+    )
     # A non-finite feature or weight at a real position makes every score of its text (video) NaN, in every
     # backend alike (a maximum would otherwise drop a NaN); padded positions never matter.
     broken_text = _nonfinite_at_real(text, text_weight, text_mask)
@@ -53,8 +71,19 @@ def _nonfinite_at_real(features, weights, mask):
     return (bad & mask).any(-1)
 
 
-def banzhaf_interaction(sim, text_mask=None, video_mask=None, text_weight=None, video_weight=None, *,
-                        definition="textbook", estimator=None, num_samples=1000, seed=0, backend=None):
+def banzhaf_interaction(
+    sim,
+    text_mask=None,
+    video_mask=None,
+    text_weight=None,
+    video_weight=None,
+    *,
+    definition="textbook",
+    estimator=None,
+    num_samples=1000,
+    seed=0,
+    backend=None,
+):
     """Banzhaf interaction I[b, t, v] of word t and frame v in the WTI game of each pair b.
 
     sim: [B, T, V] similarity map of each matched pair; masks [B, T] / [B, V] (None = all real);
@@ -68,8 +97,9 @@ def banzhaf_interaction(sim, text_mask=None, video_mask=None, text_weight=None, 
     """
     _checks.tensor("sim", sim, dim=3, floating=True)
     batch, num_words, num_frames = sim.shape
-    _checks.same_device("sim", sim, text_mask=text_mask, video_mask=video_mask, text_weight=text_weight,
-                        video_weight=video_weight)
+    _checks.same_device(
+        "sim", sim, text_mask=text_mask, video_mask=video_mask, text_weight=text_weight, video_weight=video_weight
+    )
     text_mask = _checks.mask("text_mask", text_mask, (batch, num_words), sim)
     video_mask = _checks.mask("video_mask", video_mask, (batch, num_frames), sim)
     text_weight = _checks.floating_or_default("text_weight", text_weight, (batch, num_words), sim, 0.0)
@@ -79,8 +109,10 @@ def banzhaf_interaction(sim, text_mask=None, video_mask=None, text_weight=None, 
     estimator = "exact" if estimator is None else estimator
     _checks.choice("estimator", estimator, ESTIMATORS)
     if estimator == "msr" and definition == "reference":
-        raise ValueError("estimator='msr' needs a coalition value, which definition='reference' does not "
-                         "have (its value1 is not one); use estimator='paired' or 'exact'")
+        raise ValueError(
+            "estimator='msr' needs a coalition value, which definition='reference' does not "
+            "have (its value1 is not one); use estimator='paired' or 'exact'"
+        )
     num_samples = _checks.integer("num_samples", num_samples, low=1, high=2**31 - 1)
     seed = _checks.integer("seed", seed, low=0, high=2**64 - 1)
     if seed >= 2**63:  # the op schema carries a signed int64; the kernels read it back as uint64
@@ -88,9 +120,20 @@ def banzhaf_interaction(sim, text_mask=None, video_mask=None, text_weight=None, 
     if estimator == "exact" and definition == "reference":
         _check_exact_players(text_mask, video_mask, estimator_given)
     dtype = _checks.common_float_dtype(sim, text_weight, video_weight)
-    return _dispatch.call("banzhaf_interaction", sim.device, backend, sim.to(dtype), text_mask, video_mask,
-                          text_weight.to(dtype), video_weight.to(dtype), definition, estimator,
-                          num_samples, seed)
+    return _dispatch.call(
+        "banzhaf_interaction",
+        sim.device,
+        backend,
+        sim.to(dtype),
+        text_mask,
+        video_mask,
+        text_weight.to(dtype),
+        video_weight.to(dtype),
+        definition,
+        estimator,
+        num_samples,
+        seed,
+    )
 
 
 def _check_exact_players(text_mask, video_mask, estimator_given=True):
@@ -108,7 +151,8 @@ def _check_exact_players(text_mask, video_mask, estimator_given=True):
             f"definition='reference' has no closed form: {how} enumerates all 2^n coalitions and takes at "
             f"most {MAX_EXACT_PLAYERS} players per pair; pair {worst} has {int(players[worst])} "
             f"({int(text_mask[worst].sum())} words + {int(video_mask[worst].sum())} frames): pass "
-            f"estimator='paired' (with num_samples and seed)")
+            f"estimator='paired' (with num_samples and seed)"
+        )
 
 
 def dpc_knn(x, num_clusters, k=5, mask=None, *, backend=None):
@@ -153,11 +197,14 @@ def merge_tokens(x, idx, num_clusters, weight=None, *, backend=None):
     if idx.device.type == "cpu" and idx.numel() > 0 and _checks.readable(idx):
         low, high = int(idx.min()), int(idx.max())
         if low < 0 or high >= num_clusters:
-            raise ValueError(f"idx must hold cluster indices in [0, {num_clusters - 1}] (num_clusters="
-                             f"{num_clusters}), got values in [{low}, {high}]")
+            raise ValueError(
+                f"idx must hold cluster indices in [0, {num_clusters - 1}] (num_clusters="
+                f"{num_clusters}), got values in [{low}, {high}]"
+            )
     dtype = _checks.common_float_dtype(x, weight)
-    return _dispatch.call("merge_tokens", x.device, backend, x.to(dtype), idx.to(torch.int64),
-                          weight.to(dtype), num_clusters)
+    return _dispatch.call(
+        "merge_tokens", x.device, backend, x.to(dtype), idx.to(torch.int64), weight.to(dtype), num_clusters
+    )
 
 
 def backends():

@@ -1,4 +1,5 @@
 """Autograd rules every backend's ops share."""
+
 import torch
 
 
@@ -11,6 +12,7 @@ def refuse_double_backward(qualname):
     def backward(ctx, *grads):
         raise RuntimeError(
             f"{operator}: second derivatives (double backward) are not implemented by this backend; use "
-            f"backend='torch' (plain PyTorch, differentiable any number of times) for them")
+            f"backend='torch' (plain PyTorch, differentiable any number of times) for them"
+        )
 
     torch.library.register_autograd(qualname, backward, setup_context=lambda ctx, inputs, output: None)

@@ -1,4 +1,5 @@
 """Argument checks shared by the public operators: every failure names the argument."""
+
 import numbers
 
 import torch
@@ -10,8 +11,9 @@ def tensor(name, value, dim=None, floating=False):
     if dim is not None and value.dim() != dim:
         raise ValueError(f"{name} must have {dim} dimensions, got shape {tuple(value.shape)}")
     if floating and not value.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor (float16, bfloat16, float32 or "
-                        f"float64), got {value.dtype}")
+        raise TypeError(
+            f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), got {value.dtype}"
+        )
     return value
 
 
@@ -26,8 +28,10 @@ def shape(name, value, expected):
 def same_device(reference_name, reference, **others):
     for name, value in others.items():
         if value is not None and value.device != reference.device:
-            raise ValueError(f"{name} is on {value.device} but {reference_name} is on {reference.device}; "
-                             "all inputs must be on the same device")
+            raise ValueError(
+                f"{name} is on {value.device} but {reference_name} is on {reference.device}; "
+                "all inputs must be on the same device"
+            )
 
 
 def mask(name, value, expected_shape, like):
@@ -78,4 +82,3 @@ def readable(value):
     if torch.compiler.is_compiling() or value.device.type == "meta":
         return False
     return not torch._C._functorch.is_functorch_wrapped_tensor(value)
-

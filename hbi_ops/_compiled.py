@@ -1,4 +1,5 @@
 """The `cpu` and `cuda` backends: the compiled ops (the dispatcher picks the kernel by device)."""
+
 import torch
 
 from hbi_ops import _library  # noqa: F401  (attaches autograd and fakes)
@@ -13,8 +14,10 @@ def not_supported_reasons(op, device, args):
     if op == "banzhaf_interaction" and device.type == "cuda":
         sim, definition, estimator = args[0], args[5], args[6]
         if estimator == "exact" and definition == "textbook" and max(sim.shape[1:]) > CUDA_CLOSED_FORM_MAX_PLAYERS:
-            return [f"the cuda closed form takes at most {CUDA_CLOSED_FORM_MAX_PLAYERS} words and frames a pair, got "
-                    f"T={sim.shape[1]}, V={sim.shape[2]}"]
+            return [
+                f"the cuda closed form takes at most {CUDA_CLOSED_FORM_MAX_PLAYERS} words and frames a pair, got "
+                f"T={sim.shape[1]}, V={sim.shape[2]}"
+            ]
     return []
 
 
@@ -22,10 +25,12 @@ def wti_similarity(text, video, text_weight, video_weight, text_mask, video_mask
     return ops.wti_similarity(text, video, text_weight, video_weight, text_mask, video_mask, zero_padding)[0]
 
 
-def banzhaf_interaction(sim, text_mask, video_mask, text_weight, video_weight, definition, estimator,
-                        num_samples, seed):
-    return ops.banzhaf_interaction(sim, text_mask, video_mask, text_weight, video_weight, definition,
-                                   estimator, num_samples, seed)
+def banzhaf_interaction(
+    sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples, seed
+):
+    return ops.banzhaf_interaction(
+        sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples, seed
+    )
 
 
 def dpc_knn(x, mask, num_clusters, k):

@@ -4,6 +4,7 @@ Every backend answers "why not?" for an operator on a device; the default order 
 with no reason runs. A backend asked for by name (``backend=`` or ``HBI_OPS_BACKEND``) that cannot run is
 an error that says why, never a silent fallback.
 """
+
 import importlib
 import os
 
@@ -112,12 +113,17 @@ def choose(op: str, device: torch.device, requested=None, args=None) -> str:
 
 def call(op: str, device: torch.device, requested, *args):
     backend = choose(op, device, requested, args)
-    if backend != "torch" and not torch.compiler.is_compiling() and any(
-            isinstance(a, torch.Tensor) and torch._C._functorch.is_gradtrackingtensor(a) for a in args):
+    if (
+        backend != "torch"
+        and not torch.compiler.is_compiling()
+        and any(isinstance(a, torch.Tensor) and torch._C._functorch.is_gradtrackingtensor(a) for a in args)
+    ):
         # PyTorch's op registration gives the compiled and Triton ops' autograd no setup_context, which
         # torch.func's grad transforms need: a clear error instead of PyTorch's.
-        raise RuntimeError(f"{op}: torch.func's grad transforms (grad, vjp, jacrev, ...) run with backend='torch' "
-                           f"only; backend {backend!r} supports torch.autograd (and vmap)")
+        raise RuntimeError(
+            f"{op}: torch.func's grad transforms (grad, vjp, jacrev, ...) run with backend='torch' "
+            f"only; backend {backend!r} supports torch.autograd (and vmap)"
+        )
     return getattr(implementation(backend), op)(*args)
 
 

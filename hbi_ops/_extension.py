@@ -1,4 +1,5 @@
 """Loads the compiled kernels (hbi_ops._C) and says what they cover."""
+
 import torch
 
 try:
@@ -19,8 +20,10 @@ def _cuda_mismatch():
         return None
     major = int(torch.version.cuda.split(".")[0])
     if built // 1000 != major:
-        return (f"hbi_ops._C was compiled with CUDA {built // 1000}.{built % 1000 // 10} but torch uses CUDA "
-                f"{torch.version.cuda}: reinstall hbi_ops against this torch")
+        return (
+            f"hbi_ops._C was compiled with CUDA {built // 1000}.{built % 1000 // 10} but torch uses CUDA "
+            f"{torch.version.cuda}: reinstall hbi_ops against this torch"
+        )
     return None
 
 

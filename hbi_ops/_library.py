@@ -3,6 +3,7 @@
 The schemas live in csrc/ops.cpp; the kernels register per device in C++. What is attached here makes
 the ops work under torch.compile (fakes) and autograd (backward ops, also compiled).
 """
+
 import torch
 
 from hbi_ops import _extension
@@ -22,8 +23,12 @@ def _register():
 
     @torch.library.register_fake("hbi_ops::wti_similarity_backward")
     def _(grad_score, text, video, text_weight, video_weight, t2v_argmax, v2t_argmax):
-        return (torch.empty_like(text), torch.empty_like(video), torch.empty_like(text_weight),
-                torch.empty_like(video_weight))
+        return (
+            torch.empty_like(text),
+            torch.empty_like(video),
+            torch.empty_like(text_weight),
+            torch.empty_like(video_weight),
+        )
 
     def wti_setup(ctx, inputs, output):
         text, video, text_weight, video_weight = inputs[:4]
@@ -42,8 +47,7 @@ def _register():
         return torch.empty_like(sim)
 
     @torch.library.register_fake("hbi_ops::banzhaf_interaction_backward")
-    def _(grad, sim, text_mask, video_mask, text_weight, video_weight, definition, estimator,
-          num_samples, seed):
+    def _(grad, sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples, seed):
         return torch.empty_like(sim), torch.empty_like(text_weight), torch.empty_like(video_weight)
 
     def banzhaf_setup(ctx, inputs, output):
@@ -54,11 +58,11 @@ def _register():
     def banzhaf_backward(ctx, grad):
         sim, text_mask, video_mask, text_weight, video_weight = ctx.saved_tensors
         grad_sim, grad_text_weight, grad_video_weight = ops.banzhaf_interaction_backward(
-            grad.contiguous(), sim, text_mask, video_mask, text_weight, video_weight, *ctx.settings)
+            grad.contiguous(), sim, text_mask, video_mask, text_weight, video_weight, *ctx.settings
+        )
         return grad_sim, None, None, grad_text_weight, grad_video_weight, None, None, None, None
 
-    torch.library.register_autograd("hbi_ops::banzhaf_interaction", banzhaf_backward,
-                                    setup_context=banzhaf_setup)
+    torch.library.register_autograd("hbi_ops::banzhaf_interaction", banzhaf_backward, setup_context=banzhaf_setup)
 
     # --- closed_form_block_* (the CUDA kernel's code, for the tests) -------------------------------
     @torch.library.register_fake("hbi_ops::closed_form_block_forward")
@@ -92,8 +96,7 @@ def _register():
 
     def merge_backward(ctx, grad):
         x, idx, weight, merged = ctx.saved_tensors
-        grad_x, grad_weight = ops.merge_tokens_backward(grad.contiguous(), x, idx, weight, merged,
-                                                        ctx.num_clusters)
+        grad_x, grad_weight = ops.merge_tokens_backward(grad.contiguous(), x, idx, weight, merged, ctx.num_clusters)
         return grad_x, None, grad_weight, None
 
     torch.library.register_autograd("hbi_ops::merge_tokens", merge_backward, setup_context=merge_setup)

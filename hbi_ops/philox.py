@@ -3,6 +3,7 @@
 Counter-based: the coalition of pair b in sample s depends only on (seed, s, b), never on the order in
 which a backend draws it, so every backend reproduces the same coalitions from the same seed.
 """
+
 import torch
 
 MASK32 = 0xFFFFFFFF

@@ -1,4 +1,5 @@
 """Helpers for testing and benchmarking hbi_ops and code built on it (importable from an install)."""
+
 import torch
 
 # Tolerances for comparing a backend with the float64-accurate oracle, by the dtype of the inputs.

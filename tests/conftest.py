@@ -33,15 +33,21 @@ def _test_a_built_hbi_ops():
     try:
         import hbi_ops
     except ImportError as error:
-        pytest.exit(f"hbi_ops is not installed, and the checkout {CHECKOUT} is not built in place ({error}). Install "
-                    f"it (pip install --no-build-isolation '.[model]') or build it in place (python setup.py "
-                    f"build_ext --inplace).", returncode=4)
+        pytest.exit(
+            f"hbi_ops is not installed, and the checkout {CHECKOUT} is not built in place ({error}). Install "
+            f"it (pip install --no-build-isolation '.[model]') or build it in place (python setup.py "
+            f"build_ext --inplace).",
+            returncode=4,
+        )
     from hbi_ops import _extension
 
     if _extension.LOAD_ERROR is not None:
-        pytest.exit(f"the tests imported hbi_ops from {os.path.dirname(hbi_ops.__file__)}, which has no usable "
-                    f"compiled extension ({_extension.LOAD_ERROR}). Install it (pip install --no-build-isolation "
-                    f"'.[model]') or build it in place (python setup.py build_ext --inplace).", returncode=4)
+        pytest.exit(
+            f"the tests imported hbi_ops from {os.path.dirname(hbi_ops.__file__)}, which has no usable "
+            f"compiled extension ({_extension.LOAD_ERROR}). Install it (pip install --no-build-isolation "
+            f"'.[model]') or build it in place (python setup.py build_ext --inplace).",
+            returncode=4,
+        )
     return hbi_ops
 
 

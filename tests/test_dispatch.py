@@ -1,4 +1,5 @@
 """Backend choice: defaults, forcing by keyword and environment, and clear refusals."""
+
 import pytest
 import torch
 
@@ -36,8 +37,9 @@ def test_unknown_backend_in_the_environment_is_named(monkeypatch):
 
 def test_unavailable_backend_says_why_and_never_falls_back():
     with pytest.raises(RuntimeError, match="cuda.*CUDA tensors"):
-        hbi_ops.wti_similarity(torch.randn(2, 3, 4), torch.randn(2, 5, 4), torch.rand(2, 3), torch.rand(2, 5),
-                               backend="cuda")
+        hbi_ops.wti_similarity(
+            torch.randn(2, 3, 4), torch.randn(2, 5, 4), torch.rand(2, 3), torch.rand(2, 5), backend="cuda"
+        )
 
 
 @pytest.mark.gpu

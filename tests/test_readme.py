@@ -1,4 +1,5 @@
 """The README's example runs as written: a user's module with the operators dropped in."""
+
 import pathlib
 import re
 
@@ -10,7 +11,7 @@ README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 def _example_source():
     text = README.read_text()
-    section = text[text.index("## Drop it into your model"):]
+    section = text[text.index("## Drop it into your model") :]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 

@@ -1,5 +1,6 @@
 """Reading annotation files: a malformed file (not JSON, empty, a key or column missing, the wrong kind
 of value) is an AnnotationError naming the file and what is wrong, not a traceback from deep inside."""
+
 import csv
 import json
 import pickle
@@ -45,8 +46,10 @@ def read_csv(path, columns):
         header = reader.fieldnames or []
         missing = [c for c in columns if c not in header]
         if missing:
-            raise AnnotationError(f"{path} has no column {', '.join(repr(c) for c in missing)} "
-                                  f"(its header: {header or 'none, the file is empty'})")
+            raise AnnotationError(
+                f"{path} has no column {', '.join(repr(c) for c in missing)} "
+                f"(its header: {header or 'none, the file is empty'})"
+            )
         return list(reader)
 
 

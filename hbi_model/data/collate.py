@@ -1,4 +1,5 @@
 """Batching: stack frames and masks, tokenise captions."""
+
 import torch
 
 
@@ -11,6 +12,12 @@ def collate(items, tokenizer, max_words):
         "frame_mask": torch.stack([item["frame_mask"] for item in items]),
         "video_id": [item["video_id"] for item in items],
         "caption": [item["caption"] for item in items],
-        **({"answer": torch.tensor([item["answer"] for item in items]),
-            "question_type": [item["question_type"] for item in items]} if "answer" in items[0] else {}),
+        **(
+            {
+                "answer": torch.tensor([item["answer"] for item in items]),
+                "question_type": [item["question_type"] for item in items],
+            }
+            if "answer" in items[0]
+            else {}
+        ),
     }

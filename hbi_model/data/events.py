@@ -7,6 +7,7 @@ small static distractor of a random colour. Captions name colour, shape and moti
 Clips come in groups of four: an anchor and three hard negatives with the same objects, each differing
 from the anchor in exactly one factor (FACTORS): one event's motion, the order of the two events, or the
 binding of the colours to the shapes. Generated on the fly, deterministic per index and seed."""
+
 import torch
 
 from hbi_model.data.synthetic import CLIP_MEAN, CLIP_STD, COLOURS, DIRECTIONS, SHAPES, _shape_mask
@@ -51,7 +52,9 @@ class SyntheticEvents(torch.utils.data.Dataset):
             raise ValueError(f"num_videos must be a positive multiple of {GROUP} (groups of four), got {num_videos}")
         real_frames = self.frames_per_event * self.num_events
         if max_frames < real_frames:
-            raise ValueError(f"max_frames must be at least {real_frames} (two events of three frames), got {max_frames}")
+            raise ValueError(
+                f"max_frames must be at least {real_frames} (two events of three frames), got {max_frames}"
+            )
         if size < 16:
             raise ValueError(f"size must be at least 16 pixels, got {size}")
         if not 0 < step <= 0.3:  # two steps and the shape (2/7 of the frame) must fit in the frame
@@ -108,16 +111,25 @@ class SyntheticEvents(torch.utils.data.Dataset):
                 image = background.expand(3, size, size).clone()
                 if self.distractor:
                     spot_mask = _shape_mask("square", size, spot_x, spot_y, spot)
-                    image[:, spot_mask] = torch.tensor(palette[int(torch.randint(len(palette), (), generator=g))])[:, None]
+                    image[:, spot_mask] = torch.tensor(palette[int(torch.randint(len(palette), (), generator=g))])[
+                        :, None
+                    ]
                 image[:, _shape_mask(shape, size, cx, cy, radius)] = torch.tensor(COLOURS[colour])[:, None]
                 image += 0.03 * torch.randn(image.shape, generator=g)
                 frames[e * self.frames_per_event + k] = (image.clamp(0, 1) - CLIP_MEAN) / CLIP_STD
                 positions.append((cx, cy))
         frame_mask = torch.arange(self.max_frames) < self.frames_per_event * self.num_events
-        return {"frames": frames, "frame_mask": frame_mask, "caption": caption(events),
-                "video_id": f"events{self.seed}_{index}", "events": events, "group": group,
-                "factor": FACTORS[member], "positions": positions,
-                "distractor": (spot_x, spot_y, spot) if self.distractor else None}
+        return {
+            "frames": frames,
+            "frame_mask": frame_mask,
+            "caption": caption(events),
+            "video_id": f"events{self.seed}_{index}",
+            "events": events,
+            "group": group,
+            "factor": FACTORS[member],
+            "positions": positions,
+            "distractor": (spot_x, spot_y, spot) if self.distractor else None,
+        }
 
 
 class GroupSampler(torch.utils.data.Sampler):
@@ -138,7 +150,7 @@ class GroupSampler(torch.utils.data.Sampler):
         else:
             order = torch.arange(self.groups)
         usable = self.groups - self.groups % self.world
-        mine = order[:usable][self.rank::self.world]
+        mine = order[:usable][self.rank :: self.world]
         return iter((mine[:, None] * GROUP + torch.arange(GROUP)).flatten().tolist())
 
     def __len__(self):

@@ -2,6 +2,7 @@
 synthetic QA set asked about the synthetic videos (what colour or shape appears first or last, how many
 shapes appear). Items carry 'caption' (the question), 'answer' (an id, -1 when unknown: counted wrong)
 and 'question_type'."""
+
 import os
 
 import torch
@@ -29,8 +30,9 @@ class AnswerVocabulary:
         answers = [None] * len(mapping)
         for answer, i in mapping.items():
             if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < len(answers) or answers[i] is not None:
-                raise AnnotationError(f"{path}: answers must map to distinct ids 0 to {len(answers) - 1}, got "
-                                      f"{answer!r}: {i!r}")
+                raise AnnotationError(
+                    f"{path}: answers must map to distinct ids 0 to {len(answers) - 1}, got {answer!r}: {i!r}"
+                )
             answers[i] = answer
         return cls(answers)
 
@@ -42,9 +44,13 @@ class AnswerVocabulary:
 
 
 class SyntheticQA(torch.utils.data.Dataset):
-    QUESTIONS = (("colour", "what colour appears first"), ("shape", "what shape appears first"),
-                 ("colour", "what colour appears last"), ("shape", "what shape appears last"),
-                 ("count", "how many shapes appear"))
+    QUESTIONS = (
+        ("colour", "what colour appears first"),
+        ("shape", "what shape appears first"),
+        ("colour", "what colour appears last"),
+        ("shape", "what shape appears last"),
+        ("count", "how many shapes appear"),
+    )
 
     def __init__(self, num_videos=2000, max_frames=6, seed=0, **kwargs):
         self.videos = SyntheticVideoText(num_videos, max_frames=max_frames, seed=seed, **kwargs)
@@ -106,9 +112,14 @@ class MSRVTTQA(torch.utils.data.Dataset):
         video_id = video_id if video_id.startswith("video") else f"video{video_id}"
         frames, mask = load_video(_video_path(self.root, video_id), self.max_frames, self.size, augment=self.augment)
         question = row["question"]
-        return {"frames": frames, "frame_mask": mask, "caption": question, "video_id": video_id,
-                "answer": self.vocabulary.encode(row["answer"]),
-                "question_type": question.split()[0].lower() if question.split() else "other"}
+        return {
+            "frames": frames,
+            "frame_mask": mask,
+            "caption": question,
+            "video_id": video_id,
+            "answer": self.vocabulary.encode(row["answer"]),
+            "question_type": question.split()[0].lower() if question.split() else "other",
+        }
 
 
 def qa_vocabulary(settings):
@@ -123,8 +134,9 @@ def qa_vocabulary(settings):
 def _qa_root(settings):
     root = settings.get("data_root")
     if not root:
-        raise ValueError("--data msrvtt --task qa needs --data-root (train_qa.json, test_qa.json, "
-                         "train_ans2label.json, videos/)")
+        raise ValueError(
+            "--data msrvtt --task qa needs --data-root (train_qa.json, test_qa.json, train_ans2label.json, videos/)"
+        )
     return root
 
 
@@ -139,8 +151,11 @@ def qa_datasets(settings, vocabulary=None):
     root = _qa_root(settings)
     size = settings.get("image_size", 224)
     augment = rand_augment() if settings.get("rand_augment", True) else None
-    return (MSRVTTQA(root, "train", vocabulary, settings["max_frames"], size, augment),
-            MSRVTTQA(root, "test", vocabulary, settings["max_frames"], size), vocabulary)
+    return (
+        MSRVTTQA(root, "train", vocabulary, settings["max_frames"], size, augment),
+        MSRVTTQA(root, "test", vocabulary, settings["max_frames"], size),
+        vocabulary,
+    )
 
 
 def accuracy(predictions, answers, types):

@@ -1,5 +1,6 @@
 """MSR-VTT (9k train, 1k-A test), MSVD, DiDeMo and ActivityNet Captions from their public annotation
 files and a folder of videos (`<root>/videos/`)."""
+
 import os
 
 import torch
@@ -35,8 +36,10 @@ def msrvtt_pairs(root):
     """Train: every caption of every video of MSRVTT_train.9k.csv; test: the 1k-A pairs."""
     path = os.path.join(root, "MSRVTT_data.json")
     sentences = expect(field(read_json(path), "sentences", path, "the top level"), list, path, "'sentences'")
-    captions = [(field(s, "video_id", path, f"sentences[{i}]"), field(s, "caption", path, f"sentences[{i}]"))
-                for i, s in enumerate(sentences)]
+    captions = [
+        (field(s, "video_id", path, f"sentences[{i}]"), field(s, "caption", path, f"sentences[{i}]"))
+        for i, s in enumerate(sentences)
+    ]
     train_ids = {row["video_id"] for row in read_csv(os.path.join(root, "MSRVTT_train.9k.csv"), ["video_id"])}
     train = [(_video_path(root, video), caption, video) for video, caption in captions if video in train_ids]
     rows = read_csv(os.path.join(root, "MSRVTT_JSFUSION_test.csv"), ["video_id", "sentence"])
@@ -65,6 +68,7 @@ def msvd_pairs(root):
 
 def didemo_pairs(root):
     """train_data.json / test_data.json (lists of {video, description}): one paragraph per video."""
+
     def merged(name):
         path = os.path.join(root, name)
         paragraphs = {}
@@ -78,18 +82,24 @@ def didemo_pairs(root):
 
 def activitynet_pairs(root):
     """train.json and val_1.json ({video id: {sentences: [...]}}): paragraph-to-video, val1 as test."""
+
     def paragraphs(name):
         path = os.path.join(root, name)
         videos = expect(read_json(path), dict, path, "the top level")
-        return [(_video_path(root, video), " ".join(field(entry, "sentences", path, f"video {video!r}")), video)
-                for video, entry in videos.items()]
+        return [
+            (_video_path(root, video), " ".join(field(entry, "sentences", path, f"video {video!r}")), video)
+            for video, entry in videos.items()
+        ]
 
     return paragraphs("train.json"), paragraphs("val_1.json")
 
 
-FILES = {"msrvtt": ("MSRVTT_data.json", "MSRVTT_train.9k.csv", "MSRVTT_JSFUSION_test.csv"),
-         "msvd": ("raw-captions.pkl", "train_list.txt", "test_list.txt"),
-         "didemo": ("train_data.json", "test_data.json"), "activitynet": ("train.json", "val_1.json")}
+FILES = {
+    "msrvtt": ("MSRVTT_data.json", "MSRVTT_train.9k.csv", "MSRVTT_JSFUSION_test.csv"),
+    "msvd": ("raw-captions.pkl", "train_list.txt", "test_list.txt"),
+    "didemo": ("train_data.json", "test_data.json"),
+    "activitynet": ("train.json", "val_1.json"),
+}
 LOADERS = {"msrvtt": msrvtt_pairs, "msvd": msvd_pairs, "didemo": didemo_pairs, "activitynet": activitynet_pairs}
 
 
@@ -103,5 +113,7 @@ def datasets(name, settings):
             raise AnnotationError(f"--data {name}: no {split} pair in {root} (from {', '.join(FILES[name])})")
     size = settings.get("image_size", 224)
     augment = rand_augment() if settings.get("rand_augment", True) else None  # training only, as the reference
-    return (VideoTextDataset(train, settings["max_frames"], size, augment),
-            VideoTextDataset(test, settings["max_frames"], size))
+    return (
+        VideoTextDataset(train, settings["max_frames"], size, augment),
+        VideoTextDataset(test, settings["max_frames"], size),
+    )

@@ -1,10 +1,17 @@
 """A synthetic video-text data set generated on the fly: short clips of coloured shapes moving across
 the frame one after another, with captions that name them in order ("a red circle then a blue square"),
 so that words must be matched to particular frames. Deterministic per index and seed; no download."""
+
 import torch
 
-COLOURS = {"red": (1.0, 0.1, 0.1), "green": (0.1, 0.9, 0.1), "blue": (0.1, 0.2, 1.0), "yellow": (1.0, 0.9, 0.1),
-           "purple": (0.6, 0.1, 0.8), "cyan": (0.1, 0.9, 0.9)}
+COLOURS = {
+    "red": (1.0, 0.1, 0.1),
+    "green": (0.1, 0.9, 0.1),
+    "blue": (0.1, 0.2, 1.0),
+    "yellow": (1.0, 0.9, 0.1),
+    "purple": (0.6, 0.1, 0.8),
+    "cyan": (0.1, 0.9, 0.9),
+}
 SHAPES = ("circle", "square", "triangle", "cross")
 DIRECTIONS = ("left", "right", "up", "down")
 CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073])[:, None, None]
@@ -12,8 +19,9 @@ CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711])[:, None, None]
 
 
 def _shape_mask(shape, size, cx, cy, radius):
-    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
-                            indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij"
+    )
     dx, dy = xs - cx, ys - cy
     if shape == "circle":
         return dx**2 + dy**2 <= radius**2
@@ -28,8 +36,9 @@ class SyntheticVideoText(torch.utils.data.Dataset):
     """Item i: {'frames' [max_frames, 3, size, size] (CLIP-normalised, zero-padded), 'frame_mask',
     'caption', 'video_id', 'events' [(colour, shape, direction)]}."""
 
-    def __init__(self, num_videos=2000, max_frames=6, size=32, min_events=2, max_events=3, seed=0,
-                 with_direction=False):
+    def __init__(
+        self, num_videos=2000, max_frames=6, size=32, min_events=2, max_events=3, seed=0, with_direction=False
+    ):
         self.num_videos, self.max_frames, self.size = num_videos, max_frames, size
         self.min_events, self.max_events, self.seed = min_events, max_events, seed
         self.with_direction = with_direction
@@ -45,9 +54,14 @@ class SyntheticVideoText(torch.utils.data.Dataset):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
         count = int(torch.randint(self.min_events, self.max_events + 1, (), generator=g))
         colours, shapes = list(COLOURS), list(SHAPES)
-        return [(colours[int(torch.randint(len(colours), (), generator=g))],
-                 shapes[int(torch.randint(len(shapes), (), generator=g))],
-                 DIRECTIONS[int(torch.randint(len(DIRECTIONS), (), generator=g))]) for _ in range(count)], g
+        return [
+            (
+                colours[int(torch.randint(len(colours), (), generator=g))],
+                shapes[int(torch.randint(len(shapes), (), generator=g))],
+                DIRECTIONS[int(torch.randint(len(DIRECTIONS), (), generator=g))],
+            )
+            for _ in range(count)
+        ], g
 
     def caption(self, events):
         parts = [f"a {c} {s}" + (f" moving {d}" if self.with_direction else "") for c, s, d in events]
@@ -75,5 +89,10 @@ class SyntheticVideoText(torch.utils.data.Dataset):
             image += 0.03 * torch.randn(image.shape, generator=g)
             frames[f] = (image.clamp(0, 1) - CLIP_MEAN) / CLIP_STD
         frame_mask = torch.arange(self.max_frames) < num_frames
-        return {"frames": frames, "frame_mask": frame_mask, "caption": self.caption(events),
-                "video_id": f"synthetic{self.seed}_{index}", "events": events}
+        return {
+            "frames": frames,
+            "frame_mask": frame_mask,
+            "caption": self.caption(events),
+            "video_id": f"synthetic{self.seed}_{index}",
+            "events": events,
+        }

@@ -1,4 +1,5 @@
 """Tokenisers returning fixed-length ids and masks: CLIP's (real data) and a word-level one (synthetic)."""
+
 import torch
 
 
@@ -39,8 +40,9 @@ class CLIPTextTokenizer:
         return len(self.tokenizer)
 
     def __call__(self, captions, max_words):
-        out = self.tokenizer(list(captions), padding="max_length", truncation=True, max_length=max_words,
-                             return_tensors="pt")
+        out = self.tokenizer(
+            list(captions), padding="max_length", truncation=True, max_length=max_words, return_tensors="pt"
+        )
         return out["input_ids"], out["attention_mask"]
 
     def decode(self, ids):

@@ -1,5 +1,6 @@
 """Decoding with PyAV at 1 frame per second, uniform picking, padding with a mask, CLIP preprocessing.
 An unreadable video is reported and comes back empty (mask all 0): a long run never crashes on one."""
+
 import logging
 
 import numpy as np
@@ -17,10 +18,11 @@ def clip_preprocess(frames, size=224):
     x = torch.as_tensor(frames).permute(0, 3, 1, 2).float() / 255.0
     h, w = x.shape[-2:]
     scale = size / min(h, w)
-    x = F.interpolate(x, size=(max(size, round(h * scale)), max(size, round(w * scale))), mode="bicubic",
-                      align_corners=False).clamp(0, 1)
+    x = F.interpolate(
+        x, size=(max(size, round(h * scale)), max(size, round(w * scale))), mode="bicubic", align_corners=False
+    ).clamp(0, 1)
     top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
-    x = x[..., top:top + size, left:left + size]
+    x = x[..., top : top + size, left : left + size]
     return (x - CLIP_MEAN) / CLIP_STD
 
 

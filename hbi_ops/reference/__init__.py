@@ -1,4 +1,5 @@
 """The `torch` backend: plain PyTorch, written to be read; the oracle every other backend is tested against."""
+
 from hbi_ops.reference.banzhaf import banzhaf_interaction
 from hbi_ops.reference.dpc_knn import dpc_knn
 from hbi_ops.reference.merge import merge_tokens

@@ -4,6 +4,7 @@ Coalitions are boolean masks: in_text [..., T] and in_video [..., V] select the 
 coalition; every function broadcasts them against the pair's similarity map sim [..., T, V]. Costs are
 those of the definitions (a coalition value costs O(T * V)); speed is the other backends' job.
 """
+
 import torch
 
 from hbi_ops import philox
@@ -41,8 +42,11 @@ def zero_filled_value(sim, text_weight, video_weight, in_text, in_video):
     """The reference's F(S): R times both coalition masks (non-members become 0), maxima over all
     positions (so they include those zeros), weights a softmax with -9e15 at non-members."""
     zeroed = sim * (in_text[..., :, None] & in_video[..., None, :])
-    return _reference_wti(zeroed, text_weight.masked_fill(~in_text, REFERENCE_MASK_LOGIT),
-                          video_weight.masked_fill(~in_video, REFERENCE_MASK_LOGIT))
+    return _reference_wti(
+        zeroed,
+        text_weight.masked_fill(~in_text, REFERENCE_MASK_LOGIT),
+        video_weight.masked_fill(~in_video, REFERENCE_MASK_LOGIT),
+    )
 
 
 def _reference_wti(matrix, text_logits, video_logits):
@@ -70,8 +74,12 @@ def textbook_cell_deltas(sim, text_weight, video_weight, in_text, in_video):
     def f(text, video):  # masks broadcast to [..., T(i), V(j), T] and [..., T(i), V(j), V]
         return coalition_value(sim, text_weight, video_weight, text, video)
 
-    return (f(c_text | word_i, c_video | frame_j) - f(c_text | word_i, c_video)
-            - f(c_text, c_video | frame_j) + f(c_text, c_video))
+    return (
+        f(c_text | word_i, c_video | frame_j)
+        - f(c_text | word_i, c_video)
+        - f(c_text, c_video | frame_j)
+        + f(c_text, c_video)
+    )
 
 
 def reference_cell_deltas(sim, text_weight, video_weight, in_text, in_video):
@@ -89,10 +97,8 @@ def reference_cell_deltas(sim, text_weight, video_weight, in_text, in_video):
     # ... and weights whose logits are value4's probabilities at members, the raw logit at i (j).
     text_probs = torch.softmax(text_weight.masked_fill(~c_text, REFERENCE_MASK_LOGIT), -1)
     video_probs = torch.softmax(video_weight.masked_fill(~c_video, REFERENCE_MASK_LOGIT), -1)
-    text_logits = torch.where(c_text, text_probs,
-                              text_weight.masked_fill(~word_i, REFERENCE_MASK_LOGIT))
-    video_logits = torch.where(c_video, video_probs,
-                               video_weight.masked_fill(~frame_j, REFERENCE_MASK_LOGIT))
+    text_logits = torch.where(c_text, text_probs, text_weight.masked_fill(~word_i, REFERENCE_MASK_LOGIT))
+    video_logits = torch.where(c_video, video_probs, video_weight.masked_fill(~frame_j, REFERENCE_MASK_LOGIT))
     value1 = _reference_wti(matrix, text_logits, video_logits)
     return value1 - value2 - value3 + value4
 
@@ -151,8 +157,10 @@ def exact(sim, text_mask, video_mask, text_weight, video_weight, definition):
     """Full enumeration, pair by pair, over the 2^n coalitions of its n real players: the reference
     definition's exact estimator, and the independent check of the textbook closed form in the tests."""
     if sim.device.type == "meta":
-        raise ValueError("the torch backend's exact enumeration reads the masks, which meta tensors do not have; "
-                         "backend='cpu' (the default for meta tensors) gives the output's shape")
+        raise ValueError(
+            "the torch backend's exact enumeration reads the masks, which meta tensors do not have; "
+            "backend='cpu' (the default for meta tensors) gives the output's shape"
+        )
     out = []
     for b in range(sim.shape[0]):
         words, frames = text_mask[b].nonzero().flatten(), video_mask[b].nonzero().flatten()
@@ -170,7 +178,7 @@ def _subset_masks(words, frames, num_words, num_frames, start, stop, device):
     in_text = torch.zeros(members.shape[0], num_words, dtype=torch.bool, device=device)
     in_video = torch.zeros(members.shape[0], num_frames, dtype=torch.bool, device=device)
     in_text[:, words] = members[:, : len(words)]
-    in_video[:, frames] = members[:, len(words):]
+    in_video[:, frames] = members[:, len(words) :]
     return in_text, in_video
 
 
@@ -199,20 +207,24 @@ def _exact_reference(sim, text_weight, video_weight, words, frames, n):
     return total / (1 << n)
 
 
-def banzhaf_interaction(sim, text_mask, video_mask, text_weight, video_weight, definition, estimator,
-                        num_samples, seed):
+def banzhaf_interaction(
+    sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples, seed
+):
     """The `torch` backend; arguments normalised by hbi_ops.banzhaf_interaction."""
     if torch.compiler.is_compiling() and not (estimator == "exact" and definition == "textbook"):
         # The sampled estimators' Philox draws and loops make a graph that takes torch.compile minutes:
         # traced, they are one opaque op (the same function, differentiated by autograd inside).
-        return _opaque_banzhaf_interaction(sim, text_mask, video_mask, text_weight, video_weight, definition,
-                                           estimator, num_samples, seed)
-    return _banzhaf_interaction(sim, text_mask, video_mask, text_weight, video_weight, definition, estimator,
-                                num_samples, seed)
+        return _opaque_banzhaf_interaction(
+            sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples, seed
+        )
+    return _banzhaf_interaction(
+        sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples, seed
+    )
 
 
-def _banzhaf_interaction(sim, text_mask, video_mask, text_weight, video_weight, definition, estimator,
-                         num_samples, seed):
+def _banzhaf_interaction(
+    sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples, seed
+):
     if sim.numel() == 0:  # no pair, no word or no frame: nothing to value
         return torch.zeros_like(sim)
     compute = torch.float64 if sim.dtype == torch.float64 else torch.float32
@@ -235,20 +247,36 @@ def _banzhaf_interaction(sim, text_mask, video_mask, text_weight, video_weight, 
 
 
 @torch.library.custom_op("hbi_ops_torch::banzhaf_interaction", mutates_args=())
-def _opaque_banzhaf_interaction(sim: torch.Tensor, text_mask: torch.Tensor, video_mask: torch.Tensor,
-                                text_weight: torch.Tensor, video_weight: torch.Tensor, definition: str,
-                                estimator: str, num_samples: int, seed: int) -> torch.Tensor:
+def _opaque_banzhaf_interaction(
+    sim: torch.Tensor,
+    text_mask: torch.Tensor,
+    video_mask: torch.Tensor,
+    text_weight: torch.Tensor,
+    video_weight: torch.Tensor,
+    definition: str,
+    estimator: str,
+    num_samples: int,
+    seed: int,
+) -> torch.Tensor:
     with torch.no_grad():
-        return _banzhaf_interaction(sim, text_mask, video_mask, text_weight, video_weight, definition, estimator,
-                                    num_samples, seed)
+        return _banzhaf_interaction(
+            sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples, seed
+        )
 
 
 @torch.library.custom_op("hbi_ops_torch::banzhaf_interaction_backward", mutates_args=())
-def _opaque_banzhaf_interaction_backward(grad: torch.Tensor, sim: torch.Tensor, text_mask: torch.Tensor,
-                                         video_mask: torch.Tensor, text_weight: torch.Tensor,
-                                         video_weight: torch.Tensor, definition: str, estimator: str,
-                                         num_samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor,
-                                                                               torch.Tensor]:
+def _opaque_banzhaf_interaction_backward(
+    grad: torch.Tensor,
+    sim: torch.Tensor,
+    text_mask: torch.Tensor,
+    video_mask: torch.Tensor,
+    text_weight: torch.Tensor,
+    video_weight: torch.Tensor,
+    definition: str,
+    estimator: str,
+    num_samples: int,
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     # A custom op's kernel runs below autograd: torch.func's vjp (its own dispatch level) differentiates.
     def value(s, wt, wv):
         return _banzhaf_interaction(s, text_mask, video_mask, wt, wv, definition, estimator, num_samples, seed)
@@ -276,7 +304,8 @@ def _opaque_setup(ctx, inputs, output):
 def _opaque_backward(ctx, grad):
     sim, text_mask, video_mask, text_weight, video_weight = ctx.saved_tensors
     grad_sim, grad_text_weight, grad_video_weight = _opaque_banzhaf_interaction_backward(
-        grad.contiguous(), sim, text_mask, video_mask, text_weight, video_weight, *ctx.settings)
+        grad.contiguous(), sim, text_mask, video_mask, text_weight, video_weight, *ctx.settings
+    )
     return grad_sim, None, None, grad_text_weight, grad_video_weight, None, None, None, None
 
 

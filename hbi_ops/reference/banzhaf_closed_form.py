@@ -18,6 +18,7 @@ Everything is differentiable by autograd. The grid is fixed per dtype (wide enou
 logit gap the dtype can represent), so the graph has no data-dependent sizes; the kernels size their
 grid per pair instead, which changes the result only within the quadrature's error.
 """
+
 import math
 
 import torch
@@ -73,8 +74,8 @@ def softmax_marginals(logits, mask):
     quadrature = off_diagonal + torch.diag_embed(diagonal)
 
     # Equal weights: the number of other members is binomial, so alpha has a closed form.
-    diagonal_equal = 2 * (1 - 2.0 ** -count) / count.clamp(min=1)  # E[1 / (1 + K)], K ~ Bin(n - 1, 1/2)
-    off_equal = -2 * (1 - (count + 1) * 2.0 ** -count) / (count * (count - 1)).clamp(min=1)
+    diagonal_equal = 2 * (1 - 2.0**-count) / count.clamp(min=1)  # E[1 / (1 + K)], K ~ Bin(n - 1, 1/2)
+    off_equal = -2 * (1 - (count + 1) * 2.0**-count) / (count * (count - 1)).clamp(min=1)
     eye = torch.eye(logits.shape[-1], dtype=dtype, device=logits.device)
     binomial = off_equal[:, None, None] * (1 - eye) + diagonal_equal[:, None, None] * eye
     binomial = binomial * real[:, :, None] * real[:, None, :]
@@ -97,7 +98,7 @@ def max_marginals(sim, row_mask, column_mask):
     real = torch.gather(column_mask[:, None, :].expand_as(sim), -1, order)
     values = torch.where(real, torch.gather(sim, -1, order), torch.zeros((), dtype=dtype))
     position = torch.arange(sim.shape[-1], dtype=dtype, device=sim.device)
-    weighted = 2.0 ** -position * values
+    weighted = 2.0**-position * values
     below = weighted.flip(-1).cumsum(-1).flip(-1) - weighted  # sum over the positions after each
     gain_sorted = weighted - below
     gain = torch.zeros_like(sim).scatter(-1, order, gain_sorted)

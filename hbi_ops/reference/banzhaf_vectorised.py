@@ -6,6 +6,7 @@ estimator (docs/reference_cost.md's "strong plain-PyTorch version"): samples and
 value separated into the text set's weights (which depend on i only) and the video set's row maxima
 (which depend on j only), so one sample costs O(T^2 V + T V^2) in a few batched einsums.
 """
+
 import torch
 
 from hbi_ops import philox
@@ -22,8 +23,7 @@ def _max_over(values, members, dim):
     return out.masked_fill(~members.any(dim), 0.0)
 
 
-def paired_textbook_vectorised(sim, text_mask, video_mask, text_weight, video_weight, num_samples, seed,
-                               chunk=64):
+def paired_textbook_vectorised(sim, text_mask, video_mask, text_weight, video_weight, num_samples, seed, chunk=64):
     batch, num_words, num_frames = sim.shape
     eye_t = torch.eye(num_words, dtype=torch.bool, device=sim.device)
     eye_v = torch.eye(num_frames, dtype=torch.bool, device=sim.device)

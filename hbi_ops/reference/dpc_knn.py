@@ -6,6 +6,7 @@ between backends: distances are sqrt(sum of squared differences) / sqrt(C) (neve
 |a|^2 + |b|^2 - 2ab expansion), the k smallest squared distances are summed one after another in
 ascending order, and exp is taken in float64 and rounded once.
 """
+
 import math
 
 import torch

@@ -1,4 +1,5 @@
 """Weighted mean of each cluster (docs/merge.md), in plain PyTorch; autograd comes from scatter_add."""
+
 import torch
 
 EPSILON = 1e-6
@@ -17,6 +18,7 @@ def merge_tokens(x, idx, weight, num_clusters):
     total_weight = wa.new_zeros((batch, num_clusters)).scatter_add(1, idx, wa)  # [B, K]
     weighted = xa * wa[:, :, None]
     summed = xa.new_zeros((batch, num_clusters, width)).scatter_add(
-        1, idx[:, :, None].expand(batch, num_tokens, width), weighted)  # [B, K, C]
+        1, idx[:, :, None].expand(batch, num_tokens, width), weighted
+    )  # [B, K, C]
     out = summed / (total_weight[:, :, None] + EPSILON)
     return out.to(x.dtype)

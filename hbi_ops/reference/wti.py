@@ -1,4 +1,5 @@
 """Weighted token-wise interaction (WTI) score in plain PyTorch: the oracle of docs/wti.md."""
+
 import torch
 
 
@@ -31,7 +32,7 @@ def wti_similarity(text, video, text_weight, video_weight, text_mask, video_mask
     compute = torch.float64 if dtype == torch.float64 else torch.float32
     x, y = text.to(compute), video.to(compute)
     p, q = text_weight.to(compute), video_weight.to(compute)
-    word = text_mask.bool()[:, None, :, None]    # [A, 1, T, 1]
+    word = text_mask.bool()[:, None, :, None]  # [A, 1, T, 1]
     frame = video_mask.bool()[None, :, None, :]  # [1, B, 1, V]
 
     sim = torch.einsum("atd,bvd->abtv", x, y)  # [A, B, T, V]
@@ -41,7 +42,7 @@ def wti_similarity(text, video, text_weight, video_weight, text_mask, video_mask
     if zero_padding:
         sim = sim.masked_fill(~(word & frame), 0.0)
         best_frame = sim.max(dim=3).values  # [A, B, T]; a padded word's row is all zeros
-        best_word = sim.max(dim=2).values   # [A, B, V]; a padded frame's column is all zeros
+        best_word = sim.max(dim=2).values  # [A, B, V]; a padded frame's column is all zeros
     else:
         # Maxima over real tokens only: padded entries can never win; a row with no real token gives -inf,
         # which is replaced by 0 (masked_fill, not a product, so no inf * 0 = nan and no gradient there).
@@ -51,6 +52,6 @@ def wti_similarity(text, video, text_weight, video_weight, text_mask, video_mask
         best_frame = best_frame.masked_fill(~(word[..., 0] & frame.any(dim=3)), 0.0)
         best_word = best_word.masked_fill(~(frame[:, :, 0, :] & word.any(dim=2)), 0.0)
 
-    text_to_video = (p[:, None, :] * best_frame).sum(dim=2)   # [A, B]
-    video_to_text = (q[None, :, :] * best_word).sum(dim=2)    # [A, B]
+    text_to_video = (p[:, None, :] * best_frame).sum(dim=2)  # [A, B]
+    video_to_text = (q[None, :, :] * best_word).sum(dim=2)  # [A, B]
     return ((text_to_video + video_to_text) / 2).to(dtype)

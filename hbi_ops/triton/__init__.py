@@ -5,12 +5,12 @@ torch.library custom ops in the `hbi_ops_triton` namespace, with autograd and fa
 and defines the backend function named after the operator, taking the arguments hbi_ops._api
 normalises (the same as every other backend's).
 """
+
 import importlib
 
 import triton  # noqa: F401  (an ImportError here tells the dispatcher that triton is unusable)
 
-_OPERATORS = {"wti": "wti_similarity", "banzhaf": "banzhaf_interaction", "dpc_knn": "dpc_knn",
-              "merge": "merge_tokens"}
+_OPERATORS = {"wti": "wti_similarity", "banzhaf": "banzhaf_interaction", "dpc_knn": "dpc_knn", "merge": "merge_tokens"}
 
 _MODULES = {}
 for _module_name, _op in _OPERATORS.items():

@@ -5,6 +5,7 @@ The interpreter (TRITON_INTERPRET=1, CPU tests) re-patches the language on every
 interpreter's tl (the same code; compiled, they are @triton.jit as usual). tl.sum / max / min are @jit
 functions too: under the interpreter `sum_`, `max_` and `min_` call its reduction directly.
 """
+
 import os
 
 import triton
@@ -14,6 +15,7 @@ INTERPRETING = os.environ.get("TRITON_INTERPRET", "") == "1"
 helper = (lambda fn: fn) if INTERPRETING else triton.jit
 
 if INTERPRETING:
+
     def sum_(x, axis):
         return tl.reduce(x, axis, tl.standard._sum_combine)
 

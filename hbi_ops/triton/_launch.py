@@ -5,6 +5,7 @@ and for Triton's interpreter otherwise (CPU tensors under TRITON_INTERPRET=1). E
 `compiled(tensor)` through this module, so tests/ops/test_triton_lowering.py can pretend a GPU and
 compile the GPU settings on a machine without one.
 """
+
 import contextlib
 
 import torch
@@ -32,8 +33,14 @@ def device_guard(tensor):
 
 def pair_inputs(sim, text_mask, video_mask, text_weight, video_weight):
     """banzhaf_interaction's inputs as its kernels read them: contiguous, bool masks, weights in sim's dtype."""
+
     def as_bool(mask):
         return (mask if mask.dtype == torch.bool else mask != 0).contiguous()
 
-    return (sim.contiguous(), as_bool(text_mask), as_bool(video_mask), text_weight.to(sim.dtype).contiguous(),
-            video_weight.to(sim.dtype).contiguous())
+    return (
+        sim.contiguous(),
+        as_bool(text_mask),
+        as_bool(video_mask),
+        text_weight.to(sim.dtype).contiguous(),
+        video_weight.to(sim.dtype).contiguous(),
+    )

@@ -12,14 +12,16 @@ softmax-weighted sum whose terms depend on (t, j) (text side) or (i, v) (video s
 correction at t = i (v = j): column sums over t (row sums over v) of a [BT, BV] tile and O(1) per
 cell. The softmax weights are taken relative to the coalition's own largest logit (and to the second
 largest for c = S minus the top member; a joining player above c's largest rescales c's terms), so
-they are exact for any finite logits (_softmax_state). So a sample costs O(T * V) for all T * V cells at once (the textbook fast path of the CPU code,
-done as tile operations). The reference's value1 has softmax weights exp(p_t / Z(i)) that depend on
-(t, i): a loop over t (and over v) of [BT, BV] tile updates, O(T * V * (T + V)) a sample.
+they are exact for any finite logits (_softmax_state). So a sample costs O(T * V) for all T * V cells at
+once (the textbook fast path of the CPU code, done as tile operations). The reference's value1 has
+softmax weights exp(p_t / Z(i)) that depend on (t, i): a loop over t (and over v) of [BT, BV] tile
+updates, O(T * V * (T + V)) a sample.
 
 Backward differentiates the same per-sample expressions, recomputing the coalitions from the seed.
 For a value whose text part is sum_{t in X_t(i)} a_t(i) M[t, j], the gradient coefficient of every
-(t, j) is K[t, j] = sum_i G[i, j] a_t(i) (_side_grad), which goes to sim[t, argmax of M[t, j]]: the argmax is row t's first or second argmax (scattered by a one-hot
-compare after summing over j), or (t, j) itself when the added frame j wins. Same for the video side.
+(t, j) is K[t, j] = sum_i G[i, j] a_t(i) (_side_grad), which goes to sim[t, argmax of M[t, j]]: the
+argmax is row t's first or second argmax (scattered by a one-hot compare after summing over j), or
+(t, j) itself when the added frame j wins. Same for the video side.
 Per-chunk partials [B, chunks, ...] are summed in a fixed order afterwards: results are deterministic
 (no atomics). fp16/bf16 accumulate in fp32, fp64 in fp64.
 
@@ -43,6 +45,7 @@ Expected from an instruction count (~1 k warp-instructions a (pair, sample) forw
 paired target, ~0.05 ms of kernel time for msr, where the Python launch overhead (two launches, no
 custom-op dispatch when nothing needs a gradient) is of the same order as the 0.1 ms target.
 """
+
 import torch
 import triton
 import triton.language as tl
@@ -76,6 +79,7 @@ _NEG_INF = tl.constexpr(float("-inf"))  # jit code reads globals only as constex
 
 # ------------------------------------------------------------------------------------------------
 # Per-sample building blocks (inlined into the kernels)
+
 
 @_helper
 def _philox_coalition(s, b, k0, k1, tidx, vidx, tm, vm, T, NBLK: tl.constexpr):
@@ -213,10 +217,8 @@ def _side_grad(G, Ms, TX, E1, E2, top, Zc, g, e, ADD: tl.constexpr, AXIS: tl.con
     gz2 = tl.where(top, gz, 0.0)
     y1 = gz1 * TX
     y2 = gz2 * TX
-    K = (E1 * (tl.expand_dims(_sum(gz1, AXIS), AXIS) - gz1)
-         + E2 * (tl.expand_dims(_sum(gz2, AXIS), AXIS) - gz2))
-    L = (E1 * (tl.expand_dims(_sum(y1, AXIS), AXIS) - y1)
-         + E2 * (tl.expand_dims(_sum(y2, AXIS), AXIS) - y2))
+    K = E1 * (tl.expand_dims(_sum(gz1, AXIS), AXIS) - gz1) + E2 * (tl.expand_dims(_sum(gz2, AXIS), AXIS) - gz2)
+    L = E1 * (tl.expand_dims(_sum(y1, AXIS), AXIS) - y1) + E2 * (tl.expand_dims(_sum(y2, AXIS), AXIS) - y2)
     if ADD:
         ge = G * e / Z
         K += ge
@@ -241,8 +243,35 @@ def _cols(x):
 
 
 @_helper
-def _kind_sides(R, W, cW, X, cX, tE1, tE2, ttop, town, tZc, tg, te, vE1, vE2, vtop, vown, vZc, vg, ve, nct, ncv,
-                real, T, V, AI: tl.constexpr, AJ: tl.constexpr, ZF: tl.constexpr):
+def _kind_sides(
+    R,
+    W,
+    cW,
+    X,
+    cX,
+    tE1,
+    tE2,
+    ttop,
+    town,
+    tZc,
+    tg,
+    te,
+    vE1,
+    vE2,
+    vtop,
+    vown,
+    vZc,
+    vg,
+    ve,
+    nct,
+    ncv,
+    real,
+    T,
+    V,
+    AI: tl.constexpr,
+    AJ: tl.constexpr,
+    ZF: tl.constexpr,
+):
     """The text and video sides of the value of X = c (+ i if AI) (+ j if AJ) for every cell, with what
     their gradients need: (valid, cM, cN, TX, Ms, VX, Ns). t* / v*: the sides' _softmax_state."""
     nt = nct + AI
@@ -250,35 +279,150 @@ def _kind_sides(R, W, cW, X, cX, tE1, tE2, ttop, town, tZc, tg, te, vE1, vE2, vt
     valid = real & (nt > 0)[:, None] & (nv > 0)[None, :]
     M, cM = _kind_tile(W, cW, R, AJ, ZF, (nv < V)[None, :])
     N, cN = _kind_tile(X, cX, R, AI, ZF, (nt < T)[:, None])
-    TX, Ms = _side_value(M, _rows(tE1), _rows(tE2), _rows(ttop), _rows(town), _rows(tZc), _rows(tg), _rows(te),
-                         AI, 0)
-    VX, Ns = _side_value(N, _cols(vE1), _cols(vE2), _cols(vtop), _cols(vown), _cols(vZc), _cols(vg), _cols(ve),
-                         AJ, 1)
+    TX, Ms = _side_value(M, _rows(tE1), _rows(tE2), _rows(ttop), _rows(town), _rows(tZc), _rows(tg), _rows(te), AI, 0)
+    VX, Ns = _side_value(N, _cols(vE1), _cols(vE2), _cols(vtop), _cols(vown), _cols(vZc), _cols(vg), _cols(ve), AJ, 1)
     return valid, cM, cN, TX, Ms, VX, Ns
 
 
 @_helper
-def _kind_value(R, W, cW, X, cX, tE1, tE2, ttop, town, tZc, tg, te, vE1, vE2, vtop, vown, vZc, vg, ve, nct, ncv,
-                real, T, V, AI: tl.constexpr, AJ: tl.constexpr, ZF: tl.constexpr):
+def _kind_value(
+    R,
+    W,
+    cW,
+    X,
+    cX,
+    tE1,
+    tE2,
+    ttop,
+    town,
+    tZc,
+    tg,
+    te,
+    vE1,
+    vE2,
+    vtop,
+    vown,
+    vZc,
+    vg,
+    ve,
+    nct,
+    ncv,
+    real,
+    T,
+    V,
+    AI: tl.constexpr,
+    AJ: tl.constexpr,
+    ZF: tl.constexpr,
+):
     """Value of X = c (+ i if AI) (+ j if AJ) for every cell: f, or the reference's F when ZF."""
-    valid, _cM, _cN, TX, _Ms, VX, _Ns = _kind_sides(R, W, cW, X, cX, tE1, tE2, ttop, town, tZc, tg, te, vE1, vE2,
-                                                    vtop, vown, vZc, vg, ve, nct, ncv, real, T, V, AI, AJ, ZF)
+    valid, _cM, _cN, TX, _Ms, VX, _Ns = _kind_sides(
+        R,
+        W,
+        cW,
+        X,
+        cX,
+        tE1,
+        tE2,
+        ttop,
+        town,
+        tZc,
+        tg,
+        te,
+        vE1,
+        vE2,
+        vtop,
+        vown,
+        vZc,
+        vg,
+        ve,
+        nct,
+        ncv,
+        real,
+        T,
+        V,
+        AI,
+        AJ,
+        ZF,
+    )
     return tl.where(valid, 0.5 * (TX + VX), 0.0)
 
 
 @_helper
-def _kind_grad(G, R, W, cW, X, cX, tE1, tE2, ttop, town, tZc, tg, te, vE1, vE2, vtop, vown, vZc, vg, ve, nct, ncv,
-               real, T, V, AI: tl.constexpr, AJ: tl.constexpr, ZF: tl.constexpr, SIGN: tl.constexpr):
+def _kind_grad(
+    G,
+    R,
+    W,
+    cW,
+    X,
+    cX,
+    tE1,
+    tE2,
+    ttop,
+    town,
+    tZc,
+    tg,
+    te,
+    vE1,
+    vE2,
+    vtop,
+    vown,
+    vZc,
+    vg,
+    ve,
+    nct,
+    ncv,
+    real,
+    T,
+    V,
+    AI: tl.constexpr,
+    AJ: tl.constexpr,
+    ZF: tl.constexpr,
+    SIGN: tl.constexpr,
+):
     """Gradient of sum_cells SIGN * G * value(kind): (self, text first/second argmax, video first/second
     argmax) coefficient tiles and the weight-logit gradients. G includes the factor 1/2."""
-    valid, cM, cN, TX, Ms, VX, Ns = _kind_sides(R, W, cW, X, cX, tE1, tE2, ttop, town, tZc, tg, te, vE1, vE2, vtop,
-                                                vown, vZc, vg, ve, nct, ncv, real, T, V, AI, AJ, ZF)
+    valid, cM, cN, TX, Ms, VX, Ns = _kind_sides(
+        R,
+        W,
+        cW,
+        X,
+        cX,
+        tE1,
+        tE2,
+        ttop,
+        town,
+        tZc,
+        tg,
+        te,
+        vE1,
+        vE2,
+        vtop,
+        vown,
+        vZc,
+        vg,
+        ve,
+        nct,
+        ncv,
+        real,
+        T,
+        V,
+        AI,
+        AJ,
+        ZF,
+    )
     Gk = tl.where(valid, G * SIGN, 0.0)
     Kt, dwt = _side_grad(Gk, Ms, TX, _rows(tE1), _rows(tE2), _rows(ttop), _rows(tZc), _rows(tg), _rows(te), AI, 0)
     Kv, dwv = _side_grad(Gk, Ns, VX, _cols(vE1), _cols(vE2), _cols(vtop), _cols(vZc), _cols(vg), _cols(ve), AJ, 1)
     own = tl.where(cM == 3, Kt, 0.0) + tl.where(cN == 3, Kv, 0.0)
-    return (own, tl.where(cM == 1, Kt, 0.0), tl.where(cM == 2, Kt, 0.0), tl.where(cN == 1, Kv, 0.0),
-            tl.where(cN == 2, Kv, 0.0), dwt, dwv)
+    return (
+        own,
+        tl.where(cM == 1, Kt, 0.0),
+        tl.where(cM == 2, Kt, 0.0),
+        tl.where(cN == 1, Kv, 0.0),
+        tl.where(cN == 2, Kv, 0.0),
+        dwt,
+        dwv,
+    )
 
 
 @_helper
@@ -293,8 +437,7 @@ def _value4_probability(sel, idx, E1, E2, top, Zc, itf):
 
 
 @_helper
-def _ref_value1_parts(R, W, X, tE1, tE2, ttop, tZc, vE1, vE2, vtop, vZc, itf, ivf, wt, wv, nct, ncv, tidx, vidx,
-                      T, V):
+def _ref_value1_parts(R, W, X, tE1, tE2, ttop, tZc, vE1, vE2, vtop, vZc, itf, ivf, wt, wv, nct, ncv, tidx, vidx, T, V):
     """The reference's value1 for every cell: text and video parts with what their gradients need. Its
     logits are value4's probabilities at members of c and the raw logit at i (j): shifted by a bound of
     their maximum (probabilities are at most 1; without other members the raw logit is alone)."""
@@ -340,12 +483,13 @@ def _ref_value1_parts(R, W, X, tE1, tE2, ttop, tZc, vE1, vE2, vtop, vZc, itf, iv
 
 
 @_helper
-def _ref_value1_grad(G1, R, W, X, cW, cX, tE1, tE2, ttop, tZc, vE1, vE2, vtop, vZc, itf, ivf, wt, wv, nct, ncv,
-                     tidx, vidx, T, V):
+def _ref_value1_grad(
+    G1, R, W, X, cW, cX, tE1, tE2, ttop, tZc, vE1, vE2, vtop, vZc, itf, ivf, wt, wv, nct, ncv, tidx, vidx, T, V
+):
     """Gradient of sum_cells G1 * value1 (G1 includes the factor 1/2)."""
-    text1, video1, Wr, Xr, Dt, Dv, EP, EQ, A1, A2, head_t, head_v, row_i, col_j, shift_t, shift_v = \
-        _ref_value1_parts(R, W, X, tE1, tE2, ttop, tZc, vE1, vE2, vtop, vZc, itf, ivf, wt, wv, nct, ncv, tidx, vidx,
-                          T, V)
+    text1, video1, Wr, Xr, Dt, Dv, EP, EQ, A1, A2, head_t, head_v, row_i, col_j, shift_t, shift_v = _ref_value1_parts(
+        R, W, X, tE1, tE2, ttop, tZc, vE1, vE2, vtop, vZc, itf, ivf, wt, wv, nct, ncv, tidx, vidx, T, V
+    )
     alpha_i = head_t / Dt
     beta_j = head_v / Dv
     own = tl.where((V > 1) & (R < 0), 0.0, G1 * alpha_i[:, None])
@@ -376,13 +520,19 @@ def _ref_value1_grad(G1, R, W, X, cW, cX, tE1, tE2, ttop, tZc, vE1, vE2, vtop, v
         dwv += tl.where(sel, _sum(_sum(term, 1), 0), 0.0)
     keep_t = W >= 0  # the reference clamps negative maxima to 0 (no gradient there)
     keep_v = X >= 0
-    return (own, tl.where(keep_t & (cW == 1), Kt, 0.0), tl.where(keep_t & (cW == 2), Kt, 0.0),
-            tl.where(keep_v & (cX == 1), Kv, 0.0), tl.where(keep_v & (cX == 2), Kv, 0.0), dwt, dwv)
+    return (
+        own,
+        tl.where(keep_t & (cW == 1), Kt, 0.0),
+        tl.where(keep_t & (cW == 2), Kt, 0.0),
+        tl.where(keep_v & (cX == 1), Kv, 0.0),
+        tl.where(keep_v & (cX == 2), Kv, 0.0),
+        dwt,
+        dwv,
+    )
 
 
 @_helper
-def _load_pair(sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, b, T, V, ACC: tl.constexpr,
-               BT: tl.constexpr, BV: tl.constexpr):
+def _load_pair(sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, b, T, V, ACC: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr):
     tidx = tl.arange(0, BT)
     vidx = tl.arange(0, BV)
     b64 = b.to(tl.int64)
@@ -390,16 +540,18 @@ def _load_pair(sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, b, T, V, ACC: tl.constex
     vm = tl.load(vm_ptr + b64 * V + vidx, mask=vidx < V, other=0) != 0
     cell = (tidx[:, None] < T) & (vidx[None, :] < V)
     # Padded positions are never read (whatever they hold, NaN included, never matters).
-    R = tl.load(sim_ptr + b64 * T * V + tidx[:, None] * V + vidx[None, :], mask=cell & tm[:, None] & vm[None, :],
-                other=0).to(ACC)
+    R = tl.load(
+        sim_ptr + b64 * T * V + tidx[:, None] * V + vidx[None, :], mask=cell & tm[:, None] & vm[None, :], other=0
+    ).to(ACC)
     wt = tl.load(wt_ptr + b64 * T + tidx, mask=tm, other=0).to(ACC)
     wv = tl.load(wv_ptr + b64 * V + vidx, mask=vm, other=0).to(ACC)
     return tidx, vidx, tm, vm, R, wt, wv
 
 
 @_helper
-def _sample_range(c, num_items, per_prog, pt_ptr, tm, vm, b, T, V, EXACT: tl.constexpr,
-                  NPROG, BT: tl.constexpr, BV: tl.constexpr):
+def _sample_range(
+    c, num_items, per_prog, pt_ptr, tm, vm, b, T, V, EXACT: tl.constexpr, NPROG, BT: tl.constexpr, BV: tl.constexpr
+):
     """This program's samples (or subset codes), the player indices (exact) and the subset count."""
     tidx = tl.arange(0, BT)
     vidx = tl.arange(0, BV)
@@ -422,8 +574,27 @@ def _sample_range(c, num_items, per_prog, pt_ptr, tm, vm, b, T, V, EXACT: tl.con
 
 
 @_helper
-def _coalition_state(s, b, k0, k1, pt, pv, tidx, vidx, tm, vm, R, wt, wv, T, EXACT: tl.constexpr,
-                     NBLK: tl.constexpr, ACC: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr):
+def _coalition_state(
+    s,
+    b,
+    k0,
+    k1,
+    pt,
+    pv,
+    tidx,
+    vidx,
+    tm,
+    vm,
+    R,
+    wt,
+    wv,
+    T,
+    EXACT: tl.constexpr,
+    NBLK: tl.constexpr,
+    ACC: tl.constexpr,
+    BT: tl.constexpr,
+    BV: tl.constexpr,
+):
     """Coalition s of pair b (Philox sample, or subset code for the exact estimator) and what the cell
     deltas and their gradients share: membership, the other members' counts, both sides' softmax state
     (_softmax_state), and the row / column maxima over S without word i / frame j."""
@@ -439,41 +610,197 @@ def _coalition_state(s, b, k0, k1, pt, pv, tidx, vidx, tm, vm, R, wt, wv, T, EXA
     vE1, vE2, vtop, vown, vZc, vg, ve = _softmax_state(wv, iv, vidx, BV)
     r1, r2, ra, rb, is_ra, k1_, k2_, ka, kb, is_ka = _top2(R, it, iv, tidx, vidx, BT, BV)
     W, cW, X, cX = _without(r1, r2, is_ra, k1_, k2_, is_ka, nct > 0, ncv > 0)
-    return (it, iv, itf, ivf, nct, ncv, tE1, tE2, ttop, town, tZc, tg, te, vE1, vE2, vtop, vown, vZc, vg, ve,
-            W, cW, X, cX, rb, is_ra, kb, is_ka)
+    return (
+        it,
+        iv,
+        itf,
+        ivf,
+        nct,
+        ncv,
+        tE1,
+        tE2,
+        ttop,
+        town,
+        tZc,
+        tg,
+        te,
+        vE1,
+        vE2,
+        vtop,
+        vown,
+        vZc,
+        vg,
+        ve,
+        W,
+        cW,
+        X,
+        cX,
+        rb,
+        is_ra,
+        kb,
+        is_ka,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
 # Kernels
 
+
 @triton.jit(do_not_specialize=["num_items", "per_prog", "seed_lo", "seed_hi", "NPROG"])
-def _cells_fwd_kernel(sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, pt_ptr, part_ptr, T, V, num_items, per_prog,
-                      seed_lo, seed_hi, REFERENCE: tl.constexpr, EXACT: tl.constexpr, NPROG,
-                      NBLK: tl.constexpr, ACC: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr):
+def _cells_fwd_kernel(
+    sim_ptr,
+    tm_ptr,
+    vm_ptr,
+    wt_ptr,
+    wv_ptr,
+    pt_ptr,
+    part_ptr,
+    T,
+    V,
+    num_items,
+    per_prog,
+    seed_lo,
+    seed_hi,
+    REFERENCE: tl.constexpr,
+    EXACT: tl.constexpr,
+    NPROG,
+    NBLK: tl.constexpr,
+    ACC: tl.constexpr,
+    BT: tl.constexpr,
+    BV: tl.constexpr,
+):
     """paired (both definitions) and exact (reference): per-program sums of the cell deltas."""
     b = tl.program_id(0)
     c = tl.program_id(1)
     tidx, vidx, tm, vm, R, wt, wv = _load_pair(sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, b, T, V, ACC, BT, BV)
     real = tm[:, None] & vm[None, :]
-    start, end, pt, pv, total = _sample_range(c, num_items, per_prog, pt_ptr, tm, vm, b, T, V, EXACT,
-                                              NPROG, BT, BV)
+    start, end, pt, pv, total = _sample_range(c, num_items, per_prog, pt_ptr, tm, vm, b, T, V, EXACT, NPROG, BT, BV)
     k0 = seed_lo.to(tl.uint32)
     k1 = seed_hi.to(tl.uint32)
     acc = tl.zeros([BT, BV], ACC)
     for s in range(start, end):
-        (it, iv, itf, ivf, nct, ncv, tE1, tE2, ttop, town, tZc, tg, te, vE1, vE2, vtop, vown, vZc, vg, ve,
-         W, cW, X, cX, rb, is_ra, kb, is_ka) = _coalition_state(s, b, k0, k1, pt, pv, tidx, vidx, tm, vm, R, wt,
-                                                                wv, T, EXACT, NBLK, ACC, BT, BV)
+        (
+            it,
+            iv,
+            itf,
+            ivf,
+            nct,
+            ncv,
+            tE1,
+            tE2,
+            ttop,
+            town,
+            tZc,
+            tg,
+            te,
+            vE1,
+            vE2,
+            vtop,
+            vown,
+            vZc,
+            vg,
+            ve,
+            W,
+            cW,
+            X,
+            cX,
+            rb,
+            is_ra,
+            kb,
+            is_ka,
+        ) = _coalition_state(s, b, k0, k1, pt, pv, tidx, vidx, tm, vm, R, wt, wv, T, EXACT, NBLK, ACC, BT, BV)
         if REFERENCE:
             text1, video1, _Wr, _Xr, _Dt, _Dv, _EP, _EQ, _A1, _A2, _ht, _hv, _ri, _cj, _st, _sv = _ref_value1_parts(
-                R, W, X, tE1, tE2, ttop, tZc, vE1, vE2, vtop, vZc, itf, ivf, wt, wv, nct, ncv, tidx, vidx, T, V)
+                R, W, X, tE1, tE2, ttop, tZc, vE1, vE2, vtop, vZc, itf, ivf, wt, wv, nct, ncv, tidx, vidx, T, V
+            )
             delta = 0.5 * (text1 + video1)
-            delta -= _kind_value(R, W, cW, X, cX, tE1, tE2, ttop, town, tZc, tg, te, vE1, vE2, vtop, vown, vZc, vg,
-                                 ve, nct, ncv, real, T, V, 1, 0, True)
-            delta -= _kind_value(R, W, cW, X, cX, tE1, tE2, ttop, town, tZc, tg, te, vE1, vE2, vtop, vown, vZc, vg,
-                                 ve, nct, ncv, real, T, V, 0, 1, True)
-            delta += _kind_value(R, W, cW, X, cX, tE1, tE2, ttop, town, tZc, tg, te, vE1, vE2, vtop, vown, vZc, vg,
-                                 ve, nct, ncv, real, T, V, 0, 0, True)
+            delta -= _kind_value(
+                R,
+                W,
+                cW,
+                X,
+                cX,
+                tE1,
+                tE2,
+                ttop,
+                town,
+                tZc,
+                tg,
+                te,
+                vE1,
+                vE2,
+                vtop,
+                vown,
+                vZc,
+                vg,
+                ve,
+                nct,
+                ncv,
+                real,
+                T,
+                V,
+                1,
+                0,
+                True,
+            )
+            delta -= _kind_value(
+                R,
+                W,
+                cW,
+                X,
+                cX,
+                tE1,
+                tE2,
+                ttop,
+                town,
+                tZc,
+                tg,
+                te,
+                vE1,
+                vE2,
+                vtop,
+                vown,
+                vZc,
+                vg,
+                ve,
+                nct,
+                ncv,
+                real,
+                T,
+                V,
+                0,
+                1,
+                True,
+            )
+            delta += _kind_value(
+                R,
+                W,
+                cW,
+                X,
+                cX,
+                tE1,
+                tE2,
+                ttop,
+                town,
+                tZc,
+                tg,
+                te,
+                vE1,
+                vE2,
+                vtop,
+                vown,
+                vZc,
+                vg,
+                ve,
+                nct,
+                ncv,
+                real,
+                T,
+                V,
+                0,
+                0,
+                True,
+            )
         else:
             # Textbook fast path: the four values share two row-max tiles (without / with frame j)
             # and two column-max tiles.
@@ -509,10 +836,31 @@ def _cells_fwd_kernel(sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, pt_ptr, part_ptr,
 
 
 @triton.jit(do_not_specialize=["num_items", "per_prog", "seed_lo", "seed_hi", "NPROG"])
-def _cells_bwd_kernel(grad_ptr, sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, pt_ptr, gs_ptr, gt_ptr, gv_ptr,
-                      T, V, num_items, per_prog, seed_lo, seed_hi, REFERENCE: tl.constexpr,
-                      EXACT: tl.constexpr, NPROG, NBLK: tl.constexpr, ACC: tl.constexpr,
-                      BT: tl.constexpr, BV: tl.constexpr):
+def _cells_bwd_kernel(
+    grad_ptr,
+    sim_ptr,
+    tm_ptr,
+    vm_ptr,
+    wt_ptr,
+    wv_ptr,
+    pt_ptr,
+    gs_ptr,
+    gt_ptr,
+    gv_ptr,
+    T,
+    V,
+    num_items,
+    per_prog,
+    seed_lo,
+    seed_hi,
+    REFERENCE: tl.constexpr,
+    EXACT: tl.constexpr,
+    NPROG,
+    NBLK: tl.constexpr,
+    ACC: tl.constexpr,
+    BT: tl.constexpr,
+    BV: tl.constexpr,
+):
     """Backward of _cells_fwd_kernel: per-program partial gradients of sim and both weight logits."""
     b = tl.program_id(0)
     c = tl.program_id(1)
@@ -521,8 +869,7 @@ def _cells_bwd_kernel(grad_ptr, sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, pt_ptr,
     cell = (tidx[:, None] < T) & (vidx[None, :] < V)
     b64 = b.to(tl.int64)
     g = tl.load(grad_ptr + b64 * T * V + tidx[:, None] * V + vidx[None, :], mask=cell, other=0).to(ACC)
-    start, end, pt, pv, total = _sample_range(c, num_items, per_prog, pt_ptr, tm, vm, b, T, V, EXACT,
-                                              NPROG, BT, BV)
+    start, end, pt, pv, total = _sample_range(c, num_items, per_prog, pt_ptr, tm, vm, b, T, V, EXACT, NPROG, BT, BV)
     if EXACT:
         g = g * (4.0 / total.to(ACC))
     else:
@@ -534,23 +881,129 @@ def _cells_bwd_kernel(grad_ptr, sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, pt_ptr,
     gwt = tl.zeros([BT], ACC)
     gwv = tl.zeros([BV], ACC)
     for s in range(start, end):
-        (it, iv, itf, ivf, nct, ncv, tE1, tE2, ttop, town, tZc, tg, te, vE1, vE2, vtop, vown, vZc, vg, ve,
-         W, cW, X, cX, rb, is_ra, kb, is_ka) = _coalition_state(s, b, k0, k1, pt, pv, tidx, vidx, tm, vm, R, wt,
-                                                                wv, T, EXACT, NBLK, ACC, BT, BV)
+        (
+            it,
+            iv,
+            itf,
+            ivf,
+            nct,
+            ncv,
+            tE1,
+            tE2,
+            ttop,
+            town,
+            tZc,
+            tg,
+            te,
+            vE1,
+            vE2,
+            vtop,
+            vown,
+            vZc,
+            vg,
+            ve,
+            W,
+            cW,
+            X,
+            cX,
+            rb,
+            is_ra,
+            kb,
+            is_ka,
+        ) = _coalition_state(s, b, k0, k1, pt, pv, tidx, vidx, tm, vm, R, wt, wv, T, EXACT, NBLK, ACC, BT, BV)
         G = g
         if EXACT:
             G = tl.where((~it)[:, None] & (~iv)[None, :], G, 0.0)
         if REFERENCE:
-            own, at, bt, av, bv, dwt, dwv = _ref_value1_grad(G, R, W, X, cW, cX, tE1, tE2, ttop, tZc, vE1, vE2,
-                                                              vtop, vZc, itf, ivf, wt, wv, nct, ncv, tidx, vidx,
-                                                              T, V)
+            own, at, bt, av, bv, dwt, dwv = _ref_value1_grad(
+                G,
+                R,
+                W,
+                X,
+                cW,
+                cX,
+                tE1,
+                tE2,
+                ttop,
+                tZc,
+                vE1,
+                vE2,
+                vtop,
+                vZc,
+                itf,
+                ivf,
+                wt,
+                wv,
+                nct,
+                ncv,
+                tidx,
+                vidx,
+                T,
+                V,
+            )
         else:
-            own, at, bt, av, bv, dwt, dwv = _kind_grad(G, R, W, cW, X, cX, tE1, tE2, ttop, town, tZc, tg, te, vE1,
-                                                        vE2, vtop, vown, vZc, vg, ve, nct, ncv, real, T, V, 1, 1,
-                                                        False, 1)
-        o2, a2, b2, c2, d2, e2, f2 = _kind_grad(G, R, W, cW, X, cX, tE1, tE2, ttop, town, tZc, tg, te, vE1, vE2,
-                                                vtop, vown, vZc, vg, ve, nct, ncv, real, T, V, 1, 0, REFERENCE,
-                                                -1)
+            own, at, bt, av, bv, dwt, dwv = _kind_grad(
+                G,
+                R,
+                W,
+                cW,
+                X,
+                cX,
+                tE1,
+                tE2,
+                ttop,
+                town,
+                tZc,
+                tg,
+                te,
+                vE1,
+                vE2,
+                vtop,
+                vown,
+                vZc,
+                vg,
+                ve,
+                nct,
+                ncv,
+                real,
+                T,
+                V,
+                1,
+                1,
+                False,
+                1,
+            )
+        o2, a2, b2, c2, d2, e2, f2 = _kind_grad(
+            G,
+            R,
+            W,
+            cW,
+            X,
+            cX,
+            tE1,
+            tE2,
+            ttop,
+            town,
+            tZc,
+            tg,
+            te,
+            vE1,
+            vE2,
+            vtop,
+            vown,
+            vZc,
+            vg,
+            ve,
+            nct,
+            ncv,
+            real,
+            T,
+            V,
+            1,
+            0,
+            REFERENCE,
+            -1,
+        )
         own += o2
         at += a2
         bt += b2
@@ -558,9 +1011,37 @@ def _cells_bwd_kernel(grad_ptr, sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, pt_ptr,
         bv += d2
         dwt += e2
         dwv += f2
-        o2, a2, b2, c2, d2, e2, f2 = _kind_grad(G, R, W, cW, X, cX, tE1, tE2, ttop, town, tZc, tg, te, vE1, vE2,
-                                                vtop, vown, vZc, vg, ve, nct, ncv, real, T, V, 0, 1, REFERENCE,
-                                                -1)
+        o2, a2, b2, c2, d2, e2, f2 = _kind_grad(
+            G,
+            R,
+            W,
+            cW,
+            X,
+            cX,
+            tE1,
+            tE2,
+            ttop,
+            town,
+            tZc,
+            tg,
+            te,
+            vE1,
+            vE2,
+            vtop,
+            vown,
+            vZc,
+            vg,
+            ve,
+            nct,
+            ncv,
+            real,
+            T,
+            V,
+            0,
+            1,
+            REFERENCE,
+            -1,
+        )
         own += o2
         at += a2
         bt += b2
@@ -568,8 +1049,37 @@ def _cells_bwd_kernel(grad_ptr, sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, pt_ptr,
         bv += d2
         dwt += e2
         dwv += f2
-        o2, a2, b2, c2, d2, e2, f2 = _kind_grad(G, R, W, cW, X, cX, tE1, tE2, ttop, town, tZc, tg, te, vE1, vE2,
-                                                vtop, vown, vZc, vg, ve, nct, ncv, real, T, V, 0, 0, REFERENCE, 1)
+        o2, a2, b2, c2, d2, e2, f2 = _kind_grad(
+            G,
+            R,
+            W,
+            cW,
+            X,
+            cX,
+            tE1,
+            tE2,
+            ttop,
+            town,
+            tZc,
+            tg,
+            te,
+            vE1,
+            vE2,
+            vtop,
+            vown,
+            vZc,
+            vg,
+            ve,
+            nct,
+            ncv,
+            real,
+            T,
+            V,
+            0,
+            0,
+            REFERENCE,
+            1,
+        )
         own += o2
         at += a2
         bt += b2
@@ -617,16 +1127,33 @@ def _coalition_value(R, it, iv, wt, wv, tidx, vidx, BT: tl.constexpr, BV: tl.con
 
 
 @triton.jit(do_not_specialize=["num_items", "per_prog", "seed_lo", "seed_hi", "NPROG"])
-def _value_fwd_kernel(sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, pt_ptr, part_ptr, cnt_ptr, T, V, num_items,
-                      per_prog, seed_lo, seed_hi, NPROG,
-                      NBLK: tl.constexpr, ACC: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr):
+def _value_fwd_kernel(
+    sim_ptr,
+    tm_ptr,
+    vm_ptr,
+    wt_ptr,
+    wv_ptr,
+    pt_ptr,
+    part_ptr,
+    cnt_ptr,
+    T,
+    V,
+    num_items,
+    per_prog,
+    seed_lo,
+    seed_hi,
+    NPROG,
+    NBLK: tl.constexpr,
+    ACC: tl.constexpr,
+    BT: tl.constexpr,
+    BV: tl.constexpr,
+):
     """msr: per-program stratum sums of f(S) and counts, as [T + 1, V + 1] (row T: frame strata, column
     V: word strata, (T, V): all samples)."""
     b = tl.program_id(0)
     c = tl.program_id(1)
     tidx, vidx, tm, vm, R, wt, wv = _load_pair(sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, b, T, V, ACC, BT, BV)
-    start, end, _pt, _pv, _total = _sample_range(c, num_items, per_prog, pt_ptr, tm, vm, b, T, V, False,
-                                                 NPROG, BT, BV)
+    start, end, _pt, _pv, _total = _sample_range(c, num_items, per_prog, pt_ptr, tm, vm, b, T, V, False, NPROG, BT, BV)
     k0 = seed_lo.to(tl.uint32)
     k1 = seed_hi.to(tl.uint32)
     acc = tl.zeros([BT, BV], ACC)
@@ -684,8 +1211,7 @@ def _mean(total, count):
 
 
 @triton.jit(do_not_specialize=["NPROG"])
-def _msr_finish_kernel(part_ptr, cnt_ptr, tm_ptr, vm_ptr, out_ptr, T, V, NPROG,
-                       BT: tl.constexpr, BV: tl.constexpr):
+def _msr_finish_kernel(part_ptr, cnt_ptr, tm_ptr, vm_ptr, out_ptr, T, V, NPROG, BT: tl.constexpr, BV: tl.constexpr):
     """Stratified means: mean(f | i in, j in) - mean(f | i in, j out) - mean(f | i out, j in)
     + mean(f | i out, j out), a stratum without samples counting 0."""
     b = tl.program_id(0)
@@ -699,19 +1225,21 @@ def _msr_finish_kernel(part_ptr, cnt_ptr, tm_ptr, vm_ptr, out_ptr, T, V, NPROG,
     sfr = sf[None, :]
     cwc = cw[:, None]
     cfr = cf[None, :]
-    est = (_mean(sb, cb) - _mean(swc - sb, cwc - cb) - _mean(sfr - sb, cfr - cb)
-           + _mean(sa - swc - sfr + sb, ca - cwc - cfr + cb))
+    est = (
+        _mean(sb, cb)
+        - _mean(swc - sb, cwc - cb)
+        - _mean(sfr - sb, cfr - cb)
+        + _mean(sa - swc - sfr + sb, ca - cwc - cfr + cb)
+    )
     tm = tl.load(tm_ptr + b64 * T + tidx, mask=tidx < T, other=0) != 0
     vm = tl.load(vm_ptr + b64 * V + vidx, mask=vidx < V, other=0) != 0
     est = tl.where(tm[:, None] & vm[None, :], est, 0.0)
     cell = (tidx[:, None] < T) & (vidx[None, :] < V)
-    tl.store(out_ptr + b64 * T * V + tidx[:, None] * V + vidx[None, :], est.to(out_ptr.dtype.element_ty),
-             mask=cell)
+    tl.store(out_ptr + b64 * T * V + tidx[:, None] * V + vidx[None, :], est.to(out_ptr.dtype.element_ty), mask=cell)
 
 
 @triton.jit(do_not_specialize=["divisor", "NPROG"])
-def _sum_finish_kernel(part_ptr, tm_ptr, vm_ptr, out_ptr, T, V, divisor, NPROG,
-                       BT: tl.constexpr, BV: tl.constexpr):
+def _sum_finish_kernel(part_ptr, tm_ptr, vm_ptr, out_ptr, T, V, divisor, NPROG, BT: tl.constexpr, BV: tl.constexpr):
     """out = (sum over programs, in order, of the partials) / divisor, 0 at padded cells, out's dtype."""
     b = tl.program_id(0)
     tidx = tl.arange(0, BT)
@@ -730,10 +1258,30 @@ def _sum_finish_kernel(part_ptr, tm_ptr, vm_ptr, out_ptr, T, V, divisor, NPROG,
 
 
 @triton.jit(do_not_specialize=["num_items", "per_prog", "seed_lo", "seed_hi", "NPROG"])
-def _value_bwd_kernel(grad_ptr, sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, pt_ptr, cnt_ptr, gs_ptr, gt_ptr,
-                      gv_ptr, T, V, num_items, per_prog, seed_lo, seed_hi,
-                      NPROG, NBLK: tl.constexpr, ACC: tl.constexpr, BT: tl.constexpr,
-                      BV: tl.constexpr):
+def _value_bwd_kernel(
+    grad_ptr,
+    sim_ptr,
+    tm_ptr,
+    vm_ptr,
+    wt_ptr,
+    wv_ptr,
+    pt_ptr,
+    cnt_ptr,
+    gs_ptr,
+    gt_ptr,
+    gv_ptr,
+    T,
+    V,
+    num_items,
+    per_prog,
+    seed_lo,
+    seed_hi,
+    NPROG,
+    NBLK: tl.constexpr,
+    ACC: tl.constexpr,
+    BT: tl.constexpr,
+    BV: tl.constexpr,
+):
     """Backward of msr: per sample, d estimate / d f(S) contracted with the incoming gradient, times the
     gradient of f(S). cnt_ptr: the stratum counts [B, T + 1, V + 1] (int32)."""
     b = tl.program_id(0)
@@ -744,8 +1292,7 @@ def _value_bwd_kernel(grad_ptr, sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, pt_ptr,
     b64 = b.to(tl.int64)
     g = tl.load(grad_ptr + b64 * T * V + tidx[:, None] * V + vidx[None, :], mask=cell, other=0).to(ACC)
     g = tl.where(real, g, 0.0)
-    start, end, _pt, _pv, _total = _sample_range(c, num_items, per_prog, pt_ptr, tm, vm, b, T, V, False,
-                                                 NPROG, BT, BV)
+    start, end, _pt, _pv, _total = _sample_range(c, num_items, per_prog, pt_ptr, tm, vm, b, T, V, False, NPROG, BT, BV)
     W1 = V + 1
     cbase = b64 * (T + 1) * W1
     cb = tl.load(cnt_ptr + cbase + tidx[:, None] * W1 + vidx[None, :], mask=cell, other=0)
@@ -780,6 +1327,7 @@ def _value_bwd_kernel(grad_ptr, sim_ptr, tm_ptr, vm_ptr, wt_ptr, wv_ptr, pt_ptr,
 # ------------------------------------------------------------------------------------------------
 # Launch helpers
 
+
 def _programs_per_pair(tensor, batch, items, per_sm=8):
     """Programs per pair: enough (about per_sm per SM) to fill the GPU; a few on the interpreter."""
     if not _launch.compiled(tensor):
@@ -799,10 +1347,10 @@ def _num_warps(bt, bv, backward=False):
 class _Launch:
     """Normalised inputs and launch geometry of one call."""
 
-    def __init__(self, sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples,
-                 seed):
-        self.sim, self.tm, self.vm, self.wt, self.wv = _launch.pair_inputs(sim, text_mask, video_mask, text_weight,
-                                                                            video_weight)
+    def __init__(self, sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples, seed):
+        self.sim, self.tm, self.vm, self.wt, self.wv = _launch.pair_inputs(
+            sim, text_mask, video_mask, text_weight, video_weight
+        )
         self.B, self.T, self.V = sim.shape
         self.acc_dtype = torch.float64 if sim.dtype == torch.float64 else torch.float32
         self.ACC = tl.float64 if sim.dtype == torch.float64 else tl.float32
@@ -837,8 +1385,14 @@ class _Launch:
         self.grid = (self.B, self.nprog)
 
     def common(self, backward=False):
-        return dict(NPROG=self.nprog, NBLK=self.NBLK, ACC=self.ACC, BT=self.BT, BV=self.BV,
-                    num_warps=self.num_warps_backward if backward else self.num_warps)
+        return dict(
+            NPROG=self.nprog,
+            NBLK=self.NBLK,
+            ACC=self.ACC,
+            BT=self.BT,
+            BV=self.BV,
+            num_warps=self.num_warps_backward if backward else self.num_warps,
+        )
 
     def empty_partials(self):
         return torch.empty((self.B, self.nprog, self.T, self.V), dtype=self.acc_dtype, device=self.sim.device)
@@ -847,8 +1401,23 @@ class _Launch:
 def _msr_strata(L):
     part = torch.empty((L.B, L.nprog, L.T + 1, L.V + 1), dtype=L.acc_dtype, device=L.sim.device)
     cnt = torch.empty((L.B, L.nprog, L.T + 1, L.V + 1), dtype=torch.int32, device=L.sim.device)
-    _value_fwd_kernel[L.grid](L.sim, L.tm, L.vm, L.wt, L.wv, L.players, part, cnt, L.T, L.V, L.num_items,
-                              L.per_prog, L.seed_lo, L.seed_hi, **L.common())
+    _value_fwd_kernel[L.grid](
+        L.sim,
+        L.tm,
+        L.vm,
+        L.wt,
+        L.wv,
+        L.players,
+        part,
+        cnt,
+        L.T,
+        L.V,
+        L.num_items,
+        L.per_prog,
+        L.seed_lo,
+        L.seed_hi,
+        **L.common(),
+    )
     return part, cnt
 
 
@@ -858,8 +1427,7 @@ def _forward(sim, text_mask, video_mask, text_weight, video_weight, definition, 
     out = torch.empty_like(sim, memory_format=torch.contiguous_format)
     if sim.numel() == 0:
         return out.zero_()
-    L = _Launch(sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples,
-                seed)
+    L = _Launch(sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples, seed)
     finish = dict(NPROG=L.nprog, BT=L.BT, BV=L.BV, num_warps=L.num_warps)
     with _launch.device_guard(sim):
         if estimator == "msr":
@@ -867,22 +1435,35 @@ def _forward(sim, text_mask, video_mask, text_weight, video_weight, definition, 
             _msr_finish_kernel[(L.B,)](part, cnt, L.tm, L.vm, out, L.T, L.V, **finish)
             return out
         part = L.empty_partials()
-        _cells_fwd_kernel[L.grid](L.sim, L.tm, L.vm, L.wt, L.wv, L.players, part, L.T, L.V, L.num_items,
-                                  L.per_prog, L.seed_lo, L.seed_hi, REFERENCE=definition == "reference",
-                                  EXACT=L.exact, **L.common())
+        _cells_fwd_kernel[L.grid](
+            L.sim,
+            L.tm,
+            L.vm,
+            L.wt,
+            L.wv,
+            L.players,
+            part,
+            L.T,
+            L.V,
+            L.num_items,
+            L.per_prog,
+            L.seed_lo,
+            L.seed_hi,
+            REFERENCE=definition == "reference",
+            EXACT=L.exact,
+            **L.common(),
+        )
         divisor = 1 if L.exact else num_samples
         _sum_finish_kernel[(L.B,)](part, L.tm, L.vm, out, L.T, L.V, divisor, **finish)
     return out
 
 
-def _backward(grad, sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples,
-              seed):
+def _backward(grad, sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples, seed):
     if estimator == "exact" and definition == "textbook":
         return banzhaf_closed_form.backward(grad, sim, text_mask, video_mask, text_weight, video_weight)
     if sim.numel() == 0:
         return torch.zeros_like(sim), torch.zeros_like(text_weight), torch.zeros_like(video_weight)
-    L = _Launch(sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples,
-                seed)
+    L = _Launch(sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples, seed)
     grad = grad.to(sim.dtype).contiguous()
     device = sim.device
     gs = torch.empty((L.B, L.nprog, L.T, L.V), dtype=L.acc_dtype, device=device)
@@ -892,35 +1473,86 @@ def _backward(grad, sim, text_mask, video_mask, text_weight, video_weight, defin
         if estimator == "msr":
             _part, cnt = _msr_strata(L)
             cnt = cnt.sum(1, dtype=torch.int32).contiguous()  # [B, T + 1, V + 1], integer: exact
-            _value_bwd_kernel[L.grid](grad, L.sim, L.tm, L.vm, L.wt, L.wv, L.players, cnt, gs, gt, gv, L.T,
-                                      L.V, L.num_items, L.per_prog, L.seed_lo, L.seed_hi,
-                                      **L.common(backward=True))
+            _value_bwd_kernel[L.grid](
+                grad,
+                L.sim,
+                L.tm,
+                L.vm,
+                L.wt,
+                L.wv,
+                L.players,
+                cnt,
+                gs,
+                gt,
+                gv,
+                L.T,
+                L.V,
+                L.num_items,
+                L.per_prog,
+                L.seed_lo,
+                L.seed_hi,
+                **L.common(backward=True),
+            )
         else:
-            _cells_bwd_kernel[L.grid](grad, L.sim, L.tm, L.vm, L.wt, L.wv, L.players, gs, gt, gv, L.T, L.V,
-                                      L.num_items, L.per_prog, L.seed_lo, L.seed_hi,
-                                      REFERENCE=definition == "reference", EXACT=L.exact,
-                                      **L.common(backward=True))
+            _cells_bwd_kernel[L.grid](
+                grad,
+                L.sim,
+                L.tm,
+                L.vm,
+                L.wt,
+                L.wv,
+                L.players,
+                gs,
+                gt,
+                gv,
+                L.T,
+                L.V,
+                L.num_items,
+                L.per_prog,
+                L.seed_lo,
+                L.seed_hi,
+                REFERENCE=definition == "reference",
+                EXACT=L.exact,
+                **L.common(backward=True),
+            )
     return gs.sum(1).to(sim.dtype), gt.sum(1).to(sim.dtype), gv.sum(1).to(sim.dtype)
 
 
 # ------------------------------------------------------------------------------------------------
 # Custom ops
 
+
 @torch.library.custom_op("hbi_ops_triton::banzhaf_interaction", mutates_args=())
-def banzhaf_interaction_op(sim: torch.Tensor, text_mask: torch.Tensor, video_mask: torch.Tensor,
-                           text_weight: torch.Tensor, video_weight: torch.Tensor, definition: str,
-                           estimator: str, num_samples: int, seed: int) -> torch.Tensor:
-    return _forward(sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples,
-                    seed)
+def banzhaf_interaction_op(
+    sim: torch.Tensor,
+    text_mask: torch.Tensor,
+    video_mask: torch.Tensor,
+    text_weight: torch.Tensor,
+    video_weight: torch.Tensor,
+    definition: str,
+    estimator: str,
+    num_samples: int,
+    seed: int,
+) -> torch.Tensor:
+    return _forward(sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples, seed)
 
 
 @torch.library.custom_op("hbi_ops_triton::banzhaf_interaction_backward", mutates_args=())
-def banzhaf_interaction_backward_op(grad: torch.Tensor, sim: torch.Tensor, text_mask: torch.Tensor,
-                                    video_mask: torch.Tensor, text_weight: torch.Tensor,
-                                    video_weight: torch.Tensor, definition: str, estimator: str,
-                                    num_samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _backward(grad, sim, text_mask, video_mask, text_weight, video_weight, definition, estimator,
-                     num_samples, seed)
+def banzhaf_interaction_backward_op(
+    grad: torch.Tensor,
+    sim: torch.Tensor,
+    text_mask: torch.Tensor,
+    video_mask: torch.Tensor,
+    text_weight: torch.Tensor,
+    video_weight: torch.Tensor,
+    definition: str,
+    estimator: str,
+    num_samples: int,
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _backward(
+        grad, sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples, seed
+    )
 
 
 @banzhaf_interaction_op.register_fake
@@ -930,9 +1562,11 @@ def _(sim, text_mask, video_mask, text_weight, video_weight, definition, estimat
 
 @banzhaf_interaction_backward_op.register_fake
 def _(grad, sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples, seed):
-    return (torch.empty_like(sim, memory_format=torch.contiguous_format),
-            torch.empty_like(text_weight, memory_format=torch.contiguous_format),
-            torch.empty_like(video_weight, memory_format=torch.contiguous_format))
+    return (
+        torch.empty_like(sim, memory_format=torch.contiguous_format),
+        torch.empty_like(text_weight, memory_format=torch.contiguous_format),
+        torch.empty_like(video_weight, memory_format=torch.contiguous_format),
+    )
 
 
 def _setup_context(ctx, inputs, output):
@@ -944,7 +1578,8 @@ def _setup_context(ctx, inputs, output):
 def _autograd_backward(ctx, grad):
     sim, text_mask, video_mask, text_weight, video_weight = ctx.saved_tensors
     grad_sim, grad_text_weight, grad_video_weight = banzhaf_interaction_backward_op(
-        grad.contiguous(), sim, text_mask, video_mask, text_weight, video_weight, *ctx.settings)
+        grad.contiguous(), sim, text_mask, video_mask, text_weight, video_weight, *ctx.settings
+    )
     return grad_sim, None, None, grad_text_weight, grad_video_weight, None, None, None, None
 
 
@@ -952,13 +1587,15 @@ banzhaf_interaction_op.register_autograd(_autograd_backward, setup_context=_setu
 refuse_double_backward("hbi_ops_triton::banzhaf_interaction_backward")
 
 
-def banzhaf_interaction(sim, text_mask, video_mask, text_weight, video_weight, definition, estimator,
-                        num_samples, seed):
+def banzhaf_interaction(
+    sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples, seed
+):
     """The `triton` backend; arguments normalised by hbi_ops.banzhaf_interaction."""
-    if not torch.compiler.is_compiling() and not (torch.is_grad_enabled() and (
-            sim.requires_grad or text_weight.requires_grad or video_weight.requires_grad)):
+    if not torch.compiler.is_compiling() and not (
+        torch.is_grad_enabled() and (sim.requires_grad or text_weight.requires_grad or video_weight.requires_grad)
+    ):
         # Nothing to differentiate or trace: skip the custom-op dispatch (tens of microseconds).
-        return _forward(sim, text_mask, video_mask, text_weight, video_weight, definition, estimator,
-                        num_samples, seed)
-    return banzhaf_interaction_op(sim, text_mask, video_mask, text_weight, video_weight, definition, estimator,
-                                  num_samples, seed)
+        return _forward(sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples, seed)
+    return banzhaf_interaction_op(
+        sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples, seed
+    )

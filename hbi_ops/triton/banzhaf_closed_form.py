@@ -16,6 +16,7 @@ tl.dot in every Triton this supports), in the accumulate type, never TF32.
 Node grids are sized per pair; the scratch has room for the largest grid of the dtype. At the full size
 (T = 32, V = 12) every phase is one tile, ~150 nodes a side in float32.
 """
+
 import math
 
 import torch
@@ -42,6 +43,7 @@ def _max_nodes(dtype):
 
 # ------------------------------------------------------------------------------------------------
 # Helpers (inlined)
+
 
 @_helper
 def _exp(x, LIBDEVICE: tl.constexpr):
@@ -80,8 +82,18 @@ def _sorts_before(xa, ia, xb, ib):
 
 
 @_helper
-def _side_grid(w_ptr, m_ptr, base, n, STEP: tl.constexpr, TOL: tl.constexpr, GAP: tl.constexpr,
-               ACC: tl.constexpr, PB: tl.constexpr, LIBDEVICE: tl.constexpr):
+def _side_grid(
+    w_ptr,
+    m_ptr,
+    base,
+    n,
+    STEP: tl.constexpr,
+    TOL: tl.constexpr,
+    GAP: tl.constexpr,
+    ACC: tl.constexpr,
+    PB: tl.constexpr,
+    LIBDEVICE: tl.constexpr,
+):
     """A side's largest logit, its node grid (low, spacing, count), whether its real logits are all
     equal, and whether they are all finite (else the side's marginals are NaN)."""
     top = tl.full((), float("-inf"), ACC)
@@ -105,8 +117,7 @@ def _side_grid(w_ptr, m_ptr, base, n, STEP: tl.constexpr, TOL: tl.constexpr, GAP
 
 
 @_helper
-def _player_weights(w_ptr, m_ptr, base, n, k, top, GAP: tl.constexpr, ACC: tl.constexpr,
-                    LIBDEVICE: tl.constexpr):
+def _player_weights(w_ptr, m_ptr, base, n, k, top, GAP: tl.constexpr, ACC: tl.constexpr, LIBDEVICE: tl.constexpr):
     """u = exp(w - top) (the gap clamped) at real players k, 0 elsewhere; and whether clamped."""
     real = (k < n) & (tl.load(m_ptr + base + k, mask=k < n, other=0) != 0)
     w = tl.load(w_ptr + base + k, mask=real, other=0).to(ACC)
@@ -146,8 +157,22 @@ def _factor_grads(s, u, LIBDEVICE: tl.constexpr):
 
 
 @_helper
-def _node_weights(w_ptr, m_ptr, base, n, top, low, spacing, count, cq_ptr, GAP: tl.constexpr,
-                  ACC: tl.constexpr, PB: tl.constexpr, QB: tl.constexpr, LIBDEVICE: tl.constexpr):
+def _node_weights(
+    w_ptr,
+    m_ptr,
+    base,
+    n,
+    top,
+    low,
+    spacing,
+    count,
+    cq_ptr,
+    GAP: tl.constexpr,
+    ACC: tl.constexpr,
+    PB: tl.constexpr,
+    QB: tl.constexpr,
+    LIBDEVICE: tl.constexpr,
+):
     """Phase 1: c_q = w_q P(s_q) for every node of the side, into cq_ptr."""
     for q0 in range(0, count, QB):
         s, weight, live = _nodes(q0, low, spacing, count, ACC, QB, LIBDEVICE)
@@ -160,9 +185,26 @@ def _node_weights(w_ptr, m_ptr, base, n, top, low, spacing, count, cq_ptr, GAP: 
 
 
 @_helper
-def _softmax_marginals(w_ptr, m_ptr, base, n, top, low, spacing, count, equal, finite, cq_ptr, out_ptr,
-                       GAP: tl.constexpr, ACC: tl.constexpr, PB: tl.constexpr, QB: tl.constexpr,
-                       LIBDEVICE: tl.constexpr, DOT: tl.constexpr):
+def _softmax_marginals(
+    w_ptr,
+    m_ptr,
+    base,
+    n,
+    top,
+    low,
+    spacing,
+    count,
+    equal,
+    finite,
+    cq_ptr,
+    out_ptr,
+    GAP: tl.constexpr,
+    ACC: tl.constexpr,
+    PB: tl.constexpr,
+    QB: tl.constexpr,
+    LIBDEVICE: tl.constexpr,
+    DOT: tl.constexpr,
+):
     """Phase 2: alpha [n, n] (row: the joiner) into out_ptr, 0 at padded rows and columns."""
     n_real = tl.zeros((), tl.int32)
     for k0 in range(0, n, PB):
@@ -196,17 +238,34 @@ def _softmax_marginals(w_ptr, m_ptr, base, n, top, low, spacing, count, equal, f
 
 
 @_helper
-def _ranked_sum(x_ptr, row_stride, entry_stride, n_entries, em_ptr, em_base, r, e, xe, val_ptr, v_rs, v_ks,
-                AFTER: tl.constexpr, COUNT: tl.constexpr, ACC: tl.constexpr, RB: tl.constexpr,
-                KB: tl.constexpr):
+def _ranked_sum(
+    x_ptr,
+    row_stride,
+    entry_stride,
+    n_entries,
+    em_ptr,
+    em_base,
+    r,
+    e,
+    xe,
+    val_ptr,
+    v_rs,
+    v_ks,
+    AFTER: tl.constexpr,
+    COUNT: tl.constexpr,
+    ACC: tl.constexpr,
+    RB: tl.constexpr,
+    KB: tl.constexpr,
+):
     """For every row r and entry e of a tile [RB, EB]: the sum over the row's real entries k that sort
     before e (after e when AFTER) of val[r * v_rs + k * v_ks], or their number when COUNT."""
     total = tl.zeros(xe.shape, ACC)
     for k0 in range(0, n_entries, KB):
         k = k0 + tl.arange(0, KB)
         real_k = (k < n_entries) & (tl.load(em_ptr + em_base + k, mask=k < n_entries, other=0) != 0)
-        xk = tl.load(x_ptr + r[:, None] * row_stride + k[None, :] * entry_stride, mask=real_k[None, :],
-                     other=0.0).to(ACC)  # [RB, KB]
+        xk = tl.load(x_ptr + r[:, None] * row_stride + k[None, :] * entry_stride, mask=real_k[None, :], other=0.0).to(
+            ACC
+        )  # [RB, KB]
         if AFTER:
             chosen = _sorts_before(xe[:, :, None], e[None, :, None], xk[:, None, :], k[None, None, :])
         else:
@@ -221,8 +280,22 @@ def _ranked_sum(x_ptr, row_stride, entry_stride, n_entries, em_ptr, em_base, r, 
 
 
 @_helper
-def _entry_tile(x_ptr, row_stride, entry_stride, n_rows, n_entries, rm_ptr, rm_base, em_ptr, em_base, r0, e0,
-                ACC: tl.constexpr, RB: tl.constexpr, EB: tl.constexpr):
+def _entry_tile(
+    x_ptr,
+    row_stride,
+    entry_stride,
+    n_rows,
+    n_entries,
+    rm_ptr,
+    rm_base,
+    em_ptr,
+    em_base,
+    r0,
+    e0,
+    ACC: tl.constexpr,
+    RB: tl.constexpr,
+    EB: tl.constexpr,
+):
     """Rows r0.. and entries e0.. of a sort phase: indices, real mask, values (0 where not real)."""
     r = r0 + tl.arange(0, RB)
     e = e0 + tl.arange(0, EB)
@@ -234,55 +307,198 @@ def _entry_tile(x_ptr, row_stride, entry_stride, n_rows, n_entries, rm_ptr, rm_b
 
 
 @_helper
-def _sort_weights(x_ptr, row_stride, entry_stride, n_rows, n_entries, rm_ptr, rm_base, em_ptr, em_base,
-                  weighted_ptr, ACC: tl.constexpr, RB: tl.constexpr, EB: tl.constexpr, KB: tl.constexpr):
+def _sort_weights(
+    x_ptr,
+    row_stride,
+    entry_stride,
+    n_rows,
+    n_entries,
+    rm_ptr,
+    rm_base,
+    em_ptr,
+    em_base,
+    weighted_ptr,
+    ACC: tl.constexpr,
+    RB: tl.constexpr,
+    EB: tl.constexpr,
+    KB: tl.constexpr,
+):
     """Phase 2 of mu (nu): every real entry's position p in its row's order, as 2^-p x, into
     weighted_ptr [n_rows, n_entries]."""
     for r0 in range(0, n_rows, RB):
         for e0 in range(0, n_entries, EB):
-            r, e, real, xe = _entry_tile(x_ptr, row_stride, entry_stride, n_rows, n_entries, rm_ptr, rm_base,
-                                         em_ptr, em_base, r0, e0, ACC, RB, EB)
-            position = _ranked_sum(x_ptr, row_stride, entry_stride, n_entries, em_ptr, em_base, r, e, xe,
-                                   x_ptr, 0, 0, False, True, ACC, RB, KB)
-            tl.store(weighted_ptr + r[:, None] * n_entries + e[None, :], tl.where(real, tl.exp2(-position) * xe, 0.0),
-                     mask=(r[:, None] < n_rows) & (e[None, :] < n_entries))
+            r, e, real, xe = _entry_tile(
+                x_ptr,
+                row_stride,
+                entry_stride,
+                n_rows,
+                n_entries,
+                rm_ptr,
+                rm_base,
+                em_ptr,
+                em_base,
+                r0,
+                e0,
+                ACC,
+                RB,
+                EB,
+            )
+            position = _ranked_sum(
+                x_ptr,
+                row_stride,
+                entry_stride,
+                n_entries,
+                em_ptr,
+                em_base,
+                r,
+                e,
+                xe,
+                x_ptr,
+                0,
+                0,
+                False,
+                True,
+                ACC,
+                RB,
+                KB,
+            )
+            tl.store(
+                weighted_ptr + r[:, None] * n_entries + e[None, :],
+                tl.where(real, tl.exp2(-position) * xe, 0.0),
+                mask=(r[:, None] < n_rows) & (e[None, :] < n_entries),
+            )
 
 
 @_helper
-def _max_marginals(x_ptr, row_stride, entry_stride, n_rows, n_entries, rm_ptr, rm_base, em_ptr, em_base,
-                   weighted_ptr, out_ptr, ACC: tl.constexpr, RB: tl.constexpr, EB: tl.constexpr,
-                   KB: tl.constexpr):
+def _max_marginals(
+    x_ptr,
+    row_stride,
+    entry_stride,
+    n_rows,
+    n_entries,
+    rm_ptr,
+    rm_base,
+    em_ptr,
+    em_base,
+    weighted_ptr,
+    out_ptr,
+    ACC: tl.constexpr,
+    RB: tl.constexpr,
+    EB: tl.constexpr,
+    KB: tl.constexpr,
+):
     """Phase 3: gain of entry e in row r, 2^-p x_e - sum of 2^-q x over the entries after it, into
     out_ptr[e * n_rows + r]."""
     for r0 in range(0, n_rows, RB):
         for e0 in range(0, n_entries, EB):
-            r, e, real, xe = _entry_tile(x_ptr, row_stride, entry_stride, n_rows, n_entries, rm_ptr, rm_base,
-                                         em_ptr, em_base, r0, e0, ACC, RB, EB)
-            below = _ranked_sum(x_ptr, row_stride, entry_stride, n_entries, em_ptr, em_base, r, e, xe,
-                                weighted_ptr, n_entries, 1, True, False, ACC, RB, KB)
+            r, e, real, xe = _entry_tile(
+                x_ptr,
+                row_stride,
+                entry_stride,
+                n_rows,
+                n_entries,
+                rm_ptr,
+                rm_base,
+                em_ptr,
+                em_base,
+                r0,
+                e0,
+                ACC,
+                RB,
+                EB,
+            )
+            below = _ranked_sum(
+                x_ptr,
+                row_stride,
+                entry_stride,
+                n_entries,
+                em_ptr,
+                em_base,
+                r,
+                e,
+                xe,
+                weighted_ptr,
+                n_entries,
+                1,
+                True,
+                False,
+                ACC,
+                RB,
+                KB,
+            )
             own = tl.load(weighted_ptr + r[:, None] * n_entries + e[None, :], mask=real, other=0.0)
-            tl.store(out_ptr + e[None, :] * n_rows + r[:, None], tl.where(real, own - below, 0.0),
-                     mask=(r[:, None] < n_rows) & (e[None, :] < n_entries))
+            tl.store(
+                out_ptr + e[None, :] * n_rows + r[:, None],
+                tl.where(real, own - below, 0.0),
+                mask=(r[:, None] < n_rows) & (e[None, :] < n_entries),
+            )
 
 
 @_helper
-def _max_marginals_grad(x_ptr, row_stride, entry_stride, n_rows, n_entries, rm_ptr, rm_base, em_ptr, em_base,
-                        y_ptr, r0, e0, ACC: tl.constexpr, RB: tl.constexpr, EB: tl.constexpr, KB: tl.constexpr):
+def _max_marginals_grad(
+    x_ptr,
+    row_stride,
+    entry_stride,
+    n_rows,
+    n_entries,
+    rm_ptr,
+    rm_base,
+    em_ptr,
+    em_base,
+    y_ptr,
+    r0,
+    e0,
+    ACC: tl.constexpr,
+    RB: tl.constexpr,
+    EB: tl.constexpr,
+    KB: tl.constexpr,
+):
     """Gradient tile [RB, EB] in the entries x[r, e] of sum_{k, r} y[k * n_rows + r] gain(k, r):
     2^-p (y_e - the sum of y over the entries before e). Returns it with the tile's indices."""
-    r, e, real, xe = _entry_tile(x_ptr, row_stride, entry_stride, n_rows, n_entries, rm_ptr, rm_base, em_ptr,
-                                 em_base, r0, e0, ACC, RB, EB)
-    position = _ranked_sum(x_ptr, row_stride, entry_stride, n_entries, em_ptr, em_base, r, e, xe,
-                           x_ptr, 0, 0, False, True, ACC, RB, KB)
-    above = _ranked_sum(x_ptr, row_stride, entry_stride, n_entries, em_ptr, em_base, r, e, xe,
-                        y_ptr, 1, n_rows, False, False, ACC, RB, KB)
+    r, e, real, xe = _entry_tile(
+        x_ptr, row_stride, entry_stride, n_rows, n_entries, rm_ptr, rm_base, em_ptr, em_base, r0, e0, ACC, RB, EB
+    )
+    position = _ranked_sum(
+        x_ptr, row_stride, entry_stride, n_entries, em_ptr, em_base, r, e, xe, x_ptr, 0, 0, False, True, ACC, RB, KB
+    )
+    above = _ranked_sum(
+        x_ptr,
+        row_stride,
+        entry_stride,
+        n_entries,
+        em_ptr,
+        em_base,
+        r,
+        e,
+        xe,
+        y_ptr,
+        1,
+        n_rows,
+        False,
+        False,
+        ACC,
+        RB,
+        KB,
+    )
     own = tl.load(y_ptr + e[None, :] * n_rows + r[:, None], mask=real, other=0.0)
     return r, e, tl.where(real, tl.exp2(-position) * (own - above), 0.0)
 
 
 @_helper
-def _contract(x_ptr, x_rows, x_inner, y_ptr, y_rows, y_inner, n_inner, i, j, ACC: tl.constexpr,
-              KB: tl.constexpr, DOT: tl.constexpr):
+def _contract(
+    x_ptr,
+    x_rows,
+    x_inner,
+    y_ptr,
+    y_rows,
+    y_inner,
+    n_inner,
+    i,
+    j,
+    ACC: tl.constexpr,
+    KB: tl.constexpr,
+    DOT: tl.constexpr,
+):
     """sum_k x[i * x_rows + k * x_inner] y[j * y_rows + k * y_inner] for the tile of rows i, columns j."""
     total = tl.zeros([i.shape[0], j.shape[0]], ACC)
     for k0 in range(0, n_inner, KB):
@@ -312,9 +528,28 @@ def _scratch(scr, T, V, QMAX):
 
 
 @_helper
-def _marginals(sim, tm, vm, wt, wv, b64, T, V, scr, QMAX, STEP: tl.constexpr, TOL: tl.constexpr,
-               GAP: tl.constexpr, ACC: tl.constexpr, TB: tl.constexpr, VB: tl.constexpr, QB: tl.constexpr,
-               LIBDEVICE: tl.constexpr, DOT: tl.constexpr, RK: tl.constexpr):
+def _marginals(
+    sim,
+    tm,
+    vm,
+    wt,
+    wv,
+    b64,
+    T,
+    V,
+    scr,
+    QMAX,
+    STEP: tl.constexpr,
+    TOL: tl.constexpr,
+    GAP: tl.constexpr,
+    ACC: tl.constexpr,
+    TB: tl.constexpr,
+    VB: tl.constexpr,
+    QB: tl.constexpr,
+    LIBDEVICE: tl.constexpr,
+    DOT: tl.constexpr,
+    RK: tl.constexpr,
+):
     """Phases 1 to 3 for pair b: node weights, alpha, gamma, the weighted sort entries, mu and nu, in the
     pair's scratch (layout: _scratch_layout)."""
     sim_b = sim + b64 * T * V
@@ -323,28 +558,47 @@ def _marginals(sim, tm, vm, wt, wv, b64, T, V, scr, QMAX, STEP: tl.constexpr, TO
     alpha, gamma, mu, nu, row_weighted, col_weighted = _scratch(scr, T, V, QMAX)
     top_t, low_t, sp_t, cnt_t, eq_t, fin_t = _side_grid(wt, tm, b64 * T, T, STEP, TOL, GAP, ACC, TB, LIBDEVICE)
     top_v, low_v, sp_v, cnt_v, eq_v, fin_v = _side_grid(wv, vm, b64 * V, V, STEP, TOL, GAP, ACC, VB, LIBDEVICE)
-    _node_weights(wt, tm, b64 * T, T, top_t, low_t, sp_t, tl.where(eq_t, 0, cnt_t), cq_t, GAP, ACC, TB, QB,
-                  LIBDEVICE)
-    _node_weights(wv, vm, b64 * V, V, top_v, low_v, sp_v, tl.where(eq_v, 0, cnt_v), cq_v, GAP, ACC, VB, QB,
-                  LIBDEVICE)
+    _node_weights(wt, tm, b64 * T, T, top_t, low_t, sp_t, tl.where(eq_t, 0, cnt_t), cq_t, GAP, ACC, TB, QB, LIBDEVICE)
+    _node_weights(wv, vm, b64 * V, V, top_v, low_v, sp_v, tl.where(eq_v, 0, cnt_v), cq_v, GAP, ACC, VB, QB, LIBDEVICE)
     # Row sorts (mu: rows t over the frames) and column sorts (nu: columns v over the words).
     _sort_weights(sim_b, V, 1, T, V, tm, b64 * T, vm, b64 * V, row_weighted, ACC, TB, VB, RK)
     _sort_weights(sim_b, 1, V, V, T, vm, b64 * V, tm, b64 * T, col_weighted, ACC, VB, TB, RK)
     tl.debug_barrier()
-    _softmax_marginals(wt, tm, b64 * T, T, top_t, low_t, sp_t, cnt_t, eq_t, fin_t, cq_t, alpha, GAP, ACC, TB,
-                       QB, LIBDEVICE, DOT)
-    _softmax_marginals(wv, vm, b64 * V, V, top_v, low_v, sp_v, cnt_v, eq_v, fin_v, cq_v, gamma, GAP, ACC, VB,
-                       QB, LIBDEVICE, DOT)
+    _softmax_marginals(
+        wt, tm, b64 * T, T, top_t, low_t, sp_t, cnt_t, eq_t, fin_t, cq_t, alpha, GAP, ACC, TB, QB, LIBDEVICE, DOT
+    )
+    _softmax_marginals(
+        wv, vm, b64 * V, V, top_v, low_v, sp_v, cnt_v, eq_v, fin_v, cq_v, gamma, GAP, ACC, VB, QB, LIBDEVICE, DOT
+    )
     _max_marginals(sim_b, V, 1, T, V, tm, b64 * T, vm, b64 * V, row_weighted, mu, ACC, TB, VB, RK)
     _max_marginals(sim_b, 1, V, V, T, vm, b64 * V, tm, b64 * T, col_weighted, nu, ACC, VB, TB, RK)
     tl.debug_barrier()
 
 
 @triton.jit
-def _closed_form_fwd_kernel(sim, tm, vm, wt, wv, out, scratch, T, V, SCR, QMAX, STEP: tl.constexpr,
-                            TOL: tl.constexpr, GAP: tl.constexpr, ACC: tl.constexpr, TB: tl.constexpr,
-                            VB: tl.constexpr, QB: tl.constexpr, LIBDEVICE: tl.constexpr, DOT: tl.constexpr,
-                            RK: tl.constexpr):
+def _closed_form_fwd_kernel(
+    sim,
+    tm,
+    vm,
+    wt,
+    wv,
+    out,
+    scratch,
+    T,
+    V,
+    SCR,
+    QMAX,
+    STEP: tl.constexpr,
+    TOL: tl.constexpr,
+    GAP: tl.constexpr,
+    ACC: tl.constexpr,
+    TB: tl.constexpr,
+    VB: tl.constexpr,
+    QB: tl.constexpr,
+    LIBDEVICE: tl.constexpr,
+    DOT: tl.constexpr,
+    RK: tl.constexpr,
+):
     b64 = tl.program_id(0).to(tl.int64)
     scr = scratch + b64 * SCR
     _marginals(sim, tm, vm, wt, wv, b64, T, V, scr, QMAX, STEP, TOL, GAP, ACC, TB, VB, QB, LIBDEVICE, DOT, RK)
@@ -356,14 +610,31 @@ def _closed_form_fwd_kernel(sim, tm, vm, wt, wv, out, scratch, T, V, SCR, QMAX, 
             text = _contract(alpha, T, 1, mu, T, 1, T, i, j, ACC, TB, DOT)  # sum_t alpha[i, t] mu[j, t]
             video = _contract(nu, V, 1, gamma, V, 1, V, i, j, ACC, VB, DOT)  # sum_v nu[i, v] gamma[j, v]
             value = tl.where(real_i[:, None] & real_j[None, :], 0.5 * (text + video), 0.0)
-            tl.store(out + b64 * T * V + i[:, None] * V + j[None, :], value.to(out.dtype.element_ty),
-                     mask=(i[:, None] < T) & (j[None, :] < V))
+            tl.store(
+                out + b64 * T * V + i[:, None] * V + j[None, :],
+                value.to(out.dtype.element_ty),
+                mask=(i[:, None] < T) & (j[None, :] < V),
+            )
 
 
 @_helper
-def _softmax_marginals_grad(w_ptr, m_ptr, base, n, x_ptr, k_ptr, grad_ptr, STEP: tl.constexpr,
-                            TOL: tl.constexpr, GAP: tl.constexpr, ACC: tl.constexpr, PB: tl.constexpr,
-                            QB: tl.constexpr, LIBDEVICE: tl.constexpr, DOT: tl.constexpr):
+def _softmax_marginals_grad(
+    w_ptr,
+    m_ptr,
+    base,
+    n,
+    x_ptr,
+    k_ptr,
+    grad_ptr,
+    STEP: tl.constexpr,
+    TOL: tl.constexpr,
+    GAP: tl.constexpr,
+    ACC: tl.constexpr,
+    PB: tl.constexpr,
+    QB: tl.constexpr,
+    LIBDEVICE: tl.constexpr,
+    DOT: tl.constexpr,
+):
     """d/dw of sum_{i,t} X[i, t] alpha[i, t] (X at x_ptr [n, n]) into grad_ptr at the real players (equal
     weights included: the quadrature's derivative holds there too). Two passes over the nodes: the node
     sums K_q = 1/2 a.Xb + sum_i X_ii b_i (1 - a_i/2) into k_ptr first, then each player's gradient."""
@@ -405,13 +676,16 @@ def _softmax_marginals_grad(w_ptr, m_ptr, base, n, x_ptr, k_ptr, grad_ptr, STEP:
                 inside = (k[:, None] < n) & (t[None, :] < n)
                 Xk = tl.load(x_ptr + k[:, None] * n + t[None, :], mask=inside, other=0.0)
                 Xtk = tl.load(x_ptr + t[None, :] * n + k[:, None], mask=inside, other=0.0)
-                Xb += _mm(Xk, tl.trans(b_t), DOT)    # (X b)_k
+                Xb += _mm(Xk, tl.trans(b_t), DOT)  # (X b)_k
                 Xta += _mm(Xtk, tl.trans(a_t), DOT)  # (X^T a)_k
             wp = weight * _exp(log_p, LIBDEVICE)
             _l, a_k, b_k = _factors(s, u_k, LIBDEVICE)
             dlog_phi, da, db = _factor_grads(s, u_k, LIBDEVICE)
-            node = (dlog_phi * K[None, :] + 0.5 * (Xb * da + Xta * db)
-                    + d[:, None] * (db * (1.0 - 0.5 * a_k) - 0.5 * b_k * da))
+            node = (
+                dlog_phi * K[None, :]
+                + 0.5 * (Xb * da + Xta * db)
+                + d[:, None] * (db * (1.0 - 0.5 * a_k) - 0.5 * b_k * da)
+            )
             grad_u += _sum(wp[None, :] * node, 1)
         grad = tl.where(real_k & ~clamped, grad_u, 0.0)
         grad = tl.where(finite | ~real_k, grad, float("nan"))
@@ -419,20 +693,42 @@ def _softmax_marginals_grad(w_ptr, m_ptr, base, n, x_ptr, k_ptr, grad_ptr, STEP:
 
 
 @triton.jit
-def _closed_form_bwd_kernel(grad, sim, tm, vm, wt, wv, gs, gt, gv, scratch, T, V, SCR, QMAX,
-                            STEP: tl.constexpr, TOL: tl.constexpr, GAP: tl.constexpr, ACC: tl.constexpr,
-                            TB: tl.constexpr, VB: tl.constexpr, QB: tl.constexpr, LIBDEVICE: tl.constexpr,
-                            DOT: tl.constexpr, RK: tl.constexpr):
+def _closed_form_bwd_kernel(
+    grad,
+    sim,
+    tm,
+    vm,
+    wt,
+    wv,
+    gs,
+    gt,
+    gv,
+    scratch,
+    T,
+    V,
+    SCR,
+    QMAX,
+    STEP: tl.constexpr,
+    TOL: tl.constexpr,
+    GAP: tl.constexpr,
+    ACC: tl.constexpr,
+    TB: tl.constexpr,
+    VB: tl.constexpr,
+    QB: tl.constexpr,
+    LIBDEVICE: tl.constexpr,
+    DOT: tl.constexpr,
+    RK: tl.constexpr,
+):
     b64 = tl.program_id(0).to(tl.int64)
     scr = scratch + b64 * SCR
     _marginals(sim, tm, vm, wt, wv, b64, T, V, scr, QMAX, STEP, TOL, GAP, ACC, TB, VB, QB, LIBDEVICE, DOT, RK)
     alpha, gamma, mu, nu, _rw, col_weighted = _scratch(scr, T, V, QMAX)
     X = col_weighted + T * V  # after the two weighted sort buffers: d/d alpha [T, T]
-    Xg = X + T * T      # d/d gamma [V, V]
-    Ymu = Xg + V * V    # d/d mu [V, T]
-    Ynu = Ymu + V * T   # d/d nu [T, V]
-    G = Ynu + T * V     # 1/2 the incoming gradient, 0 at padded cells [T, V]
-    K = G + T * V       # node sums of the weight gradients [QMAX]
+    Xg = X + T * T  # d/d gamma [V, V]
+    Ymu = Xg + V * V  # d/d mu [V, T]
+    Ynu = Ymu + V * T  # d/d nu [T, V]
+    G = Ynu + T * V  # 1/2 the incoming gradient, 0 at padded cells [T, V]
+    K = G + T * V  # node sums of the weight gradients [QMAX]
     sim_b = sim + b64 * T * V
     for i0 in range(0, T, TB):
         i, real_i = _real_range(tm, b64 * T, T, i0, TB)
@@ -440,8 +736,9 @@ def _closed_form_bwd_kernel(grad, sim, tm, vm, wt, wv, gs, gt, gv, scratch, T, V
             j, real_j = _real_range(vm, b64 * V, V, j0, VB)
             real = real_i[:, None] & real_j[None, :]
             g = tl.load(grad + b64 * T * V + i[:, None] * V + j[None, :], mask=real, other=0.0).to(ACC)
-            tl.store(G + i[:, None] * V + j[None, :], tl.where(real, 0.5 * g, 0.0),
-                     mask=(i[:, None] < T) & (j[None, :] < V))
+            tl.store(
+                G + i[:, None] * V + j[None, :], tl.where(real, 0.5 * g, 0.0), mask=(i[:, None] < T) & (j[None, :] < V)
+            )
     tl.debug_barrier()
     # The cotangents: X = 1/2 G mu, Ymu = 1/2 G^T alpha, Xg = 1/2 G^T nu, Ynu = 1/2 G gamma.
     for i0 in range(0, T, TB):
@@ -471,15 +768,16 @@ def _closed_form_bwd_kernel(grad, sim, tm, vm, wt, wv, gs, gt, gv, scratch, T, V
     # sim: through mu (rows t over the frames), then through nu (columns v over the words).
     for t0 in range(0, T, TB):
         for v0 in range(0, V, VB):
-            t, v, g = _max_marginals_grad(sim_b, V, 1, T, V, tm, b64 * T, vm, b64 * V, Ymu, t0, v0, ACC, TB, VB,
-                                          RK)
-            tl.store(gs + b64 * T * V + t[:, None] * V + v[None, :], g.to(gs.dtype.element_ty),
-                     mask=(t[:, None] < T) & (v[None, :] < V))
+            t, v, g = _max_marginals_grad(sim_b, V, 1, T, V, tm, b64 * T, vm, b64 * V, Ymu, t0, v0, ACC, TB, VB, RK)
+            tl.store(
+                gs + b64 * T * V + t[:, None] * V + v[None, :],
+                g.to(gs.dtype.element_ty),
+                mask=(t[:, None] < T) & (v[None, :] < V),
+            )
     tl.debug_barrier()
     for v0 in range(0, V, VB):
         for t0 in range(0, T, TB):
-            v, t, g = _max_marginals_grad(sim_b, 1, V, V, T, vm, b64 * V, tm, b64 * T, Ynu, v0, t0, ACC, VB, TB,
-                                          RK)
+            v, t, g = _max_marginals_grad(sim_b, 1, V, V, T, vm, b64 * V, tm, b64 * T, Ynu, v0, t0, ACC, VB, TB, RK)
             where = gs + b64 * T * V + t[None, :] * V + v[:, None]
             inside = (t[None, :] < T) & (v[:, None] < V)
             previous = tl.load(where, mask=inside, other=0.0).to(ACC)
@@ -488,6 +786,7 @@ def _closed_form_bwd_kernel(grad, sim, tm, vm, wt, wv, gs, gt, gv, scratch, T, V
 
 # ------------------------------------------------------------------------------------------------
 # Launch
+
 
 def _scratch_layout(T, V, qmax, backward):
     """Scratch elements a pair: node weights (2 x qmax), alpha, gamma, mu, nu, two weighted sort buffers;
@@ -500,8 +799,9 @@ def _scratch_layout(T, V, qmax, backward):
 
 class _Launch:
     def __init__(self, sim, text_mask, video_mask, text_weight, video_weight, backward):
-        self.sim, self.tm, self.vm, self.wt, self.wv = _launch.pair_inputs(sim, text_mask, video_mask, text_weight,
-                                                                            video_weight)
+        self.sim, self.tm, self.vm, self.wt, self.wv = _launch.pair_inputs(
+            sim, text_mask, video_mask, text_weight, video_weight
+        )
         self.B, self.T, self.V = sim.shape
         self.acc_dtype = torch.float64 if sim.dtype == torch.float64 else torch.float32
         settings = QUADRATURE[self.acc_dtype]
@@ -512,15 +812,24 @@ class _Launch:
         # Tiles: one tile a side at the full sizes; at most 32 players (16 for float64's 3-D products).
         cap = 16 if self.acc_dtype == torch.float64 else 32
         self.constants = dict(
-            STEP=settings["step"], TOL=settings["tolerance"], GAP=settings["max_gap"],
+            STEP=settings["step"],
+            TOL=settings["tolerance"],
+            GAP=settings["max_gap"],
             ACC=tl.float64 if self.acc_dtype == torch.float64 else tl.float32,
-            TB=min(cap, max(16, triton.next_power_of_2(self.T))) if compiled else max(2, triton.next_power_of_2(self.T)),
-            VB=min(cap, max(16, triton.next_power_of_2(self.V))) if compiled else max(2, triton.next_power_of_2(self.V)),
-            QB=16 if compiled else 64, LIBDEVICE=compiled and self.acc_dtype == torch.float64,
+            TB=min(cap, max(16, triton.next_power_of_2(self.T)))
+            if compiled
+            else max(2, triton.next_power_of_2(self.T)),
+            VB=min(cap, max(16, triton.next_power_of_2(self.V)))
+            if compiled
+            else max(2, triton.next_power_of_2(self.V)),
+            QB=16 if compiled else 64,
+            LIBDEVICE=compiled and self.acc_dtype == torch.float64,
             # IEEE float32 tl.dot on the GPU; float64 (no tl.dot in Triton 3.6) and the interpreter multiply
             # and sum. RK: the inner block of the [rows, entries, RK] comparisons of the sorts.
-            DOT=compiled and self.acc_dtype == torch.float32, RK=8 if compiled else 64,
-            num_warps=4)
+            DOT=compiled and self.acc_dtype == torch.float32,
+            RK=8 if compiled else 64,
+            num_warps=4,
+        )
 
 
 def _zeros(like, dtype):
@@ -533,8 +842,9 @@ def forward(sim, text_mask, video_mask, text_weight, video_weight):
     L = _Launch(sim, text_mask, video_mask, text_weight, video_weight, backward=False)
     out = _zeros(sim, L.acc_dtype)  # in the accumulate type; rounded once, by torch, to sim's dtype
     with _launch.device_guard(sim):
-        _closed_form_fwd_kernel[(L.B,)](L.sim, L.tm, L.vm, L.wt, L.wv, out, L.scratch, L.T, L.V, L.scr, L.qmax,
-                                        **L.constants)
+        _closed_form_fwd_kernel[(L.B,)](
+            L.sim, L.tm, L.vm, L.wt, L.wv, out, L.scratch, L.T, L.V, L.scr, L.qmax, **L.constants
+        )
     return out.to(sim.dtype)
 
 
@@ -545,6 +855,7 @@ def backward(grad, sim, text_mask, video_mask, text_weight, video_weight):
     gs, gt, gv = (_zeros(x, L.acc_dtype) for x in (sim, text_weight, video_weight))
     grad = grad.to(sim.dtype).contiguous()
     with _launch.device_guard(sim):
-        _closed_form_bwd_kernel[(L.B,)](grad, L.sim, L.tm, L.vm, L.wt, L.wv, gs, gt, gv, L.scratch, L.T, L.V,
-                                        L.scr, L.qmax, **L.constants)
+        _closed_form_bwd_kernel[(L.B,)](
+            grad, L.sim, L.tm, L.vm, L.wt, L.wv, gs, gt, gv, L.scratch, L.T, L.V, L.scr, L.qmax, **L.constants
+        )
     return gs.to(sim.dtype), gt.to(text_weight.dtype), gv.to(video_weight.dtype)

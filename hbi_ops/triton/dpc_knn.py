@@ -24,6 +24,7 @@ x column by column (L1-resident after the first touch) and is latency-bound: exp
 B=32 N=3136 C=64: 40 G FMA-instr for the full (not halved) distance tiles -> ~1.2 ms at the FP32 rate, plus
 the 1.26 GB matrix written once and read three times (~1.5 ms): expect ~3 ms (the cuda path is the fast one).
 """
+
 import torch
 import triton
 import triton.language as tl
@@ -31,8 +32,8 @@ from triton.language.extra import libdevice
 
 from . import _launch
 
-SMALL_TOKENS = 64      # one program per sample up to here
-MAX_TOKENS = 16384     # the tiled path's row programs hold one row of the distance matrix
+SMALL_TOKENS = 64  # one program per sample up to here
+MAX_TOKENS = 16384  # the tiled path's row programs hold one row of the distance matrix
 
 
 @triton.jit
@@ -47,8 +48,19 @@ def _scaled_distance(squared, C, ACC_FP64: tl.constexpr):
 
 
 @triton.jit
-def _dpc_knn_kernel(x_ptr, real_ptr, idx_ptr, centers_ptr, N, C, K, k,
-                    ACC_FP64: tl.constexpr, BLOCK_N: tl.constexpr, LIBDEVICE_EXP: tl.constexpr):
+def _dpc_knn_kernel(
+    x_ptr,
+    real_ptr,
+    idx_ptr,
+    centers_ptr,
+    N,
+    C,
+    K,
+    k,
+    ACC_FP64: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    LIBDEVICE_EXP: tl.constexpr,
+):
     b = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_N)
     valid = offs < N
@@ -141,6 +153,7 @@ def _dpc_knn_kernel(x_ptr, real_ptr, idx_ptr, centers_ptr, N, C, K, k,
 # Large N: the distance matrix of a chunk of samples in a workspace (<= 2 GiB), then one program per row.
 # ---------------------------------------------------------------------------------------------------------
 
+
 @triton.jit
 def _tile_distance_kernel(x_ptr, dist_ptr, N, C, ACC_FP64: tl.constexpr, BLOCK: tl.constexpr):
     ti = tl.program_id(0)
@@ -183,8 +196,17 @@ def _row_maxima_kernel(dist_ptr, real_ptr, maxima_ptr, N, BLOCK_N: tl.constexpr)
 
 
 @triton.jit
-def _density_kernel(dist_ptr, real_ptr, fill_ptr, rho_ptr, N, k, ACC_FP64: tl.constexpr,
-                    BLOCK_N: tl.constexpr, LIBDEVICE_EXP: tl.constexpr):
+def _density_kernel(
+    dist_ptr,
+    real_ptr,
+    fill_ptr,
+    rho_ptr,
+    N,
+    k,
+    ACC_FP64: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    LIBDEVICE_EXP: tl.constexpr,
+):
     row = tl.program_id(0).to(tl.int64)
     b = row // N
     j = tl.arange(0, BLOCK_N)
@@ -299,17 +321,28 @@ def _launch_large(x, mask, num_clusters, k, idx, centers):
     tile = 32 if _launch.compiled(x) else 64
     for b0 in range(0, batch, chunk):
         s = min(chunk, batch - b0)
-        xs, real = x[b0:b0 + s], mask[b0:b0 + s]
-        cs, ids = centers[b0:b0 + s], idx[b0:b0 + s]
+        xs, real = x[b0 : b0 + s], mask[b0 : b0 + s]
+        cs, ids = centers[b0 : b0 + s], idx[b0 : b0 + s]
         _tile_distance_kernel[(triton.cdiv(n, tile), triton.cdiv(n, tile), s)](
-            xs, dist, n, width, ACC_FP64=fp64, BLOCK=tile)
+            xs, dist, n, width, ACC_FP64=fp64, BLOCK=tile
+        )
         _row_maxima_kernel[(s * n,)](dist, real, maxima, n, BLOCK_N=block_n, num_warps=row_warps)
         per_sample = maxima[:s].amax(dim=1)  # [s, 2]: largest real-real entry, largest of a real column
         fill = (per_sample[:, 0] + 1).contiguous()
         any_padded = ~real.all(dim=1)
         largest = torch.where(any_padded, torch.maximum(per_sample[:, 1], fill), per_sample[:, 1]).contiguous()
-        _density_kernel[(s * n,)](dist, real, fill, rho, n, k, ACC_FP64=fp64, BLOCK_N=block_n,
-                                  LIBDEVICE_EXP=_launch.compiled(x), num_warps=row_warps)
+        _density_kernel[(s * n,)](
+            dist,
+            real,
+            fill,
+            rho,
+            n,
+            k,
+            ACC_FP64=fp64,
+            BLOCK_N=block_n,
+            LIBDEVICE_EXP=_launch.compiled(x),
+            num_warps=row_warps,
+        )
         _delta_kernel[(s * n,)](dist, real, rho, fill, largest, score, n, BLOCK_N=block_n, num_warps=row_warps)
         _rank_kernel[(s * n,)](score, rank, cs, n, num_clusters, BLOCK_N=block_n, num_warps=row_warps)
         block_t = 128
@@ -318,8 +351,10 @@ def _launch_large(x, mask, num_clusters, k, idx, centers):
 
 def not_supported_reasons(x, mask, num_clusters, k):
     if x.shape[1] > MAX_TOKENS:
-        return [f"the triton dpc_knn takes N <= {MAX_TOKENS} tokens a sample (a program holds a whole row of "
-                f"the distances), got N={x.shape[1]}"]
+        return [
+            f"the triton dpc_knn takes N <= {MAX_TOKENS} tokens a sample (a program holds a whole row of "
+            f"the distances), got N={x.shape[1]}"
+        ]
     return []
 
 
@@ -332,15 +367,27 @@ def _run(x, mask, num_clusters, k):
     if n > MAX_TOKENS:
         raise ValueError(
             f"dpc_knn: the triton backend takes N <= {MAX_TOKENS} tokens per sample (one program per row "
-            f"holds a whole row), got N={n}; use backend='cuda' or backend='torch'")
+            f"holds a whole row), got N={n}; use backend='cuda' or backend='torch'"
+        )
     if n > SMALL_TOKENS:
         _launch_large(x, mask, num_clusters, k, idx, centers)
         return idx, centers
     block_n = max(16, triton.next_power_of_2(n))
     num_warps = 4 if block_n <= 32 else 8
-    _dpc_knn_kernel[(batch,)](x, mask, idx, centers, n, width, num_clusters, k,
-                              ACC_FP64=x.dtype == torch.float64, BLOCK_N=block_n, LIBDEVICE_EXP=_launch.compiled(x),
-                              num_warps=num_warps)
+    _dpc_knn_kernel[(batch,)](
+        x,
+        mask,
+        idx,
+        centers,
+        n,
+        width,
+        num_clusters,
+        k,
+        ACC_FP64=x.dtype == torch.float64,
+        BLOCK_N=block_n,
+        LIBDEVICE_EXP=_launch.compiled(x),
+        num_warps=num_warps,
+    )
     return idx, centers
 
 

@@ -48,10 +48,32 @@ def _next_pow2(n):
 
 
 @triton.jit
-def _wti_forward_kernel(X, Y, P, Q, MT, MV, SCORE, T2V, V2T, A, B, T, V, D, tiles_b,
-                        ZERO: tl.constexpr, TA: tl.constexpr, TP: tl.constexpr, BB: tl.constexpr,
-                        VP: tl.constexpr, BK: tl.constexpr, IS_FP64: tl.constexpr,
-                        UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+def _wti_forward_kernel(
+    X,
+    Y,
+    P,
+    Q,
+    MT,
+    MV,
+    SCORE,
+    T2V,
+    V2T,
+    A,
+    B,
+    T,
+    V,
+    D,
+    tiles_b,
+    ZERO: tl.constexpr,
+    TA: tl.constexpr,
+    TP: tl.constexpr,
+    BB: tl.constexpr,
+    VP: tl.constexpr,
+    BK: tl.constexpr,
+    IS_FP64: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     M: tl.constexpr = TA * TP
     N: tl.constexpr = BB * VP
     pid = tl.program_id(0)
@@ -61,12 +83,12 @@ def _wti_forward_kernel(X, Y, P, Q, MT, MV, SCORE, T2V, V2T, A, B, T, V, D, tile
     b0 = tile_b * BB
 
     rm = tl.arange(0, M)
-    a_r = a0 + rm // TP        # text of each tile row
-    t_r = rm % TP              # word of each tile row
+    a_r = a0 + rm // TP  # text of each tile row
+    t_r = rm % TP  # word of each tile row
     row_ok = (a_r < A) & (t_r < T)
     rn = tl.arange(0, N)
-    b_c = b0 + rn // VP        # video of each tile column
-    v_c = rn % VP              # frame of each tile column
+    b_c = b0 + rn // VP  # video of each tile column
+    v_c = rn % VP  # frame of each tile column
     col_ok = (b_c < B) & (v_c < V)
     x_rows = (a_r.to(tl.int64) * T + t_r) * D
     y_rows = (b_c.to(tl.int64) * V + v_c) * D
@@ -89,18 +111,18 @@ def _wti_forward_kernel(X, Y, P, Q, MT, MV, SCORE, T2V, V2T, A, B, T, V, D, tile
                 yk = yk.to(tl.float32)
             acc = tl.dot(xk, yk, acc, input_precision=PRECISION)
 
-    mt = tl.load(MT + a_r.to(tl.int64) * T + t_r, mask=row_ok, other=0) != 0   # [M]
-    mv = tl.load(MV + b_c.to(tl.int64) * V + v_c, mask=col_ok, other=0) != 0   # [N]
+    mt = tl.load(MT + a_r.to(tl.int64) * T + t_r, mask=row_ok, other=0) != 0  # [M]
+    mv = tl.load(MV + b_c.to(tl.int64) * V + v_c, mask=col_ok, other=0) != 0  # [N]
     p = tl.load(P + a_r.to(tl.int64) * T + t_r, mask=row_ok, other=0.0).to(acc.dtype)
     q = tl.load(Q + b_c.to(tl.int64) * V + v_c, mask=col_ok, other=0.0).to(acc.dtype)
-    num_frames = tl.sum(tl.reshape(mv.to(tl.int32), [BB, VP]), axis=1)   # [BB]
-    num_words = tl.sum(tl.reshape(mt.to(tl.int32), [TA, TP]), axis=1)    # [TA]
+    num_frames = tl.sum(tl.reshape(mv.to(tl.int32), [BB, VP]), axis=1)  # [BB]
+    num_words = tl.sum(tl.reshape(mt.to(tl.int32), [TA, TP]), axis=1)  # [TA]
 
     # row maxima: word t of text a over the real frames of video b
     s_rows = tl.reshape(acc, [M, BB, VP])
     s_rows = tl.where(tl.reshape(mv, [BB, VP])[None, :, :], s_rows, float("-inf"))
-    best_row = tl.max(s_rows, axis=2)                 # [M, BB]
-    arg_row = tl.argmax(s_rows, axis=2)               # first maximum
+    best_row = tl.max(s_rows, axis=2)  # [M, BB]
+    arg_row = tl.argmax(s_rows, axis=2)  # first maximum
     row_valid = mt[:, None] & (num_frames > 0)[None, :]
     if ZERO:  # a masked 0 beats every real entry when the video has padding and all its entries are < 0
         row_valid = row_valid & ~((num_frames < V)[None, :] & (best_row < 0))
@@ -109,7 +131,7 @@ def _wti_forward_kernel(X, Y, P, Q, MT, MV, SCORE, T2V, V2T, A, B, T, V, D, tile
     # column maxima: frame v of video b over the real words of text a
     s_cols = tl.reshape(acc, [TA, TP, N])
     s_cols = tl.where(tl.reshape(mt, [TA, TP])[:, :, None], s_cols, float("-inf"))
-    best_col = tl.max(s_cols, axis=1)                 # [TA, N]
+    best_col = tl.max(s_cols, axis=1)  # [TA, N]
     arg_col = tl.argmax(s_cols, axis=1)
     col_valid = mv[None, :] & (num_words > 0)[:, None]
     if ZERO:
@@ -130,33 +152,78 @@ def _wti_forward_kernel(X, Y, P, Q, MT, MV, SCORE, T2V, V2T, A, B, T, V, D, tile
 
 
 @triton.jit
-def _one_hot_product(w, G, OTH, OTH_W, OTH_IDX, n64, m0, mb, lo, lo_ok, r, d, d_ok, n_oth, L_oth, D, ps_own, ps_oth,
-                     MB: tl.constexpr, LOP: tl.constexpr, DB: tl.constexpr, PRECISION: tl.constexpr):
+def _one_hot_product(
+    w,
+    G,
+    OTH,
+    OTH_W,
+    OTH_IDX,
+    n64,
+    m0,
+    mb,
+    lo,
+    lo_ok,
+    r,
+    d,
+    d_ok,
+    n_oth,
+    L_oth,
+    D,
+    ps_own,
+    ps_oth,
+    MB: tl.constexpr,
+    LOP: tl.constexpr,
+    DB: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     """w += the other rows of items m0..m0+MB whose index points at an own row: a one-hot [LP, MB * LOP] @
     [MB * LOP, DB] product on tensor cores."""
     m = m0 + mb
     m_ok = m < n_oth
     m64 = m.to(tl.int64)
-    pair = n64 * ps_own + m64 * ps_oth                                            # [MB]
-    c = tl.load(G + pair, mask=m_ok, other=0.0).to(w.dtype) * 0.5                # [MB]
-    oth_rows = m64 * L_oth                                                         # [MB]
+    pair = n64 * ps_own + m64 * ps_oth  # [MB]
+    c = tl.load(G + pair, mask=m_ok, other=0.0).to(w.dtype) * 0.5  # [MB]
+    oth_rows = m64 * L_oth  # [MB]
     j = tl.load(OTH_IDX + pair[:, None] * L_oth + lo[None, :], mask=m_ok[:, None] & lo_ok[None, :], other=-1)
-    coef = c[:, None] * tl.load(OTH_W + oth_rows[:, None] + lo[None, :], mask=m_ok[:, None] & lo_ok[None, :],
-                                other=0.0).to(w.dtype)                              # [MB, LOP]
-    rows = tl.load(OTH + (oth_rows[:, None, None] + lo[None, :, None]) * D + d[None, None, :],
-                   mask=(m_ok[:, None] & lo_ok[None, :])[:, :, None] & d_ok[None, None, :],
-                   other=0.0).to(w.dtype)                                           # [MB, LOP, DB]
+    coef = c[:, None] * tl.load(
+        OTH_W + oth_rows[:, None] + lo[None, :], mask=m_ok[:, None] & lo_ok[None, :], other=0.0
+    ).to(w.dtype)  # [MB, LOP]
+    rows = tl.load(
+        OTH + (oth_rows[:, None, None] + lo[None, :, None]) * D + d[None, None, :],
+        mask=(m_ok[:, None] & lo_ok[None, :])[:, :, None] & d_ok[None, None, :],
+        other=0.0,
+    ).to(w.dtype)  # [MB, LOP, DB]
     j_flat = tl.reshape(j, [MB * LOP])
     coef_flat = tl.reshape(coef, [MB * LOP])
-    onehot = tl.where(r[:, None] == j_flat[None, :], coef_flat[None, :], 0.0)        # [LP, MB * LOP]
+    onehot = tl.where(r[:, None] == j_flat[None, :], coef_flat[None, :], 0.0)  # [LP, MB * LOP]
     return tl.dot(onehot, tl.reshape(rows, [MB * LOP, DB]), w, input_precision=PRECISION)
 
 
 @triton.jit
-def _wti_backward_side_kernel(G, OWN, OWN_W, OTH, OTH_W, OWN_IDX, OTH_IDX, GRAD_OWN, PARTIAL,
-                              n_own, n_oth, L_own, L_oth, D, ps_own, ps_oth,
-                              LP: tl.constexpr, LOP: tl.constexpr, MB: tl.constexpr, DB: tl.constexpr,
-                              PRECISION: tl.constexpr, IS_FP64: tl.constexpr):
+def _wti_backward_side_kernel(
+    G,
+    OWN,
+    OWN_W,
+    OTH,
+    OTH_W,
+    OWN_IDX,
+    OTH_IDX,
+    GRAD_OWN,
+    PARTIAL,
+    n_own,
+    n_oth,
+    L_own,
+    L_oth,
+    D,
+    ps_own,
+    ps_oth,
+    LP: tl.constexpr,
+    LOP: tl.constexpr,
+    MB: tl.constexpr,
+    DB: tl.constexpr,
+    PRECISION: tl.constexpr,
+    IS_FP64: tl.constexpr,
+):
     n = tl.program_id(0)
     slice_ = tl.program_id(1)
     r = tl.arange(0, LP)
@@ -180,31 +247,57 @@ def _wti_backward_side_kernel(G, OWN, OWN_W, OTH, OTH_W, OWN_IDX, OTH_IDX, GRAD_
             ok_i = m_i < n_oth
             pair_i = n64 * ps_own + m_i.to(tl.int64) * ps_oth
             c_i = tl.load(G + pair_i, mask=ok_i, other=0.0).to(z.dtype) * 0.5
-            idx = tl.load(OWN_IDX + pair_i * L_own + r, mask=ok_i & r_ok, other=-1)              # [LP]
+            idx = tl.load(OWN_IDX + pair_i * L_own + r, mask=ok_i & r_ok, other=-1)  # [LP]
             idx_ok = (idx >= 0) & (idx < L_oth)
-            gathered = tl.load(OTH + (m_i.to(tl.int64) * L_oth + idx)[:, None] * D + d[None, :],
-                               mask=idx_ok[:, None] & d_ok[None, :], other=0.0).to(z.dtype)     # [LP, DB]
+            gathered = tl.load(
+                OTH + (m_i.to(tl.int64) * L_oth + idx)[:, None] * D + d[None, :],
+                mask=idx_ok[:, None] & d_ok[None, :],
+                other=0.0,
+            ).to(z.dtype)  # [LP, DB]
             z += c_i * gathered
             if IS_FP64:  # the one-hot product by broadcasting: no float64 tl.dot before Triton 3.7 (device: 3.6)
-                oth_rows_i = m_i.to(tl.int64) * L_oth + lo                                        # [LOP]
+                oth_rows_i = m_i.to(tl.int64) * L_oth + lo  # [LOP]
                 l_ok = ok_i & lo_ok
                 j_i = tl.load(OTH_IDX + pair_i * L_oth + lo, mask=l_ok, other=-1)
                 coef_i = c_i * tl.load(OTH_W + oth_rows_i, mask=l_ok, other=0.0).to(z.dtype)
-                rows_i = tl.load(OTH + oth_rows_i[:, None] * D + d[None, :], mask=l_ok[:, None] & d_ok[None, :],
-                                 other=0.0).to(z.dtype)                                          # [LOP, DB]
-                onehot = tl.where(r[:, None] == j_i[None, :], coef_i[None, :], 0.0)               # [LP, LOP]
+                rows_i = tl.load(
+                    OTH + oth_rows_i[:, None] * D + d[None, :], mask=l_ok[:, None] & d_ok[None, :], other=0.0
+                ).to(z.dtype)  # [LOP, DB]
+                onehot = tl.where(r[:, None] == j_i[None, :], coef_i[None, :], 0.0)  # [LP, LOP]
                 w += tl.sum(onehot[:, :, None] * rows_i[None, :, :], axis=1)
         if not IS_FP64:
-            w = _one_hot_product(w, G, OTH, OTH_W, OTH_IDX, n64, m0, mb, lo, lo_ok, r, d, d_ok, n_oth, L_oth, D,
-                                 ps_own, ps_oth, MB, LOP, DB, PRECISION)
+            w = _one_hot_product(
+                w,
+                G,
+                OTH,
+                OTH_W,
+                OTH_IDX,
+                n64,
+                m0,
+                mb,
+                lo,
+                lo_ok,
+                r,
+                d,
+                d_ok,
+                n_oth,
+                L_oth,
+                D,
+                ps_own,
+                ps_oth,
+                MB,
+                LOP,
+                DB,
+                PRECISION,
+            )
 
-    own_rows = n64 * L_own + r                                                          # [LP]
+    own_rows = n64 * L_own + r  # [LP]
     ok = r_ok[:, None] & d_ok[None, :]
     own = tl.load(OWN + own_rows[:, None] * D + d[None, :], mask=ok, other=0.0).to(z.dtype)
     own_w = tl.load(OWN_W + own_rows, mask=r_ok, other=0.0).to(z.dtype)
     grad = own_w[:, None] * z + w
     tl.store(GRAD_OWN + own_rows[:, None] * D + d[None, :], grad.to(GRAD_OWN.dtype.element_ty), mask=ok)
-    partial = tl.sum(own * z, axis=1)                                                   # [LP]
+    partial = tl.sum(own * z, axis=1)  # [LP]
     tl.store(PARTIAL + (slice_.to(tl.int64) * n_own + n64) * L_own + r, partial, mask=r_ok)
 
 
@@ -252,9 +345,15 @@ def _forward_tiles(A, B, T, V, D, on_gpu, fp64=False):
 
 
 @torch.library.custom_op("hbi_ops_triton::wti_similarity", mutates_args=())
-def wti_similarity_op(text: torch.Tensor, video: torch.Tensor, text_weight: torch.Tensor,
-                      video_weight: torch.Tensor, text_mask: torch.Tensor, video_mask: torch.Tensor,
-                      zero_padding: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def wti_similarity_op(
+    text: torch.Tensor,
+    video: torch.Tensor,
+    text_weight: torch.Tensor,
+    video_weight: torch.Tensor,
+    text_mask: torch.Tensor,
+    video_mask: torch.Tensor,
+    zero_padding: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     A, T, D = text.shape
     B, V, _ = video.shape
     score = text.new_empty((A, B))
@@ -272,13 +371,35 @@ def wti_similarity_op(text: torch.Tensor, video: torch.Tensor, text_weight: torc
     mv = video_mask.contiguous().view(torch.uint8)
     with _launch.device_guard(text):
         _wti_forward_kernel[(tiles_a * tiles_b,)](
-            x, y, p, q, mt, mv, score, t2v, v2t, A, B, T, V, D, tiles_b,
-            ZERO=bool(zero_padding), TA=TA, TP=TP, BB=BB, VP=VP, BK=BK, IS_FP64=fp64,
+            x,
+            y,
+            p,
+            q,
+            mt,
+            mv,
+            score,
+            t2v,
+            v2t,
+            A,
+            B,
+            T,
+            V,
+            D,
+            tiles_b,
+            ZERO=bool(zero_padding),
+            TA=TA,
+            TP=TP,
+            BB=BB,
+            VP=VP,
+            BK=BK,
+            IS_FP64=fp64,
             UPCAST=not on_gpu and text.dtype == torch.bfloat16,
             # float32: exact FMA products ("ieee"; TF32 would miss the float32 tolerance); float16 / bfloat16
             # products are exact on tensor cores whatever this says; float64 uses no tl.dot
             PRECISION="ieee" if text.dtype == torch.float32 else "tf32",
-            num_warps=8 if on_gpu else 4, num_stages=3 if on_gpu else 1)
+            num_warps=8 if on_gpu else 4,
+            num_stages=3 if on_gpu else 1,
+        )
     return score, t2v, v2t
 
 
@@ -286,8 +407,11 @@ def wti_similarity_op(text: torch.Tensor, video: torch.Tensor, text_weight: torc
 def _(text, video, text_weight, video_weight, text_mask, video_mask, zero_padding):
     A, T, _ = text.shape
     B, V, _ = video.shape
-    return (text.new_empty((A, B)), text.new_empty((A, B, T), dtype=torch.int32),
-            text.new_empty((A, B, V), dtype=torch.int32))
+    return (
+        text.new_empty((A, B)),
+        text.new_empty((A, B, T), dtype=torch.int32),
+        text.new_empty((A, B, V), dtype=torch.int32),
+    )
 
 
 def _backward_side(grad, own, own_w, oth, oth_w, own_idx, oth_idx, ps_own, ps_oth, grad_own, grad_own_w):
@@ -307,18 +431,44 @@ def _backward_side(grad, own, own_w, oth, oth_w, own_idx, oth_idx, ps_own, ps_ot
     partial = torch.empty((slices, n_own, L_own), dtype=acc_dtype, device=own.device)
     with _launch.device_guard(own):
         _wti_backward_side_kernel[(n_own, slices)](
-            grad, own, own_w, oth, oth_w, own_idx, oth_idx, grad_own, partial,
-            n_own, n_oth, L_own, L_oth, D, ps_own, ps_oth,
-            LP=LP, LOP=LOP, MB=MB, DB=DB, PRECISION=precision, IS_FP64=fp64,
-            num_warps=warps, num_stages=2 if on_gpu else 1)
+            grad,
+            own,
+            own_w,
+            oth,
+            oth_w,
+            own_idx,
+            oth_idx,
+            grad_own,
+            partial,
+            n_own,
+            n_oth,
+            L_own,
+            L_oth,
+            D,
+            ps_own,
+            ps_oth,
+            LP=LP,
+            LOP=LOP,
+            MB=MB,
+            DB=DB,
+            PRECISION=precision,
+            IS_FP64=fp64,
+            num_warps=warps,
+            num_stages=2 if on_gpu else 1,
+        )
     grad_own_w.copy_(partial.sum(0))
 
 
 @torch.library.custom_op("hbi_ops_triton::wti_similarity_backward", mutates_args=())
-def wti_similarity_backward_op(grad_score: torch.Tensor, text: torch.Tensor, video: torch.Tensor,
-                               text_weight: torch.Tensor, video_weight: torch.Tensor, t2v_argmax: torch.Tensor,
-                               v2t_argmax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                   torch.Tensor]:
+def wti_similarity_backward_op(
+    grad_score: torch.Tensor,
+    text: torch.Tensor,
+    video: torch.Tensor,
+    text_weight: torch.Tensor,
+    video_weight: torch.Tensor,
+    t2v_argmax: torch.Tensor,
+    v2t_argmax: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     A, T, D = text.shape
     B, V, _ = video.shape
     x, y = text.contiguous(), video.contiguous()
@@ -337,8 +487,12 @@ def wti_similarity_backward_op(grad_score: torch.Tensor, text: torch.Tensor, vid
 
 @wti_similarity_backward_op.register_fake
 def _(grad_score, text, video, text_weight, video_weight, t2v_argmax, v2t_argmax):
-    return (torch.empty_like(text), torch.empty_like(video), torch.empty_like(text_weight),
-            torch.empty_like(video_weight))
+    return (
+        torch.empty_like(text),
+        torch.empty_like(video),
+        torch.empty_like(text_weight),
+        torch.empty_like(video_weight),
+    )
 
 
 def _setup_context(ctx, inputs, output):

@@ -1,6 +1,7 @@
 """The exact textbook index (closed form) on the GPU: the CUDA kernel against the same code run serially
 on the CPU (hbi_ops::closed_form_block_*), the triton kernel and the torch closed form, at the full size
 and at long texts; gradients; logits far apart."""
+
 import pytest
 import torch
 
@@ -29,8 +30,7 @@ def _game(batch, words, frames, dtype, real_words=None, spread=1.0):
 
 def _run(backend, game, grad):
     leaves = [x.detach().clone().cuda().requires_grad_() for x in (game[0], game[3], game[4])]
-    out = hbi_ops.banzhaf_interaction(leaves[0], game[1].cuda(), game[2].cuda(), leaves[1], leaves[2],
-                                      backend=backend)
+    out = hbi_ops.banzhaf_interaction(leaves[0], game[1].cuda(), game[2].cuda(), leaves[1], leaves[2], backend=backend)
     return (out, *torch.autograd.grad((out.double() * grad.cuda()).sum(), leaves))
 
 

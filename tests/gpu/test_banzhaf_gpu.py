@@ -1,6 +1,7 @@
 """banzhaf_interaction on the GPU: the cuda backend against the torch oracle and the cpu kernel (same seed,
 same coalitions), every definition/estimator, masks, dtypes, forward and backward; gradcheck, opcheck,
 streams, no host synchronisation. Skipped without a GPU (tests/conftest.py)."""
+
 import pytest
 import torch
 
@@ -11,8 +12,13 @@ from hbi_ops.testing import FLOAT_DTYPES, TOLERANCE
 pytestmark = pytest.mark.gpu
 
 OP = "banzhaf_interaction"
-SETTINGS = [("textbook", "exact"), ("textbook", "paired"), ("textbook", "msr"),
-            ("reference", "exact"), ("reference", "paired")]
+SETTINGS = [
+    ("textbook", "exact"),
+    ("textbook", "paired"),
+    ("textbook", "msr"),
+    ("reference", "exact"),
+    ("reference", "paired"),
+]
 
 
 @pytest.fixture(autouse=True)
@@ -30,8 +36,7 @@ def random_game(batch, num_words, num_frames, dtype=torch.float64, device="cuda"
 def _forward_backward(backend, game, grad, **kwargs):
     sim, text_mask, video_mask, text_weight, video_weight = game
     leaves = [x.detach().clone().requires_grad_() for x in (sim, text_weight, video_weight)]
-    out = hbi_ops.banzhaf_interaction(leaves[0], text_mask, video_mask, leaves[1], leaves[2], backend=backend,
-                                      **kwargs)
+    out = hbi_ops.banzhaf_interaction(leaves[0], text_mask, video_mask, leaves[1], leaves[2], backend=backend, **kwargs)
     grads = torch.autograd.grad((out.float() * grad.float()).sum(), leaves)
     return (out, *grads)
 
@@ -71,8 +76,7 @@ def test_cuda_matches_cpu_same_seed(definition, estimator, dtype, shape):
         torch.testing.assert_close(g, e, **TOLERANCE[dtype])
 
 
-@pytest.mark.parametrize("definition,estimator", [("textbook", "paired"), ("reference", "paired"),
-                                                  ("textbook", "msr")])
+@pytest.mark.parametrize("definition,estimator", [("textbook", "paired"), ("reference", "paired"), ("textbook", "msr")])
 def test_spec_size_matches_cpu(definition, estimator):
     # full size: B = 128, T = 32 with 20 real words, V = 12; 100 samples (the reference's as-run count).
     batch, num_words, real_words, num_frames = 128, 32, 20, 12
@@ -80,8 +84,13 @@ def test_spec_size_matches_cpu(definition, estimator):
     text_mask = torch.zeros(batch, num_words, dtype=torch.bool, device="cuda")
     text_mask[:, :real_words] = True
     video_mask = torch.ones(batch, num_frames, dtype=torch.bool, device="cuda")
-    game = (sim, text_mask, video_mask, torch.randn(batch, num_words, device="cuda"),
-            torch.randn(batch, num_frames, device="cuda"))
+    game = (
+        sim,
+        text_mask,
+        video_mask,
+        torch.randn(batch, num_words, device="cuda"),
+        torch.randn(batch, num_frames, device="cuda"),
+    )
     grad = torch.randn(sim.shape, device="cuda")
     kwargs = dict(definition=definition, estimator=estimator, num_samples=100, seed=7)
     got = _to_cpu(_forward_backward("cuda", game, grad, **kwargs))
@@ -105,9 +114,17 @@ def test_padding_zero_and_empty_pairs():
     text_mask[1] = False
     video_mask[2] = False
     for definition, estimator in SETTINGS:
-        out = hbi_ops.banzhaf_interaction(sim, text_mask, video_mask, text_weight, video_weight,
-                                          definition=definition, estimator=estimator, num_samples=10,
-                                          backend="cuda")
+        out = hbi_ops.banzhaf_interaction(
+            sim,
+            text_mask,
+            video_mask,
+            text_weight,
+            video_weight,
+            definition=definition,
+            estimator=estimator,
+            num_samples=10,
+            backend="cuda",
+        )
         assert torch.isfinite(out).all()
         assert (out[~(text_mask[:, :, None] & video_mask[:, None, :])] == 0).all()
         assert (out[1] == 0).all() and (out[2] == 0).all()
@@ -117,8 +134,7 @@ def test_batch_zero_and_integer_masks():
     out = hbi_ops.banzhaf_interaction(torch.randn(0, 4, 3, device="cuda"), num_samples=5, backend="cuda")
     assert out.shape == (0, 4, 3)
     game = random_game(3, 5, 4, dtype=torch.float32)
-    a = hbi_ops.banzhaf_interaction(game[0], game[1].int(), game[2].long(), *game[3:], num_samples=9,
-                                    backend="cuda")
+    a = hbi_ops.banzhaf_interaction(game[0], game[1].int(), game[2].long(), *game[3:], num_samples=9, backend="cuda")
     b = hbi_ops.banzhaf_interaction(*game, num_samples=9, backend="cuda")
     assert torch.equal(a, b)
 
@@ -137,8 +153,18 @@ def test_gradcheck(definition, estimator):
     inputs = tuple(x.clone().requires_grad_() for x in (sim, text_weight, video_weight))
 
     def fn(s, wt, wv):
-        return hbi_ops.banzhaf_interaction(s, text_mask, video_mask, wt, wv, definition=definition,
-                                           estimator=estimator, num_samples=16, seed=3, backend="cuda")
+        return hbi_ops.banzhaf_interaction(
+            s,
+            text_mask,
+            video_mask,
+            wt,
+            wv,
+            definition=definition,
+            estimator=estimator,
+            num_samples=16,
+            seed=3,
+            backend="cuda",
+        )
 
     # The backward adds with shared-memory atomics: two runs may differ in the last bits (nondet_tol).
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-4, nondet_tol=1e-12)
@@ -148,12 +174,31 @@ def test_gradcheck(definition, estimator):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_opcheck(definition, estimator, dtype):
     sim, text_mask, video_mask, text_weight, video_weight = random_game(2, 4, 3, dtype=dtype)
-    args = (sim.requires_grad_(), text_mask, video_mask, text_weight.requires_grad_(),
-            video_weight.requires_grad_(), definition, estimator, 8, 11)
+    args = (
+        sim.requires_grad_(),
+        text_mask,
+        video_mask,
+        text_weight.requires_grad_(),
+        video_weight.requires_grad_(),
+        definition,
+        estimator,
+        8,
+        11,
+    )
     torch.library.opcheck(torch.ops.hbi_ops.banzhaf_interaction.default, args)
     grad = torch.randn(sim.shape, dtype=dtype, device="cuda")
-    backward_args = (grad, sim.detach(), text_mask, video_mask, text_weight.detach(), video_weight.detach(),
-                     definition, estimator, 8, 11)
+    backward_args = (
+        grad,
+        sim.detach(),
+        text_mask,
+        video_mask,
+        text_weight.detach(),
+        video_weight.detach(),
+        definition,
+        estimator,
+        8,
+        11,
+    )
     torch.library.opcheck(torch.ops.hbi_ops.banzhaf_interaction_backward.default, backward_args)
 
 
@@ -188,9 +233,16 @@ def test_no_host_synchronisation():
     game = random_game(4, 6, 5, dtype=torch.float32)
     grad = torch.randn(game[0].shape, device="cuda")
     ops = torch.ops.hbi_ops
-    args = [(*game, d, e, 20, 3) for d, e in [("textbook", "paired"), ("textbook", "msr"),
-                                              ("reference", "paired"), ("textbook", "exact"),
-                                              ("reference", "exact")]]
+    args = [
+        (*game, d, e, 20, 3)
+        for d, e in [
+            ("textbook", "paired"),
+            ("textbook", "msr"),
+            ("reference", "paired"),
+            ("textbook", "exact"),
+            ("reference", "exact"),
+        ]
+    ]
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -205,8 +257,9 @@ def test_no_host_synchronisation():
 def test_wrong_device_is_an_error():
     game = random_game(2, 4, 3, dtype=torch.float32)
     with pytest.raises(RuntimeError, match="text_mask"):
-        torch.ops.hbi_ops.banzhaf_interaction(game[0], game[1].cpu(), game[2], game[3], game[4], "textbook",
-                                              "paired", 4, 0)
+        torch.ops.hbi_ops.banzhaf_interaction(
+            game[0], game[1].cpu(), game[2], game[3], game[4], "textbook", "paired", 4, 0
+        )
 
 
 def test_exact_refuses_too_many_players():
@@ -216,8 +269,13 @@ def test_exact_refuses_too_many_players():
     with pytest.raises(ValueError, match="at most 24 players"):
         hbi_ops.banzhaf_interaction(sim, text_mask, estimator="exact", backend="cuda")
     # The raw op has no host check (it would need a sync): the device guard gives NaN for such a pair.
-    raw = (sim, text_mask, torch.ones(2, 10, dtype=torch.bool, device="cuda"), torch.randn(2, 20, device="cuda"),
-           torch.randn(2, 10, device="cuda"))
+    raw = (
+        sim,
+        text_mask,
+        torch.ones(2, 10, dtype=torch.bool, device="cuda"),
+        torch.randn(2, 20, device="cuda"),
+        torch.randn(2, 10, device="cuda"),
+    )
     for definition in ("textbook", "reference"):
         out = torch.ops.hbi_ops.banzhaf_interaction(*raw, definition, "exact", 1, 0)
         assert torch.isnan(out[1]).all() and not torch.isnan(out[0]).any()

@@ -2,6 +2,7 @@
 cpu backend (same seed, CPU copies), forward and backward, every definition and estimator, masks,
 dtypes and sizes up to the full (B=128, T=32 with 20 real words, V=12); gradcheck, opcheck, streams,
 no host synchronisation."""
+
 import pytest
 import torch
 
@@ -10,8 +11,13 @@ from hbi_ops.testing import FLOAT_DTYPES, TOLERANCE, random_game
 
 pytestmark = pytest.mark.gpu
 
-SETTINGS = [("textbook", "exact"), ("textbook", "paired"), ("textbook", "msr"),
-            ("reference", "exact"), ("reference", "paired")]
+SETTINGS = [
+    ("textbook", "exact"),
+    ("textbook", "paired"),
+    ("textbook", "msr"),
+    ("reference", "exact"),
+    ("reference", "paired"),
+]
 DEVICE = "cuda"
 
 
@@ -23,8 +29,7 @@ def _run(backend, game, grad, **kwargs):
     """Output and gradients (sim, text_weight, video_weight) of <out, grad>."""
     sim, text_mask, video_mask, text_weight, video_weight = game
     leaves = [x.detach().clone().requires_grad_() for x in (sim, text_weight, video_weight)]
-    out = hbi_ops.banzhaf_interaction(leaves[0], text_mask, video_mask, leaves[1], leaves[2], backend=backend,
-                                      **kwargs)
+    out = hbi_ops.banzhaf_interaction(leaves[0], text_mask, video_mask, leaves[1], leaves[2], backend=backend, **kwargs)
     grads = torch.autograd.grad((out.float() * grad.float()).sum(), leaves)
     return (out, *grads)
 
@@ -52,8 +57,7 @@ def test_triton_matches_torch_and_cpu(definition, estimator, dtype, size):
     _compare(got, _run("cpu", _to_cpu(game), grad.cpu(), **kwargs), dtype)
 
 
-@pytest.mark.parametrize("definition,estimator", [("textbook", "paired"), ("textbook", "msr"),
-                                                  ("reference", "paired")])
+@pytest.mark.parametrize("definition,estimator", [("textbook", "paired"), ("textbook", "msr"), ("reference", "paired")])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_spec_size(definition, estimator, dtype):
     # The full size: B=128, T=32 (20 real words), V=12; 100 samples to keep the oracle quick.
@@ -67,8 +71,7 @@ def test_spec_size(definition, estimator, dtype):
         _compare(got, _run("torch", game, grad, **kwargs), dtype, scale=4.0)
 
 
-@pytest.mark.parametrize("definition,estimator", [("textbook", "paired"), ("reference", "paired"),
-                                                  ("textbook", "msr")])
+@pytest.mark.parametrize("definition,estimator", [("textbook", "paired"), ("reference", "paired"), ("textbook", "msr")])
 def test_more_than_128_players_and_large_seed(definition, estimator):
     # Players beyond 128 use a second Philox block; seeds >= 2^63 travel as negative int64.
     game = _game(2, 100, 40, dtype=torch.float64)
@@ -84,8 +87,18 @@ def test_gradcheck(definition, estimator):
     inputs = tuple(x.clone().requires_grad_() for x in (sim, text_weight, video_weight))
 
     def fn(s, wt, wv):
-        return hbi_ops.banzhaf_interaction(s, text_mask, video_mask, wt, wv, definition=definition,
-                                           estimator=estimator, num_samples=16, seed=3, backend="triton")
+        return hbi_ops.banzhaf_interaction(
+            s,
+            text_mask,
+            video_mask,
+            wt,
+            wv,
+            definition=definition,
+            estimator=estimator,
+            num_samples=16,
+            seed=3,
+            backend="triton",
+        )
 
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
 
@@ -94,12 +107,31 @@ def test_gradcheck(definition, estimator):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_opcheck(definition, estimator, dtype):
     sim, text_mask, video_mask, text_weight, video_weight = _game(2, 4, 3, dtype=dtype)
-    args = (sim.requires_grad_(), text_mask, video_mask, text_weight.requires_grad_(),
-            video_weight.requires_grad_(), definition, estimator, 8, 11)
+    args = (
+        sim.requires_grad_(),
+        text_mask,
+        video_mask,
+        text_weight.requires_grad_(),
+        video_weight.requires_grad_(),
+        definition,
+        estimator,
+        8,
+        11,
+    )
     torch.library.opcheck(torch.ops.hbi_ops_triton.banzhaf_interaction.default, args)
     grad = torch.randn(sim.shape, dtype=dtype, device=DEVICE)
-    backward_args = (grad, sim.detach(), text_mask, video_mask, text_weight.detach(), video_weight.detach(),
-                     definition, estimator, 8, 11)
+    backward_args = (
+        grad,
+        sim.detach(),
+        text_mask,
+        video_mask,
+        text_weight.detach(),
+        video_weight.detach(),
+        definition,
+        estimator,
+        8,
+        11,
+    )
     torch.library.opcheck(torch.ops.hbi_ops_triton.banzhaf_interaction_backward.default, backward_args)
 
 
@@ -137,8 +169,18 @@ def test_no_host_synchronisation(definition, estimator):
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        out = hbi_ops.banzhaf_interaction(leaves[0], game[1], game[2], leaves[1], leaves[2], definition=definition,
-                                          estimator=estimator, num_samples=32, seed=9, backend="triton")
+        out = hbi_ops.banzhaf_interaction(
+            leaves[0],
+            game[1],
+            game[2],
+            leaves[1],
+            leaves[2],
+            definition=definition,
+            estimator=estimator,
+            num_samples=32,
+            seed=9,
+            backend="triton",
+        )
         out.backward(torch.ones_like(out))
     finally:
         torch.cuda.set_sync_debug_mode(0)

@@ -1,6 +1,7 @@
 """hbi_ops.dpc_knn on CUDA tensors: the `cuda` and `triton` backends against the oracle and the cpu kernel at
 several sizes (both paths of each: fused N <= 64, tiled N > 64), masks and dtypes; opcheck; streams; no host
 synchronisation. Skipped without a GPU."""
+
 import pytest
 import torch
 
@@ -59,8 +60,8 @@ SHAPES = [  # batch, n, width, num_clusters, k
     (4, 32, 64, 16, 3),
     (3, 1, 8, 1, 1),
     (6, 20, 3, 20, 20),
-    (3, 64, 13, 9, 4),     # largest N of the fused cuda path
-    (3, 65, 13, 9, 4),     # smallest N of the tiled cuda path
+    (3, 64, 13, 9, 4),  # largest N of the fused cuda path
+    (3, 65, 13, 9, 4),  # smallest N of the tiled cuda path
     (2, 150, 12, 40, 5),
     (3, 60, 5, 10, 25),
     (2, 256, 40, 64, 7),
@@ -102,7 +103,7 @@ def test_matches_oracle_well_separated(backend, dtype, n):
     _need(backend, n)
     batch, width = 4, 32
     groups = torch.randn(batch, 6, width) * 8
-    x = (groups[:, torch.arange(n) % 6] + torch.randn(batch, n, width) * torch.linspace(0.5, 2, n)[:, None])
+    x = groups[:, torch.arange(n) % 6] + torch.randn(batch, n, width) * torch.linspace(0.5, 2, n)[:, None]
     x = x.to(dtype)
     mask = random_mask(batch, n)
     expected = oracle(x, mask, 6, 3)
@@ -171,8 +172,9 @@ def test_non_finite_inputs_give_valid_clusters(backend, n):
     x[1, 6, 0] = float("-inf")
     x[2, :4] *= 1e30
     x[3] = float("nan")
-    result = hbi_ops.dpc_knn(x.cuda(), num_clusters, k=3, mask=random_mask(batch, n, empty_sample=False).cuda(),
-                             backend=backend)
+    result = hbi_ops.dpc_knn(
+        x.cuda(), num_clusters, k=3, mask=random_mask(batch, n, empty_sample=False).cuda(), backend=backend
+    )
     assert_valid(result, num_clusters)
 
 
@@ -214,7 +216,7 @@ def test_stream_device_and_no_sync(backend, n):
     _need(backend, n)
     device = torch.device("cuda", torch.cuda.device_count() - 1)
     x = torch.randn(8, n, 24, device=device)
-    mask = (torch.rand(8, n, device=device) < 0.8)
+    mask = torch.rand(8, n, device=device) < 0.8
     reference = hbi_ops.dpc_knn(x, 7, k=3, mask=mask, backend=backend)  # also compiles / warms up
     torch.cuda.synchronize(device)
     stream = torch.cuda.Stream(device=device)

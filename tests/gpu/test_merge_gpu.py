@@ -1,6 +1,7 @@
 """hbi_ops.merge_tokens on CUDA tensors: the `cuda` and `triton` backends against the oracle, forward and
 backward, at several sizes (full sizes included) and dtypes; gradcheck; opcheck; out-of-range idx (a device-side
 assertion, in a child process); streams; no host synchronisation. Skipped without a GPU."""
+
 import subprocess
 import sys
 
@@ -33,8 +34,8 @@ def inputs(batch, n, width, num_clusters, dtype, device="cuda"):
 SIZES = [  # batch, n, width, num_clusters
     (3, 11, 6, 4),
     (4, 30, 24, 7),
-    (2, 50, 200, 50),     # K = N
-    (3, 17, 33, 40),      # K > N: empty clusters
+    (2, 50, 200, 50),  # K = N
+    (3, 17, 33, 40),  # K > N: empty clusters
     (2, 64, 1, 3),
     pytest.param((128, 32, 512, 16), id="spec_size-text"),
     pytest.param((128, 12, 512, 6), id="spec_size-frames"),
@@ -99,8 +100,12 @@ def test_empty_clusters_empty_batch_and_non_contiguous(backend):
     xt = torch.randn(3, 6, 20, dtype=torch.float64, device="cuda").transpose(1, 2)
     it = torch.randint(0, 5, (20, 3), device="cuda").t()
     wt = torch.rand(20, 3, dtype=torch.float64, device="cuda").t() + 0.1
-    torch.testing.assert_close(hbi_ops.merge_tokens(xt, it, 5, wt, backend=backend),
-                               oracle(xt.contiguous(), it.contiguous(), wt.contiguous(), 5), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        hbi_ops.merge_tokens(xt, it, 5, wt, backend=backend),
+        oracle(xt.contiguous(), it.contiguous(), wt.contiguous(), 5),
+        rtol=1e-12,
+        atol=1e-12,
+    )
 
 
 _OUT_OF_RANGE_SCRIPT = """
@@ -127,8 +132,12 @@ def test_out_of_range_idx_fails_a_device_assertion(backend, bad, via):
     # Checking idx on the host would synchronise: the kernels fail a device-side assertion instead, which
     # ends the CUDA context, so the call runs in a child process.
     _need(backend)
-    child = subprocess.run([sys.executable, "-c", _OUT_OF_RANGE_SCRIPT, backend, str(bad), via],
-                           capture_output=True, text=True, timeout=600)
+    child = subprocess.run(
+        [sys.executable, "-c", _OUT_OF_RANGE_SCRIPT, backend, str(bad), via],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     output = child.stdout + child.stderr
     assert child.returncode != 0 and "NO ERROR" not in output, output[-2000:]
     assert "device-side assert" in output or "Assertion" in output, output[-2000:]
@@ -138,22 +147,27 @@ def test_opcheck_cuda():
     _need("cuda")
     x, idx, weight = inputs(3, 11, 6, 4, torch.float32)
     torch.library.opcheck(torch.ops.hbi_ops.merge_tokens.default, (x, idx, weight, 4))
-    torch.library.opcheck(torch.ops.hbi_ops.merge_tokens.default,
-                          (x.clone().requires_grad_(), idx, weight.clone().requires_grad_(), 4))
+    torch.library.opcheck(
+        torch.ops.hbi_ops.merge_tokens.default, (x.clone().requires_grad_(), idx, weight.clone().requires_grad_(), 4)
+    )
     merged = torch.ops.hbi_ops.merge_tokens(x, idx, weight, 4)
-    torch.library.opcheck(torch.ops.hbi_ops.merge_tokens_backward.default,
-                          (torch.randn_like(merged), x, idx, weight, merged, 4))
+    torch.library.opcheck(
+        torch.ops.hbi_ops.merge_tokens_backward.default, (torch.randn_like(merged), x, idx, weight, merged, 4)
+    )
 
 
 def test_opcheck_triton():
     _need("triton")
     x, idx, weight = inputs(3, 11, 6, 4, torch.float32)
     torch.library.opcheck(torch.ops.hbi_ops_triton.merge_tokens.default, (x, idx, weight, 4))
-    torch.library.opcheck(torch.ops.hbi_ops_triton.merge_tokens.default,
-                          (x.clone().requires_grad_(), idx, weight.clone().requires_grad_(), 4))
+    torch.library.opcheck(
+        torch.ops.hbi_ops_triton.merge_tokens.default,
+        (x.clone().requires_grad_(), idx, weight.clone().requires_grad_(), 4),
+    )
     merged = torch.ops.hbi_ops_triton.merge_tokens(x, idx, weight, 4)
-    torch.library.opcheck(torch.ops.hbi_ops_triton.merge_tokens_backward.default,
-                          (torch.randn_like(merged), x, idx, weight, 4))
+    torch.library.opcheck(
+        torch.ops.hbi_ops_triton.merge_tokens_backward.default, (torch.randn_like(merged), x, idx, weight, 4)
+    )
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)

@@ -3,6 +3,7 @@
 Inputs are written on a side stream behind torch.cuda._sleep (tens of milliseconds of GPU time), and the
 operator is called on that stream: a kernel launched on any other stream would run before the inputs are
 written and read the zeros they held before, so its result would be wrong."""
+
 import pytest
 import torch
 
@@ -23,15 +24,27 @@ def _cases():
     idx = torch.randint(0, 4, (3, 20))
     return {
         "banzhaf_interaction exact": (lambda b, *a: hbi_ops.banzhaf_interaction(*a, backend=b), game, (0, 3, 4)),
-        "banzhaf_interaction paired": (lambda b, *a: hbi_ops.banzhaf_interaction(
-            *a, estimator="paired", num_samples=32, backend=b), game, (0, 3, 4)),
-        "banzhaf_interaction msr": (lambda b, *a: hbi_ops.banzhaf_interaction(
-            *a, estimator="msr", num_samples=32, backend=b), game, (0, 3, 4)),
-        "wti_similarity": (lambda b, *a: hbi_ops.wti_similarity(*a, backend=b),
-                           (text, video, text_weight, video_weight), (0, 1, 2, 3)),
+        "banzhaf_interaction paired": (
+            lambda b, *a: hbi_ops.banzhaf_interaction(*a, estimator="paired", num_samples=32, backend=b),
+            game,
+            (0, 3, 4),
+        ),
+        "banzhaf_interaction msr": (
+            lambda b, *a: hbi_ops.banzhaf_interaction(*a, estimator="msr", num_samples=32, backend=b),
+            game,
+            (0, 3, 4),
+        ),
+        "wti_similarity": (
+            lambda b, *a: hbi_ops.wti_similarity(*a, backend=b),
+            (text, video, text_weight, video_weight),
+            (0, 1, 2, 3),
+        ),
         "dpc_knn": (lambda b, x: hbi_ops.dpc_knn(x, 4, k=3, backend=b)[0].float(), (x,), ()),
-        "merge_tokens": (lambda b, x, i, w: hbi_ops.merge_tokens(x, i, 4, weight=w, backend=b), (x, idx, weight),
-                         (0, 2)),
+        "merge_tokens": (
+            lambda b, x, i, w: hbi_ops.merge_tokens(x, i, 4, weight=w, backend=b),
+            (x, idx, weight),
+            (0, 2),
+        ),
     }
 
 
@@ -39,8 +52,10 @@ CASES = _cases()
 
 
 def _run(backend, fn, inputs, differentiable):
-    leaves = [x.detach().clone().requires_grad_(k in differentiable) if x.is_floating_point() else x
-              for k, x in enumerate(inputs)]
+    leaves = [
+        x.detach().clone().requires_grad_(k in differentiable) if x.is_floating_point() else x
+        for k, x in enumerate(inputs)
+    ]
     out = fn(backend, *leaves)
     grads = ()
     if differentiable:

@@ -2,6 +2,7 @@
 the four gradients), at several sizes (the MSR-VTT test size included), masks, paddings and all four dtypes;
 gradcheck in float64; opcheck of the CUDA and Triton custom ops; current stream, device index, no host sync,
 determinism and the memory bound of the fused forward. Skipped without a GPU (tests/conftest.py)."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -75,8 +76,8 @@ def assert_forward_and_backward_op(backend, x, y, p, q, mt, mv, padding, dtype):
     sim = torch.einsum("atd,bvd->abtv", x.double(), y.double())
     word, frame = mt[:, None, :, None], mv[None, :, None, :]
     eps = 1e-12 if dtype == torch.float64 else 1e-5
-    best_t = sim.masked_fill(~frame, float("-inf")).amax(3)        # [A, B, T]
-    best_v = sim.masked_fill(~word, float("-inf")).amax(2)         # [A, B, V]
+    best_t = sim.masked_fill(~frame, float("-inf")).amax(3)  # [A, B, T]
+    best_v = sim.masked_fill(~word, float("-inf")).amax(2)  # [A, B, V]
     keep = t2v >= 0
     picked = sim.gather(3, t2v.clamp(min=0).long()[..., None])[..., 0]
     assert (picked[keep] >= best_t[keep] - eps).all()
@@ -124,8 +125,15 @@ def test_end_to_end_small(backend, dtype, padding, sizes):
 
 # (A, B, T, V, D): tile edges of the fused CUDA forward (128 rows / 192 columns) and a D tail, D not a multiple
 # of 8 (its scalar loads), T > 128 and V > 192 (fallback paths; the backward's row chunks), V = 1, the MSR-VTT shape.
-LARGER = [(64, 48, 32, 12, 512), (130, 70, 24, 12, 40), (50, 40, 32, 12, 36), (9, 11, 150, 7, 33),
-          (6, 5, 20, 200, 16), (33, 260, 128, 1, 8), (1000, 1000, 32, 12, 512)]
+LARGER = [
+    (64, 48, 32, 12, 512),
+    (130, 70, 24, 12, 40),
+    (50, 40, 32, 12, 36),
+    (9, 11, 150, 7, 33),
+    (6, 5, 20, 200, 16),
+    (33, 260, 128, 1, 8),
+    (1000, 1000, 32, 12, 512),
+]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -148,8 +156,9 @@ def test_without_padding_and_all_padding(backend, padding):
     full_t = torch.ones(7, 32, dtype=torch.bool, device=DEVICE)
     full_v = torch.ones(9, 12, dtype=torch.bool, device=DEVICE)
     assert_end_to_end(backend, x, y, p, q, full_t, full_v, padding, torch.float16)
-    score, gx, gy, gp, gq = score_and_grads(backend, x, y, p, q, ~full_t, ~full_v, padding,
-                                            torch.randn(7, 9, device=DEVICE).half())
+    score, gx, gy, gp, gq = score_and_grads(
+        backend, x, y, p, q, ~full_t, ~full_v, padding, torch.randn(7, 9, device=DEVICE).half()
+    )
     assert torch.equal(score, torch.zeros_like(score))
     for g in (gx, gy, gp, gq):
         assert torch.equal(g, torch.zeros_like(g))
@@ -175,8 +184,9 @@ def test_empty_batch(backend, sizes):
     _require(backend)
     A, B = sizes
     x, y, p, q, mt, mv = make_inputs(A, B, 5, 4, 16, torch.float16, empty_rows=False)
-    score, gx, gy, gp, gq = score_and_grads(backend, x, y, p, q, mt, mv, "ignore",
-                                            torch.randn(A, B, device=DEVICE).half())
+    score, gx, gy, gp, gq = score_and_grads(
+        backend, x, y, p, q, mt, mv, "ignore", torch.randn(A, B, device=DEVICE).half()
+    )
     assert score.shape == (A, B)
     assert gx.shape == x.shape and gy.shape == y.shape and gp.shape == p.shape and gq.shape == q.shape
 
@@ -184,6 +194,7 @@ def test_empty_batch(backend, sizes):
 # ------------------------------------------------------------------------------------------------------------
 # gradcheck, opcheck
 # ------------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("padding", PADDINGS)
@@ -210,13 +221,15 @@ def test_opcheck(backend, dtype, zero_padding):
     grad_args = [t.clone().requires_grad_(True) for t in (x, y, p, q)]
     torch.library.opcheck(op, (*grad_args, mt, mv, zero_padding))
     _, t2v, v2t = op(x, y, p, q, mt, mv, zero_padding)
-    torch.library.opcheck(ns.wti_similarity_backward.default,
-                          (torch.randn(3, 4, device=DEVICE).to(dtype), x, y, p, q, t2v, v2t))
+    torch.library.opcheck(
+        ns.wti_similarity_backward.default, (torch.randn(3, 4, device=DEVICE).to(dtype), x, y, p, q, t2v, v2t)
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------
 # first-class op behaviour: stream, device index, no host sync, determinism, memory
 # ------------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_side_stream_gives_the_same_result(backend):

@@ -1,6 +1,7 @@
 """Checkpoints: one folder per step switched in by an atomic pointer, so that a kill at any moment of a save
 resumes onto a consistent (weights, optimiser, step) triple and the resumed run matches an uninterrupted
 one bit for bit; temporaries of killed saves are removed; a damaged file is an error naming it."""
+
 import os
 
 import pytest
@@ -11,9 +12,24 @@ from hbi_model.cli import DEFAULTS
 from hbi_model.run_eval import run_eval
 from hbi_model.train import train
 
-SMALL = dict(DEFAULTS, num_train=16, num_test=8, batch_size=4, max_words=8, max_frames=6, tiny_width=16,
-             tiny_layers=1, temporal_layers=1, temporal_heads=2, attention_heads=2, quiet=True, workers=0,
-             save_every=1, clip_lr_scale=1.0, skip_eval=True)
+SMALL = dict(
+    DEFAULTS,
+    num_train=16,
+    num_test=8,
+    batch_size=4,
+    max_words=8,
+    max_frames=6,
+    tiny_width=16,
+    tiny_layers=1,
+    temporal_layers=1,
+    temporal_heads=2,
+    attention_heads=2,
+    quiet=True,
+    workers=0,
+    save_every=1,
+    clip_lr_scale=1.0,
+    skip_eval=True,
+)
 
 
 class SimulatedKill(BaseException):
@@ -31,8 +47,12 @@ def _assert_identical(a, b):
 
 
 def _leftovers(directory):
-    return sorted(os.path.relpath(os.path.join(root, name), directory)
-                  for root, dirs, files in os.walk(directory) for name in dirs + files if ".tmp" in name)
+    return sorted(
+        os.path.relpath(os.path.join(root, name), directory)
+        for root, dirs, files in os.walk(directory)
+        for name in dirs + files
+        if ".tmp" in name
+    )
 
 
 def _kill_on_call(monkeypatch, module, name, call):

@@ -1,4 +1,5 @@
 """Loaders on tiny video files the tests write themselves, a corrupt one among them."""
+
 import csv
 import json
 import logging
@@ -67,19 +68,21 @@ def write_msrvtt(root, train_videos=3, test_videos=1, corrupt="video3"):
     file. Returns root."""
     (root / "videos").mkdir(parents=True)
     names = [f"video{i}" for i in range(train_videos + test_videos + 1)]
-    train_names, test_names = names[:train_videos] + [corrupt], names[train_videos:train_videos + test_videos]
+    train_names, test_names = names[:train_videos] + [corrupt], names[train_videos : train_videos + test_videos]
     for name in train_names[:-1] + test_names:
         write_video(root / "videos" / f"{name}.mp4", seconds=2, fps=2)
     (root / "videos" / f"{corrupt}.mp4").write_bytes(b"garbage")
-    sentences = [{"video_id": name, "caption": f"caption {name} {k}"} for name in train_names + test_names
-                 for k in range(2)]
+    sentences = [
+        {"video_id": name, "caption": f"caption {name} {k}"} for name in train_names + test_names for k in range(2)
+    ]
     (root / "MSRVTT_data.json").write_text(json.dumps({"sentences": sentences}))
     with open(root / "MSRVTT_train.9k.csv", "w", newline="") as handle:
         csv.writer(handle).writerows([["video_id"]] + [[name] for name in train_names])
     with open(root / "MSRVTT_JSFUSION_test.csv", "w", newline="") as handle:
-        csv.writer(handle).writerows([["key", "vid_key", "video_id", "sentence"]] +
-                                     [[f"ret{i}", f"msr{i}", name, f"a test sentence {i}"]
-                                      for i, name in enumerate(test_names)])
+        csv.writer(handle).writerows(
+            [["key", "vid_key", "video_id", "sentence"]]
+            + [[f"ret{i}", f"msr{i}", name, f"a test sentence {i}"] for i, name in enumerate(test_names)]
+        )
     return root
 
 
@@ -93,8 +96,9 @@ def test_msrvtt_annotations_and_videos(tmp_path):
     assert corrupt and not corrupt[0]["frame_mask"].any()  # skipped, not a crash
     # RandAugment on training frames only: one draw for all of a video's frames, shapes unchanged.
     assert train.augment is not None and test.augment is None
-    plain, _ = datasets("msrvtt", {"data_root": str(tmp_path), "max_frames": 3, "image_size": 32,
-                                   "rand_augment": False})
+    plain, _ = datasets(
+        "msrvtt", {"data_root": str(tmp_path), "max_frames": 3, "image_size": 32, "rand_augment": False}
+    )
     torch.manual_seed(1)
     augmented = [train[0]["frames"] for _ in range(4)]
     assert augmented[0].shape == plain[0]["frames"].shape
@@ -130,8 +134,9 @@ def test_msvd_didemo_activitynet_annotations(tmp_path):
     train, test = datasets("msvd", settings)
     assert len(train) == 3 and test[0]["caption"] == "rain" and test[0]["frame_mask"].all()
     # DiDeMo: one paragraph of all of a video's sentences.
-    (tmp_path / "train_data.json").write_text(json.dumps([{"video": "v1", "description": "one."},
-                                                          {"video": "v1", "description": "two."}]))
+    (tmp_path / "train_data.json").write_text(
+        json.dumps([{"video": "v1", "description": "one."}, {"video": "v1", "description": "two."}])
+    )
     (tmp_path / "test_data.json").write_text(json.dumps([{"video": "v2", "description": "three."}]))
     train, test = datasets("didemo", settings)
     assert [p[1] for p in train.pairs] == ["one. two."] and test[0]["video_id"] == "v2"
@@ -143,9 +148,31 @@ def test_msvd_didemo_activitynet_annotations(tmp_path):
 
 
 def _tiny_cli_args(root, output):
-    return ["--data", "msrvtt", "--data-root", str(root), "--output", str(output), "--batch-size", "4",
-            "--max-frames", "3", "--tiny-width", "16", "--tiny-layers", "1", "--temporal-layers", "1",
-            "--temporal-heads", "2", "--attention-heads", "2", "--eval-batch-size", "4", "--quiet"]
+    return [
+        "--data",
+        "msrvtt",
+        "--data-root",
+        str(root),
+        "--output",
+        str(output),
+        "--batch-size",
+        "4",
+        "--max-frames",
+        "3",
+        "--tiny-width",
+        "16",
+        "--tiny-layers",
+        "1",
+        "--temporal-layers",
+        "1",
+        "--temporal-heads",
+        "2",
+        "--attention-heads",
+        "2",
+        "--eval-batch-size",
+        "4",
+        "--quiet",
+    ]
 
 
 def test_msrvtt_end_to_end_with_the_tiny_clip(tmp_path):
@@ -153,8 +180,16 @@ def test_msrvtt_end_to_end_with_the_tiny_clip(tmp_path):
     # video loads empty and training stays finite.
     root = write_msrvtt(tmp_path / "msrvtt", train_videos=3, test_videos=4)
     output = tmp_path / "run"
-    run = lambda *a: subprocess.run([sys.executable, "-m", "hbi_model.cli", *a], capture_output=True,  # noqa: E731
-                                    text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+    def run(*a):
+        return subprocess.run(
+            [sys.executable, "-m", "hbi_model.cli", *a],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=dict(os.environ, OMP_NUM_THREADS="1"),
+        )
+
     trained = run("train", *_tiny_cli_args(root, output), "--max-steps", "2")
     assert trained.returncode == 0, trained.stderr
     assert "test set: 4 pairs" in trained.stdout and "R@1" in trained.stdout
@@ -173,9 +208,23 @@ def test_an_explicit_image_size_other_than_the_encoders_is_an_error(tmp_path):
     from hbi_model.train import train
 
     root = write_msrvtt(tmp_path / "msrvtt")
-    settings = dict(DEFAULTS, data="msrvtt", data_root=str(root), output=str(tmp_path / "run"), max_frames=3,
-                    max_words=32, tiny_width=16, tiny_layers=1, temporal_layers=1, temporal_heads=2,
-                    attention_heads=2, batch_size=2, max_steps=1, quiet=True, image_size=224)
+    settings = dict(
+        DEFAULTS,
+        data="msrvtt",
+        data_root=str(root),
+        output=str(tmp_path / "run"),
+        max_frames=3,
+        max_words=32,
+        tiny_width=16,
+        tiny_layers=1,
+        temporal_layers=1,
+        temporal_heads=2,
+        attention_heads=2,
+        batch_size=2,
+        max_steps=1,
+        quiet=True,
+        image_size=224,
+    )
     with pytest.raises(ValueError, match="image_size 224 does not match the CLIP encoder's 32"):
         train(settings)
 
@@ -185,7 +234,11 @@ MALFORMED = [  # (file, content, what the error must say)
     ("MSRVTT_data.json", '{"sentences": [{"video_id": "video0", ', "MSRVTT_data.json is not valid JSON"),
     ("MSRVTT_data.json", "{}", "MSRVTT_data.json: the top level has no key 'sentences'"),
     ("MSRVTT_data.json", '{"sentences": {}}', "MSRVTT_data.json: 'sentences' should be a list, got dict"),
-    ("MSRVTT_data.json", '{"sentences": [{"video_id": "video0"}]}', r"MSRVTT_data.json: sentences\[0\] has no key 'caption'"),
+    (
+        "MSRVTT_data.json",
+        '{"sentences": [{"video_id": "video0"}]}',
+        r"MSRVTT_data.json: sentences\[0\] has no key 'caption'",
+    ),
     ("MSRVTT_data.json", '{"sentences": []}', "no training pair.*MSRVTT_data.json"),
     ("MSRVTT_train.9k.csv", "vid\nvideo0\n", "MSRVTT_train.9k.csv has no column 'video_id'"),
     ("MSRVTT_train.9k.csv", "", "MSRVTT_train.9k.csv has no column 'video_id'.*empty"),

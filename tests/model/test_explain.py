@@ -2,6 +2,7 @@
 map's axes, every cluster labelled with exactly the words and frames the model's dpc_knn merged into it,
 the exact Banzhaf interaction of the pair as the values, the pair's rank in the title; the HTML page
 holds one section per pair. The expected content is recomputed here from the model's modules."""
+
 import base64
 from html.parser import HTMLParser
 
@@ -17,8 +18,19 @@ from hbi_model.data.synthetic import CLIP_MEAN, CLIP_STD
 from hbi_model.explain import explain, explain_pair, render
 from hbi_model.hierarchy import Level, recording_assignments
 
-SMALL = dict(DEFAULTS, num_train=8, num_test=8, max_words=16, max_frames=6, tiny_width=16, tiny_layers=1,
-             temporal_layers=1, temporal_heads=2, attention_heads=2, quiet=True)
+SMALL = dict(
+    DEFAULTS,
+    num_train=8,
+    num_test=8,
+    max_words=16,
+    max_frames=6,
+    tiny_width=16,
+    tiny_layers=1,
+    temporal_layers=1,
+    temporal_heads=2,
+    attention_heads=2,
+    quiet=True,
+)
 
 
 @pytest.fixture(scope="module")
@@ -66,22 +78,27 @@ def _thumbnails(ax):
 def _expected(model, batch):
     """Per level, from the model's own modules: the cluster of every entity token and frame (dpc_knn
     re-run through each level's CTM, composed across levels) and the exact Banzhaf interaction."""
-    text, text_mask, video, video_mask = model.encode(batch["input_ids"], batch["attention_mask"],
-                                                      batch["pixel_values"], batch["frame_mask"])
+    text, text_mask, video, video_mask = model.encode(
+        batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["frame_mask"]
+    )
     text_idx = [model.text_levels[0].ctm(text, text_mask)[3][0]]
     text_idx.append(model.text_levels[1].ctm(model.text_levels[0](text, text_mask))[3][0])
     video_idx = [model.video_levels[0].ctm(video, video_mask)[3][0]]
     video_idx.append(model.video_levels[1].ctm(model.video_levels[0](video, video_mask))[3][0])
     text_cluster = {"entity": torch.arange(text.shape[1]), "action": text_idx[0], "event": text_idx[1][text_idx[0]]}
-    video_cluster = {"entity": torch.arange(video.shape[1]), "action": video_idx[0],
-                     "event": video_idx[1][video_idx[0]]}
+    video_cluster = {
+        "entity": torch.arange(video.shape[1]),
+        "action": video_idx[0],
+        "event": video_idx[1][video_idx[0]],
+    }
     out = {}
     for level, t, tm, v, vm in model.levels(text, text_mask, video, video_mask):
         _, (tn, vn, wt, wv) = model.level_similarity(level, t, tm, v, vm)
         tm = torch.ones(tn.shape[:2], dtype=torch.bool) if tm is None else tm
         vm = torch.ones(vn.shape[:2], dtype=torch.bool) if vm is None else vm
-        interaction = hbi_ops.banzhaf_interaction(torch.einsum("btd,bvd->btv", tn, vn), tm, vm,
-                                                  wt.masked_fill(~tm, 0), wv.masked_fill(~vm, 0))[0]
+        interaction = hbi_ops.banzhaf_interaction(
+            torch.einsum("btd,bvd->btv", tn, vn), tm, vm, wt.masked_fill(~tm, 0), wv.masked_fill(~vm, 0)
+        )[0]
         out[level] = (text_cluster[level], video_cluster[level], interaction)
     return out
 
@@ -144,8 +161,10 @@ def test_cluster_labels_hold_exactly_the_members_of_the_models_assignment(run):
         shown = render(explain_pair(model, tokenizer, batch, show_special=True))
         for level in ("action", "event"):
             text_cluster, _, interaction = expected[level]
-            labels = [" ".join(tokens[p] for p in range(len(tokens)) if int(text_cluster[p]) == c) or "(no token)"
-                      for c in range(interaction.shape[0])]
+            labels = [
+                " ".join(tokens[p] for p in range(len(tokens)) if int(text_cluster[p]) == c) or "(no token)"
+                for c in range(interaction.shape[0])
+            ]
             assert _row_labels(_axes(shown, f"{level} map")) == labels
 
 
@@ -174,12 +193,13 @@ def test_values_drawn_are_the_exact_banzhaf_interaction_of_the_pair(run):
 def test_title_holds_the_pair_similarity_and_its_rank_among_the_test_videos(run, tmp_path):
     settings, tokenizer, model, test_set = run
     index, caption = 4, "a red circle then a blue square"
-    explanation, = explain(dict(settings, index=[index], text=caption, png=str(tmp_path / "pair.png")))
+    (explanation,) = explain(dict(settings, index=[index], text=caption, png=str(tmp_path / "pair.png")))
     # The rank by scoring the caption against every test video with the model's inference score.
     items = [dict(test_set[i], caption=caption) for i in range(len(test_set))]
     batch = collate(items, tokenizer, settings["max_words"])
-    text, text_mask, video, video_mask = model.encode(batch["input_ids"], batch["attention_mask"],
-                                                      batch["pixel_values"], batch["frame_mask"])
+    text, text_mask, video, video_mask = model.encode(
+        batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["frame_mask"]
+    )
     scores = model.score(text[:1], text_mask[:1], video, video_mask)[0]
     rank = int((scores >= scores[index]).sum())
     assert (explanation.rank, explanation.candidates) == (rank, len(test_set))
@@ -230,7 +250,7 @@ def test_html_page_has_one_self_contained_section_per_requested_pair(run, tmp_pa
     assert len(page.sections) == 3 and len(explanations) == 3
     for section, index in zip(page.sections, (0, 5, 7)):
         assert test_set[index]["caption"] in section["heading"] and f"test item {index}" in section["heading"]
-        image, = section["images"]
+        (image,) = section["images"]
         assert image.startswith("data:image/png;base64,")
         assert base64.b64decode(image.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     assert all(source.startswith("data:") for source in page.sources)  # nothing fetched from elsewhere
@@ -239,8 +259,9 @@ def test_html_page_has_one_self_contained_section_per_requested_pair(run, tmp_pa
     assert len(_page(path).sections) == 3
     with torch.no_grad():  # every test pair's rank, from the model's inference score
         batch = collate([test_set[i] for i in range(len(test_set))], tokenizer, settings["max_words"])
-        scores = model.score(*model.encode(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
-                                           batch["frame_mask"]))
+        scores = model.score(
+            *model.encode(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["frame_mask"])
+        )
     ranks = (scores >= scores.diagonal()[:, None]).sum(1)
     assert sorted(e.rank for e in explanations) == sorted(ranks.tolist())[:3]
 
@@ -269,7 +290,7 @@ def test_any_video_file_and_text_decoded_like_the_data_sets(run, tmp_path):
     colours = [(220, 20, 20), (20, 220, 20), (20, 20, 220)]
     _write_clip(path, colours)
     caption = "a green square then a red circle"
-    explanation, = explain(dict(settings, video=str(path), text=caption, png=str(tmp_path / "clip.png")))
+    (explanation,) = explain(dict(settings, video=str(path), text=caption, png=str(tmp_path / "clip.png")))
     figure = render(explanation)
     assert _row_labels(_axes(figure, "entity map")) == caption.split()
     _, images = _thumbnails(_axes(figure, "entity frames"))
@@ -288,15 +309,18 @@ def test_question_words_against_frames_for_video_qa(tmp_path):
     tokenizer, model = build.qa_model(settings, len(vocabulary))
     model.eval()
     checkpoint.save(settings["output"], model, {"step": 1})
-    explanation, = explain(dict(settings, index=[1], png=str(tmp_path / "qa.png")))
+    (explanation,) = explain(dict(settings, index=[1], png=str(tmp_path / "qa.png")))
     item = test_set[1]
     figure = render(explanation)
     assert _row_labels(_axes(figure, "entity map")) == item["caption"].split()
     batch = collate([item], tokenizer, settings["max_words"])
-    predicted = model.predict(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
-                              batch["frame_mask"]).argmax(-1)[0]
-    assert explanation.notes == [f"predicted answer: {vocabulary.answers[int(predicted)]}",
-                                 f"answer: {vocabulary.answers[item['answer']]}"]
+    predicted = model.predict(
+        batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["frame_mask"]
+    ).argmax(-1)[0]
+    assert explanation.notes == [
+        f"predicted answer: {vocabulary.answers[int(predicted)]}",
+        f"answer: {vocabulary.answers[item['answer']]}",
+    ]
     assert explanation.rank is None and "rank" not in figure.texts[0].get_text()
 
 

@@ -1,6 +1,7 @@
 """The authors' initialisation, applied by walking the model: weight heads N(0, 0.02) with zero bias,
 TCBlock truncated normal 0.02, estimator Q/K/V without bias (xavier, gain 1.414), CLIP untouched, and the
 tiny CLIP's logit scale starting at 100."""
+
 import math
 
 import pytest
@@ -17,8 +18,10 @@ from hbi_model.retrieval import HBIConfig, HBIRetrieval
 def _model(init, width=64):
     encoders = CLIPEncoders.from_config(tiny_clip_config(vocab_size=20, width=width, projection_dim=width, max_words=8))
     clip_before = {k: v.clone() for k, v in encoders.state_dict().items()}
-    model = HBIRetrieval(encoders, HBIConfig(max_words=8, max_frames=6, temporal_layers=1, temporal_heads=2,
-                                             attention_heads=2, init=init))
+    model = HBIRetrieval(
+        encoders,
+        HBIConfig(max_words=8, max_frames=6, temporal_layers=1, temporal_heads=2, attention_heads=2, init=init),
+    )
     return model, clip_before
 
 
@@ -77,8 +80,15 @@ def test_estimator_forward_is_the_reference_formula():
 
 
 def test_tiny_clip_logit_scale_starts_at_100():
-    settings = {"max_words": 8, "tiny_width": 16, "tiny_layers": 1, "temporal_layers": 1, "temporal_heads": 2,
-                "attention_heads": 2, "max_frames": 6}
+    settings = {
+        "max_words": 8,
+        "tiny_width": 16,
+        "tiny_layers": 1,
+        "temporal_layers": 1,
+        "temporal_heads": 2,
+        "attention_heads": 2,
+        "max_frames": 6,
+    }
     _, model = build.model(settings)
     assert model.encoders.logit_scale.exp().item() == pytest.approx(100.0, rel=1e-5)
     _, model = build.model(dict(settings, logit_scale_init=1 / 0.07))

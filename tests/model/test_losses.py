@@ -1,6 +1,7 @@
 """The losses against hand-computed values: the Banzhaf KL's two reductions and two transposes with a
 padding mask, the authors' F.kl_div form, InfoNCE and the cross-level KL; the model's Banzhaf loss zeroes
 padded cells before the student and divides the teacher's index by the temperature."""
+
 import math
 
 import pytest
@@ -8,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 import hbi_ops
+from hbi_model.encoders import CLIPEncoders, tiny_clip_config
 from hbi_model.losses import banzhaf_kl, info_nce, level_kl, masked_kl
 from hbi_model.retrieval import HBIConfig, HBIRetrieval
-from hbi_model.encoders import CLIPEncoders, tiny_clip_config
 
 LN3 = math.log(3)
 
@@ -51,10 +52,12 @@ def test_reference_transpose_by_hand():
     # second term over the pairs of the batch, per cell (t, v): (0, 0) gives K3, (1, 0) gives K4, the
     # cells of frame 1 have one real pair (KL 0); 4 rows, 6 real cells
     first_row, first_element = 2 * K1 / 4, 2 * K1 / 6
-    assert banzhaf_kl(TEACHER, STUDENT, VALID, "row", "reference").item() == \
-        pytest.approx(first_row + (K3 + K4) / 4, rel=1e-6)
-    assert banzhaf_kl(TEACHER, STUDENT, VALID, "element", "reference").item() == \
-        pytest.approx(first_element + (K3 + K4) / 6, rel=1e-6)
+    assert banzhaf_kl(TEACHER, STUDENT, VALID, "row", "reference").item() == pytest.approx(
+        first_row + (K3 + K4) / 4, rel=1e-6
+    )
+    assert banzhaf_kl(TEACHER, STUDENT, VALID, "element", "reference").item() == pytest.approx(
+        first_element + (K3 + K4) / 6, rel=1e-6
+    )
 
 
 def test_padded_cells_take_no_part():
@@ -63,8 +66,10 @@ def test_padded_cells_take_no_part():
     junk_student[~VALID] = torch.randn(int((~VALID).sum())) * 50
     for reduction in ("row", "element"):
         for transpose in ("words", "reference"):
-            torch.testing.assert_close(banzhaf_kl(junk_teacher, junk_student, VALID, reduction, transpose),
-                                       banzhaf_kl(TEACHER, STUDENT, VALID, reduction, transpose))
+            torch.testing.assert_close(
+                banzhaf_kl(junk_teacher, junk_student, VALID, reduction, transpose),
+                banzhaf_kl(TEACHER, STUDENT, VALID, reduction, transpose),
+            )
     assert banzhaf_kl(TEACHER, TEACHER, VALID).abs() < 1e-6
     nothing = torch.zeros_like(VALID)
     assert banzhaf_kl(TEACHER, STUDENT, nothing).item() == 0.0
@@ -84,7 +89,9 @@ def test_element_and_reference_are_the_authors_expression_without_padding():
     # and the row reduction is the per-row sum, V (or T) times heavier
     rows = F.kl_div(F.log_softmax(student, -1), F.softmax(teacher, -1), reduction="none").sum(-1).mean()
     torch.testing.assert_close(masked_kl(teacher, student, valid, "row"), rows)
-    torch.testing.assert_close(masked_kl(teacher, student, valid, "row"), 5 * masked_kl(teacher, student, valid, "element"))
+    torch.testing.assert_close(
+        masked_kl(teacher, student, valid, "row"), 5 * masked_kl(teacher, student, valid, "element")
+    )
 
 
 def test_bad_choices_are_named():
@@ -109,8 +116,9 @@ def test_info_nce_and_level_kl_by_hand():
 
 def _model(**config):
     encoders = CLIPEncoders.from_config(tiny_clip_config(vocab_size=20, width=16, projection_dim=16, max_words=6))
-    return HBIRetrieval(encoders, HBIConfig(max_words=6, max_frames=4, temporal_layers=1, temporal_heads=2,
-                                            attention_heads=2, **config))
+    return HBIRetrieval(
+        encoders, HBIConfig(max_words=6, max_frames=4, temporal_layers=1, temporal_heads=2, attention_heads=2, **config)
+    )
 
 
 def test_padded_cells_are_zero_before_the_student():
@@ -121,7 +129,10 @@ def test_padded_cells_are_zero_before_the_student():
     tn, vn = F.normalize(torch.randn(2, 6, 16), dim=-1), F.normalize(torch.randn(2, 4, 16), dim=-1)
     text_mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]]).bool()
     video_mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]).bool()
-    wt, wv = torch.randn(2, 6).masked_fill(~text_mask, float("-inf")), torch.randn(2, 4).masked_fill(~video_mask, float("-inf"))
+    wt, wv = (
+        torch.randn(2, 6).masked_fill(~text_mask, float("-inf")),
+        torch.randn(2, 4).masked_fill(~video_mask, float("-inf")),
+    )
     loss = model.banzhaf_loss("entity", text_mask, video_mask, tn, vn, wt, wv)
     valid = text_mask[:, :, None] & video_mask[:, None, :]
     assert (seen[0][~valid] == 0).all()

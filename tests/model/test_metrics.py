@@ -7,10 +7,7 @@ from hbi_model.metrics import both_directions, ranks_of_positives, retrieval_met
 def test_ranks_on_a_hand_built_matrix():
     # Row i's positive is column i. Row 0: best (rank 1); row 1: two columns above it (rank 3);
     # row 2: one above (rank 2); row 3: all three above (rank 4).
-    sim = torch.tensor([[0.9, 0.1, 0.2, 0.0],
-                        [0.8, 0.3, 0.7, 0.1],
-                        [0.1, 0.9, 0.5, 0.2],
-                        [0.5, 0.6, 0.7, 0.4]])
+    sim = torch.tensor([[0.9, 0.1, 0.2, 0.0], [0.8, 0.3, 0.7, 0.1], [0.1, 0.9, 0.5, 0.2], [0.5, 0.6, 0.7, 0.4]])
     assert ranks_of_positives(sim).tolist() == [1, 3, 2, 4]
     m = retrieval_metrics(sim)
     assert m["R@1"] == pytest.approx(25.0) and m["R@5"] == pytest.approx(100.0)
@@ -28,9 +25,7 @@ def test_both_directions_transposes():
 def test_ties_count_against_the_query():
     # Row 0's positive (0.5) ties with one other column: pessimistic rank 2, not 1. Row 1's ties with
     # both others: rank 3. Row 2 is strictly best: rank 1.
-    sim = torch.tensor([[0.5, 0.5, 0.1],
-                        [0.2, 0.2, 0.2],
-                        [0.0, 0.3, 0.9]])
+    sim = torch.tensor([[0.5, 0.5, 0.1], [0.2, 0.2, 0.2], [0.0, 0.3, 0.9]])
     assert ranks_of_positives(sim).tolist() == [2, 3, 1]
     # A constant matrix (a collapsed model) ranks every positive last.
     flat = both_directions(torch.zeros(10, 10))

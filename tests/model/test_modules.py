@@ -1,9 +1,10 @@
 """Shapes, masking and float64 gradients of the model's modules."""
+
 import torch
 
 from hbi_model.encoders import CLIPEncoders, TemporalTransformer, tiny_clip_config
 from hbi_model.heads import BanzhafEstimator, WeightHead
-from hbi_model.hierarchy import CTM, TCBlock, Level, num_clusters
+from hbi_model.hierarchy import CTM, Level, TCBlock, num_clusters
 from hbi_model.losses import banzhaf_kl, info_nce, level_kl
 
 

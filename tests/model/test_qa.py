@@ -1,4 +1,5 @@
 """Video QA: answer vocabulary (unknown answers), the answer head, a training step, MSRVTT-QA files."""
+
 import json
 
 import pytest
@@ -8,12 +9,25 @@ from hbi_model import build
 from hbi_model.cli import DEFAULTS
 from hbi_model.data import collate
 from hbi_model.data.annotations import AnnotationError
-from hbi_model.data.qa import UNKNOWN, AnswerVocabulary, MSRVTTQA, SyntheticQA, accuracy, majority_baseline
-from hbi_model.qa import AnswerHead, HBIQA
+from hbi_model.data.qa import MSRVTTQA, UNKNOWN, AnswerVocabulary, SyntheticQA, accuracy, majority_baseline
+from hbi_model.qa import HBIQA, AnswerHead
 
-SMALL = dict(DEFAULTS, num_train=16, num_test=8, batch_size=4, max_words=8, max_frames=4, tiny_width=16,
-             tiny_layers=1, temporal_layers=1, temporal_heads=2, attention_heads=2, banzhaf_samples=8,
-             quiet=True, clip_lr_scale=1.0)
+SMALL = dict(
+    DEFAULTS,
+    num_train=16,
+    num_test=8,
+    batch_size=4,
+    max_words=8,
+    max_frames=4,
+    tiny_width=16,
+    tiny_layers=1,
+    temporal_layers=1,
+    temporal_heads=2,
+    attention_heads=2,
+    banzhaf_samples=8,
+    quiet=True,
+    clip_lr_scale=1.0,
+)
 
 
 def test_answer_vocabulary_and_unknown_answers(tmp_path):
@@ -32,8 +46,10 @@ def test_answer_vocabulary_and_unknown_answers(tmp_path):
 
 def test_msrvtt_qa_files(tmp_path):
     (tmp_path / "train_ans2label.json").write_text(json.dumps({"man": 0, "dog": 1}))
-    lines = [{"video_id": 7, "question": "what is running", "answer": "dog"},
-             {"video_id": "video8", "question": "who talks", "answer": "woman"}]
+    lines = [
+        {"video_id": 7, "question": "what is running", "answer": "dog"},
+        {"video_id": "video8", "question": "who talks", "answer": "woman"},
+    ]
     (tmp_path / "test_qa.json").write_text("\n".join(json.dumps(r) for r in lines))
     vocabulary = AnswerVocabulary.from_file(tmp_path / "train_ans2label.json")
     data = MSRVTTQA(str(tmp_path), "test", vocabulary, max_frames=2, size=32)
@@ -58,16 +74,19 @@ def test_synthetic_questions_have_the_right_answers():
 
 def test_answer_head_shapes_and_gradcheck_float64():
     head = AnswerHead(8, num_answers=5).double().eval()  # eval: no dropout for gradcheck
-    text, video = torch.randn(2, 6, 8, dtype=torch.float64, requires_grad=True), \
-        torch.randn(2, 3, 8, dtype=torch.float64, requires_grad=True)
+    text, video = (
+        torch.randn(2, 6, 8, dtype=torch.float64, requires_grad=True),
+        torch.randn(2, 3, 8, dtype=torch.float64, requires_grad=True),
+    )
     text_mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]]).bool()
     assert head(text, text_mask, video, None).shape == (2, 5)
     assert torch.autograd.gradcheck(lambda t, v: head(t, text_mask, v, None), (text, video), eps=1e-6, atol=1e-6)
     # padded words take no part
     text2 = text.detach().clone()
     text2[0, 4:] = 100.0
-    torch.testing.assert_close(head(text2, text_mask, video.detach(), None), head(text.detach(), text_mask,
-                                                                                  video.detach(), None))
+    torch.testing.assert_close(
+        head(text2, text_mask, video.detach(), None), head(text.detach(), text_mask, video.detach(), None)
+    )
 
 
 def test_qa_training_step_lowers_the_loss():
@@ -93,11 +112,37 @@ def test_cli_train_and_eval_qa(tmp_path):
     import subprocess
     import sys
 
-    args = ["--task", "qa", "--output", str(tmp_path / "qa"), "--num-train", "16", "--num-test", "8",
-            "--batch-size", "8", "--max-steps", "2", "--tiny-width", "16", "--tiny-layers", "1",
-            "--temporal-layers", "1", "--temporal-heads", "2", "--attention-heads", "2", "--quiet"]
-    run = lambda *a: subprocess.run([sys.executable, "-m", "hbi_model.cli", *a], check=True,  # noqa: E731
-                                    capture_output=True, text=True, timeout=600).stdout
+    args = [
+        "--task",
+        "qa",
+        "--output",
+        str(tmp_path / "qa"),
+        "--num-train",
+        "16",
+        "--num-test",
+        "8",
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "2",
+        "--tiny-width",
+        "16",
+        "--tiny-layers",
+        "1",
+        "--temporal-layers",
+        "1",
+        "--temporal-heads",
+        "2",
+        "--attention-heads",
+        "2",
+        "--quiet",
+    ]
+
+    def run(*a):
+        return subprocess.run(
+            [sys.executable, "-m", "hbi_model.cli", *a], check=True, capture_output=True, text=True, timeout=600
+        ).stdout
+
     assert "majority answer" in run("train", *args)
     assert "overall" in run("eval", *args)
 

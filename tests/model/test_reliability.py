@@ -1,6 +1,7 @@
 """A broken run never passes for a good one: a non-finite loss or gradient stops training (after one retry
 from the last checkpoint), a video with no readable frame gives finite features, losses and gradients,
 a training set too small for one batch is an error; and training reports its progress."""
+
 import re
 import sys
 
@@ -13,9 +14,24 @@ from hbi_model.data import collate
 from hbi_model.evaluate import similarity_matrix
 from hbi_model.train import NonFiniteLossError, train
 
-SMALL = dict(DEFAULTS, num_train=16, num_test=8, batch_size=4, max_words=8, max_frames=6, tiny_width=16,
-             tiny_layers=1, temporal_layers=1, temporal_heads=2, attention_heads=2, quiet=True, workers=0,
-             save_every=2, clip_lr_scale=1.0, skip_eval=True)
+SMALL = dict(
+    DEFAULTS,
+    num_train=16,
+    num_test=8,
+    batch_size=4,
+    max_words=8,
+    max_frames=6,
+    tiny_width=16,
+    tiny_layers=1,
+    temporal_layers=1,
+    temporal_heads=2,
+    attention_heads=2,
+    quiet=True,
+    workers=0,
+    save_every=2,
+    clip_lr_scale=1.0,
+    skip_eval=True,
+)
 
 
 def _poison(monkeypatch, calls, where="loss"):
@@ -57,8 +73,11 @@ def test_a_transient_nan_is_retried_from_the_checkpoint_and_changes_nothing(tmp_
 def test_a_persistent_nan_stops_training_naming_the_step(tmp_path, monkeypatch, where):
     losses = _poison(monkeypatch, set(range(3, 100)), where)
     output = tmp_path / "run"
-    with pytest.raises(NonFiniteLossError, match=rf"(?s){where} is not finite at step 3 of 4.*retried once from "
-                                                 rf"the checkpoint of step 2"):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=rf"(?s){where} is not finite at step 3 of 4.*retried once from "
+        rf"the checkpoint of step 2",
+    ):
         train(dict(SMALL, output=str(output), max_steps=4))
     assert len(losses) == 4  # steps 1, 2, 3, then step 3 again from the checkpoint
     # Nothing non-finite was saved: the checkpoint is still step 2's, its weights finite.
@@ -120,8 +139,10 @@ def _run_printing(tmp_path, capsys, monkeypatch, tty):
 
 def test_without_a_terminal_one_plain_line_per_epoch(tmp_path, capsys, monkeypatch):
     losses, printed = _run_printing(tmp_path, capsys, monkeypatch, tty=False)
-    pattern = re.compile(r"epoch (\d+)/3: steps (\d+)/10, mean loss ([\d.]+), ([\d.]+) steps/s, "
-                         r"elapsed (\d+):(\d\d):(\d\d)")
+    pattern = re.compile(
+        r"epoch (\d+)/3: steps (\d+)/10, mean loss ([\d.]+), ([\d.]+) steps/s, "
+        r"elapsed (\d+):(\d\d):(\d\d)"
+    )
     lines = [pattern.fullmatch(line) for line in printed.out.splitlines() if line.startswith("epoch")]
     assert lines and all(lines), printed.out
     # 16 pairs in batches of 4: epochs of 4, 4 and (max_steps 10) 2 steps.
@@ -147,8 +168,14 @@ def test_non_finite_answer_logits_are_an_error_not_an_answer():
         def predict(self, input_ids, *_):
             return torch.full((input_ids.shape[0], 5), float("nan"))
 
-    batch = {"input_ids": torch.zeros(2, 3), "attention_mask": torch.ones(2, 3), "pixel_values": torch.zeros(2, 1),
-             "frame_mask": torch.ones(2, 1), "answer": torch.tensor([0, 1]), "question_type": ["what", "who"],
-             "video_id": ["video1", "video2"]}
+    batch = {
+        "input_ids": torch.zeros(2, 3),
+        "attention_mask": torch.ones(2, 3),
+        "pixel_values": torch.zeros(2, 1),
+        "frame_mask": torch.ones(2, 1),
+        "answer": torch.tensor([0, 1]),
+        "question_type": ["what", "who"],
+        "video_id": ["video1", "video2"],
+    }
     with pytest.raises(ValueError, match="answer logits are not finite"):
         evaluate_qa(NaNModel(), [batch], torch.device("cpu"), None, None, progress=False)

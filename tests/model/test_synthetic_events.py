@@ -1,5 +1,6 @@
 """The events task: what is drawn is what the caption says (colours, order, motion), a group's negatives
 differ from its anchor in exactly one factor, the within-group metrics, and the group-keeping order."""
+
 import random
 
 import pytest
@@ -42,7 +43,7 @@ def test_frames_show_what_the_caption_says(seed):
         events = parse(item["caption"])
         assert events == item["events"] and item["frame_mask"].sum() == 6
         for e, (colour, _shape, direction) in enumerate(events):
-            frames = item["frames"][3 * e: 3 * e + 3]
+            frames = item["frames"][3 * e : 3 * e + 3]
             other = events[1 - e][0]
             start, end = (colour_centroid(f, colour, item["distractor"]) for f in (frames[0], frames[2]))
             dx, dy = end[0] - start[0], end[1] - start[1]
@@ -128,7 +129,7 @@ def test_group_sampler_keeps_groups_in_batches():
     first = list(sampler)
     assert sorted(first) == list(range(40))
     for start in range(0, 40, 4):
-        members = first[start:start + 4]
+        members = first[start : start + 4]
         assert len({i // 4 for i in members}) == 1 and [i % 4 for i in members] == [0, 1, 2, 3]
     sampler.epoch = 1
     assert list(sampler) != first
@@ -139,9 +140,20 @@ def test_group_sampler_keeps_groups_in_batches():
 
 
 def test_build_gives_the_events_task_its_order_and_ratios():
-    settings = {"data": "synthetic", "num_train": 16, "num_test": 8, "max_frames": 6, "max_words": 16, "seed": 0,
-                "batch_size": 8, "tiny_width": 16, "tiny_layers": 1, "temporal_layers": 1, "temporal_heads": 2,
-                "attention_heads": 2}
+    settings = {
+        "data": "synthetic",
+        "num_train": 16,
+        "num_test": 8,
+        "max_frames": 6,
+        "max_words": 16,
+        "seed": 0,
+        "batch_size": 8,
+        "tiny_width": 16,
+        "tiny_layers": 1,
+        "temporal_layers": 1,
+        "temporal_heads": 2,
+        "attention_heads": 2,
+    }
     train_set, test_set = build.datasets(settings)
     assert isinstance(train_set, SyntheticEvents) and len(test_set) == 8
     assert isinstance(build.train_sampler(train_set, settings), GroupSampler)

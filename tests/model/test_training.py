@@ -1,5 +1,6 @@
 """A training step lowers the loss; checkpoints resume to the same result; two torchrun processes on the
 CPU (gloo) give the loss and gradients of one process on the whole batch; the CLI runs end to end."""
+
 import os
 import socket
 import subprocess
@@ -12,9 +13,25 @@ from hbi_model.cli import DEFAULTS
 from hbi_model.data import collate
 from hbi_model.train import train
 
-SMALL = dict(DEFAULTS, num_train=16, num_test=8, batch_size=4, max_words=16, max_frames=6, tiny_width=16,
-             tiny_layers=1, temporal_layers=1, temporal_heads=2, attention_heads=2, banzhaf_samples=8,
-             exact_max_players=14, quiet=True, workers=0, save_every=0, clip_lr_scale=1.0)
+SMALL = dict(
+    DEFAULTS,
+    num_train=16,
+    num_test=8,
+    batch_size=4,
+    max_words=16,
+    max_frames=6,
+    tiny_width=16,
+    tiny_layers=1,
+    temporal_layers=1,
+    temporal_heads=2,
+    attention_heads=2,
+    banzhaf_samples=8,
+    exact_max_players=14,
+    quiet=True,
+    workers=0,
+    save_every=0,
+    clip_lr_scale=1.0,
+)
 
 
 def test_a_training_step_lowers_the_loss():
@@ -25,8 +42,16 @@ def test_a_training_step_lowers_the_loss():
     args = (batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["frame_mask"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     first = model(*args)
-    assert set(first) >= {"loss", "contrastive/entity", "contrastive/action", "contrastive/event",
-                          "banzhaf/entity", "banzhaf/action", "banzhaf/event", "cross_level_kl"}
+    assert set(first) >= {
+        "loss",
+        "contrastive/entity",
+        "contrastive/action",
+        "contrastive/event",
+        "banzhaf/entity",
+        "banzhaf/action",
+        "banzhaf/event",
+        "cross_level_kl",
+    }
     for _ in range(5):
         loss = model(*args)["loss"]
         optimizer.zero_grad()
@@ -51,21 +76,81 @@ def test_save_and_resume_continue_identically(tmp_path):
 
 
 def test_two_processes_match_one_on_the_whole_batch(tmp_path):
-    common = ["--num-train", "8", "--num-test", "4", "--batch-size", "8", "--max-words", "16", "--max-frames", "6",
-              "--tiny-width", "16", "--tiny-layers", "1", "--temporal-layers", "1", "--temporal-heads", "2",
-              "--attention-heads", "2", "--exact-max-players", "14", "--max-steps", "1", "--quiet",
-              "--save-every", "0", "--clip-lr-scale", "1"]
+    common = [
+        "--num-train",
+        "8",
+        "--num-test",
+        "4",
+        "--batch-size",
+        "8",
+        "--max-words",
+        "16",
+        "--max-frames",
+        "6",
+        "--tiny-width",
+        "16",
+        "--tiny-layers",
+        "1",
+        "--temporal-layers",
+        "1",
+        "--temporal-heads",
+        "2",
+        "--attention-heads",
+        "2",
+        "--exact-max-players",
+        "14",
+        "--max-steps",
+        "1",
+        "--quiet",
+        "--save-every",
+        "0",
+        "--clip-lr-scale",
+        "1",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     one = tmp_path / "one.pt"
     two = tmp_path / "two.pt"
-    subprocess.run([sys.executable, "-m", "hbi_model.cli", "train", "--output", str(tmp_path / "a"),
-                    "--debug-dump", str(one), *common], check=True, env=env, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hbi_model.cli",
+            "train",
+            "--output",
+            str(tmp_path / "a"),
+            "--debug-dump",
+            str(one),
+            *common,
+        ],
+        check=True,
+        env=env,
+        timeout=600,
+    )
     with socket.socket() as probe:  # a free port: another run on this machine may hold a fixed one
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-                    "-m", "hbi_model.cli", "train", "--output", str(tmp_path / "b"), "--debug-dump", str(two),
-                    *common], check=True, env=env, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            port,
+            "-m",
+            "hbi_model.cli",
+            "train",
+            "--output",
+            str(tmp_path / "b"),
+            "--debug-dump",
+            str(two),
+            *common,
+        ],
+        check=True,
+        env=env,
+        timeout=600,
+    )
     single, double = torch.load(one), torch.load(two)
     # The global batch holds the same pairs in another order (rank 0's, then rank 1's); every loss
     # term is invariant to the order of the pairs (the teacher is exact: no seed), so they match.
@@ -74,16 +159,39 @@ def test_two_processes_match_one_on_the_whole_batch(tmp_path):
     for name in single["grads"]:
         # float32 sums in another order: an error relative to the tensor's largest entry, not to each entry
         scale = max(1.0, float(single["grads"][name].abs().max()))
-        torch.testing.assert_close(double["grads"][name], single["grads"][name], rtol=1e-3, atol=1e-5 * scale,
-                                   msg=name)
+        torch.testing.assert_close(double["grads"][name], single["grads"][name], rtol=1e-3, atol=1e-5 * scale, msg=name)
 
 
 def test_cli_train_eval_explain(tmp_path):
-    args = ["--output", str(tmp_path / "run"), "--num-train", "16", "--num-test", "8", "--batch-size", "8",
-            "--max-steps", "2", "--tiny-width", "16", "--tiny-layers", "1", "--temporal-layers", "1",
-            "--temporal-heads", "2", "--attention-heads", "2", "--quiet"]
-    run = lambda *a: subprocess.run([sys.executable, "-m", "hbi_model.cli", *a], check=True, capture_output=True,  # noqa: E731
-                                    text=True, timeout=600).stdout
+    args = [
+        "--output",
+        str(tmp_path / "run"),
+        "--num-train",
+        "16",
+        "--num-test",
+        "8",
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "2",
+        "--tiny-width",
+        "16",
+        "--tiny-layers",
+        "1",
+        "--temporal-layers",
+        "1",
+        "--temporal-heads",
+        "2",
+        "--attention-heads",
+        "2",
+        "--quiet",
+    ]
+
+    def run(*a):
+        return subprocess.run(
+            [sys.executable, "-m", "hbi_model.cli", *a], check=True, capture_output=True, text=True, timeout=600
+        ).stdout
+
     assert "R@1" in run("train", *args)
     assert "text-to-video" in run("eval", *args)
     png = tmp_path / "map.png"
@@ -96,8 +204,9 @@ def test_a_pretrained_estimator_can_be_the_teacher(tmp_path):
 
     weights = tmp_path / "estimator.pt"
     torch.save({f"banzhafteacher.{k}": v for k, v in BanzhafEstimator().state_dict().items()}, weights)
-    _, results = train(dict(SMALL, output=str(tmp_path / "run"), max_steps=1, skip_eval=True,
-                            teacher_weights=str(weights)))
+    _, results = train(
+        dict(SMALL, output=str(tmp_path / "run"), max_steps=1, skip_eval=True, teacher_weights=str(weights))
+    )
     assert torch.isfinite(torch.tensor(results["last_losses"]["banzhaf/entity"]))
 
 
@@ -109,7 +218,7 @@ def test_events_training_batches_are_whole_groups():
     order = list(iter(train.training_sampler(SyntheticEvents(32, seed=0), settings)))
     assert sorted(order) == list(range(32))
     for k in range(0, 32, GROUP):  # batches of 8 are two such runs: every clip meets its three negatives
-        run = order[k:k + GROUP]
+        run = order[k : k + GROUP]
         assert sorted(run) == list(range(run[0] // GROUP * GROUP, run[0] // GROUP * GROUP + GROUP))
     shapes = build.datasets(dict(data="shapes", num_train=8, num_test=4, max_frames=6, seed=0))[0]
     assert isinstance(train.training_sampler(shapes, settings), train.EpochSampler)

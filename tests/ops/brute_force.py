@@ -1,5 +1,6 @@
 """The Banzhaf interaction by brute force, written from the definitions with Python loops and floats,
 independent of the package: the check of the oracle and of every backend's exact estimators."""
+
 import itertools
 import math
 
@@ -24,15 +25,17 @@ def textbook_value(R, wt, wv, words, frames):
 def _reference_wti(M, text_logits, video_logits):
     T, V = len(M), len(M[0])
     a, c = _softmax(text_logits), _softmax(video_logits)
-    return 0.5 * (sum(a[t] * max(M[t]) for t in range(T)) + sum(c[v] * max(M[t][v] for t in range(T))
-                                                                 for v in range(V)))
+    return 0.5 * (
+        sum(a[t] * max(M[t]) for t in range(T)) + sum(c[v] * max(M[t][v] for t in range(T)) for v in range(V))
+    )
 
 
 def reference_F(R, wt, wv, words, frames):
     T, V = len(R), len(R[0])
     M = [[R[t][v] if (t in words and v in frames) else 0.0 for v in range(V)] for t in range(T)]
-    return _reference_wti(M, [wt[t] if t in words else -9e15 for t in range(T)],
-                          [wv[v] if v in frames else -9e15 for v in range(V)])
+    return _reference_wti(
+        M, [wt[t] if t in words else -9e15 for t in range(T)], [wv[v] if v in frames else -9e15 for v in range(V)]
+    )
 
 
 def reference_value1(R, wt, wv, words, frames, i, j):
@@ -51,8 +54,12 @@ def cell_delta(definition, R, wt, wv, words, frames, i, j):
         f = lambda ws, fs: textbook_value(R, wt, wv, ws, fs)  # noqa: E731
         return f(words + [i], frames + [j]) - f(words + [i], frames) - f(words, frames + [j]) + f(words, frames)
     F = lambda ws, fs: reference_F(R, wt, wv, ws, fs)  # noqa: E731
-    return (reference_value1(R, wt, wv, words, frames, i, j) - F(words + [i], frames)
-            - F(words, frames + [j]) + F(words, frames))
+    return (
+        reference_value1(R, wt, wv, words, frames, i, j)
+        - F(words + [i], frames)
+        - F(words, frames + [j])
+        + F(words, frames)
+    )
 
 
 def subsets(items):

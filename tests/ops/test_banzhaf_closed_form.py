@@ -4,6 +4,7 @@ backend against the torch closed form, the sampled estimators converging to it, 
 "block" is the CUDA kernel's code (csrc/banzhaf/closed_form_block.h) run serially on the CPU through
 hbi_ops::closed_form_block_*, so these tests also check what the GPU computes, barring races.
 """
+
 import math
 
 import pytest
@@ -42,8 +43,9 @@ def enumerated(game):
 def hard_game(batch, words, frames, *, spread=1.0, ties=False, dtype=torch.float64, masked=True, masks=None):
     """A random game with logits of the given spread, optionally ties in sim, NaN or inf at padded positions
     (masks: the given ones instead of random padding)."""
-    sim, text_mask, video_mask, text_weight, video_weight = random_game(batch, words, frames, dtype=dtype,
-                                                                       masked=masked)
+    sim, text_mask, video_mask, text_weight, video_weight = random_game(
+        batch, words, frames, dtype=dtype, masked=masked
+    )
     if masks is not None:
         text_mask, video_mask = masks
     if ties:
@@ -64,6 +66,7 @@ def _interpreted(backend, usual, small):
 # ------------------------------------------------------------------------------------------------
 # The torch closed form against two independent enumerations
 
+
 @pytest.mark.parametrize("spread,ties", [(1.0, False), (1.0, True), (12.0, False), (40.0, True)])
 def test_oracle_matches_python_brute_force(spread, ties):
     game = hard_game(3, 4, 3, spread=spread, ties=ties)
@@ -80,6 +83,7 @@ def test_oracle_matches_enumeration_up_to_16_players(words, frames):
 
 # ------------------------------------------------------------------------------------------------
 # Every backend against enumeration, every dtype
+
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
@@ -131,10 +135,10 @@ def test_equal_and_default_weights(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_padding_single_players_and_empty_pairs(backend):
     text_mask, video_mask = padded_mask(5, 4), padded_mask(5, 3)
-    text_mask[0] = False              # no word
-    video_mask[1] = False             # no frame
+    text_mask[0] = False  # no word
+    video_mask[1] = False  # no frame
     text_mask[2] = torch.tensor([False, False, True, False])  # one word, not at the start
-    video_mask[3] = torch.tensor([False, True, False])        # one frame
+    video_mask[3] = torch.tensor([False, True, False])  # one frame
     text_mask[4] = True
     video_mask[4] = True
     game = hard_game(5, 4, 3, masks=(text_mask, video_mask))
@@ -174,6 +178,7 @@ def test_long_texts_and_many_frames(backend, words, frames):
 # ------------------------------------------------------------------------------------------------
 # The sampled estimators converge to it where enumeration cannot run
 
+
 @pytest.mark.parametrize("estimator,samples", [("paired", 400), ("msr", 4000)])
 def test_sampled_estimators_converge_at_entity_size(estimator, samples):
     # 44 players. 16 seeds give 16 independent estimates; z = (their mean - exact) / (their spread / 4)
@@ -183,9 +188,22 @@ def test_sampled_estimators_converge_at_entity_size(estimator, samples):
     exact = hbi_ops.banzhaf_interaction(sim, text_mask, video_mask, text_weight, video_weight, backend="cpu")
     seeds, spreads = 16, []
     for n in (samples, 4 * samples):
-        runs = torch.stack([hbi_ops.banzhaf_interaction(sim, text_mask, video_mask, text_weight, video_weight,
-                                                        estimator=estimator, num_samples=n, seed=seed,
-                                                        backend="cpu") for seed in range(seeds)])
+        runs = torch.stack(
+            [
+                hbi_ops.banzhaf_interaction(
+                    sim,
+                    text_mask,
+                    video_mask,
+                    text_weight,
+                    video_weight,
+                    estimator=estimator,
+                    num_samples=n,
+                    seed=seed,
+                    backend="cpu",
+                )
+                for seed in range(seeds)
+            ]
+        )
         mean, spread = runs.mean(0), runs.std(0)
         z = (mean - exact) / (spread / math.sqrt(seeds))
         assert z.abs().max() <= 8 and 0.6 <= z.pow(2).mean().sqrt() <= 1.6, z
@@ -195,6 +213,7 @@ def test_sampled_estimators_converge_at_entity_size(estimator, samples):
 
 # ------------------------------------------------------------------------------------------------
 # Gradients and registration
+
 
 def _grad_fn(backend, text_mask, video_mask):
     if backend == "block":
@@ -208,8 +227,9 @@ def _grad_fn(backend, text_mask, video_mask):
 
             @staticmethod
             def backward(ctx, grad):
-                return ops.closed_form_block_backward(grad, ctx.saved_tensors[0], text_mask, video_mask,
-                                                      *ctx.saved_tensors[1:])
+                return ops.closed_form_block_backward(
+                    grad, ctx.saved_tensors[0], text_mask, video_mask, *ctx.saved_tensors[1:]
+                )
 
         return Block.apply
     return lambda s, wt, wv: hbi_ops.banzhaf_interaction(s, text_mask, video_mask, wt, wv, backend=backend)
@@ -222,8 +242,9 @@ def test_gradcheck(backend, spread):
     sim, text_mask, video_mask, text_weight, video_weight = hard_game(*size, spread=spread)
     clean = [torch.nan_to_num(x, nan=0.5, posinf=0.5) for x in (sim, text_weight, video_weight)]
     inputs = tuple(x.clone().requires_grad_() for x in clean)
-    assert torch.autograd.gradcheck(_grad_fn(backend, text_mask, video_mask), inputs, eps=1e-6, atol=1e-7,
-                                    rtol=1e-5, fast_mode=backend == "triton")
+    assert torch.autograd.gradcheck(
+        _grad_fn(backend, text_mask, video_mask), inputs, eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=backend == "triton"
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -237,8 +258,9 @@ def test_gradient_with_equal_weights_and_padding_poison(backend):
     grad = torch.randn(sim.shape, dtype=torch.float64)
     got = torch.autograd.grad((fn(*leaves) * grad).sum(), leaves)
     clean = [x.detach().clone().requires_grad_() for x in leaves]
-    expected = torch.autograd.grad((torch_closed_form(clean[0], text_mask, video_mask, clean[1], clean[2])
-                                    * grad).sum(), clean)
+    expected = torch.autograd.grad(
+        (torch_closed_form(clean[0], text_mask, video_mask, clean[1], clean[2]) * grad).sum(), clean
+    )
     for g, e in zip(got, expected):
         assert torch.isfinite(g).all()
         torch.testing.assert_close(g, torch.nan_to_num(e, nan=0.0), rtol=1e-7, atol=1e-9)
@@ -247,10 +269,13 @@ def test_gradient_with_equal_weights_and_padding_poison(backend):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_opcheck_block_ops(dtype):
     sim, text_mask, video_mask, text_weight, video_weight = random_game(2, 5, 3, dtype=dtype)
-    torch.library.opcheck(torch.ops.hbi_ops.closed_form_block_forward.default,
-                          (sim, text_mask, video_mask, text_weight, video_weight))
-    torch.library.opcheck(torch.ops.hbi_ops.closed_form_block_backward.default,
-                          (torch.randn_like(sim), sim, text_mask, video_mask, text_weight, video_weight))
+    torch.library.opcheck(
+        torch.ops.hbi_ops.closed_form_block_forward.default, (sim, text_mask, video_mask, text_weight, video_weight)
+    )
+    torch.library.opcheck(
+        torch.ops.hbi_ops.closed_form_block_backward.default,
+        (torch.randn_like(sim), sim, text_mask, video_mask, text_weight, video_weight),
+    )
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpu"])
@@ -258,8 +283,9 @@ def test_torch_compile_fullgraph(backend):
     game = random_game(3, 6, 4)
 
     def fn(sim, text_mask, video_mask, text_weight, video_weight):
-        return hbi_ops.banzhaf_interaction(sim * 2, text_mask, video_mask, text_weight, video_weight,
-                                           backend=backend).sum(-1)
+        return hbi_ops.banzhaf_interaction(
+            sim * 2, text_mask, video_mask, text_weight, video_weight, backend=backend
+        ).sum(-1)
 
     compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(*game), fn(*game))

@@ -1,6 +1,7 @@
 """banzhaf_interaction under inputs real models produce: weight logits far apart, ties, non-finite values at
 padded positions. Every backend against the torch oracle (whose softmax is taken over each coalition
 relative to its own maximum), including a bounded fuzz test."""
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -10,8 +11,13 @@ import hbi_ops
 from hbi_ops.testing import TOLERANCE, compiled_cpu_backends, padded_mask
 
 BACKENDS = compiled_cpu_backends("banzhaf_interaction")
-SETTINGS = [("textbook", "paired"), ("textbook", "msr"), ("reference", "paired"), ("reference", "exact"),
-            ("textbook", "exact")]
+SETTINGS = [
+    ("textbook", "paired"),
+    ("textbook", "msr"),
+    ("reference", "paired"),
+    ("reference", "exact"),
+    ("textbook", "exact"),
+]
 
 
 def _compare(game, backend, definition, estimator, dtype, samples=6, seed=11, grads=True):
@@ -20,8 +26,9 @@ def _compare(game, backend, definition, estimator, dtype, samples=6, seed=11, gr
     results = {}
     for name in ("torch", backend):
         leaves = [x.detach().clone().to(dtype).requires_grad_(grads) for x in (sim, text_weight, video_weight)]
-        out = hbi_ops.banzhaf_interaction(leaves[0], text_mask, video_mask, leaves[1], leaves[2], backend=name,
-                                          **kwargs)
+        out = hbi_ops.banzhaf_interaction(
+            leaves[0], text_mask, video_mask, leaves[1], leaves[2], backend=name, **kwargs
+        )
         results[name] = [out]
         if grads:
             weight = torch.linspace(-1, 1, out.numel(), dtype=torch.float64).reshape(out.shape)
@@ -40,25 +47,34 @@ def test_weight_logits_far_apart(backend, definition, estimator, gap):
     sim = torch.randn(*size, dtype=torch.float64)
     text_weight = torch.randn(size[:2], dtype=torch.float64)
     video_weight = torch.randn(size[0], size[2], dtype=torch.float64)
-    text_weight[:, 0] += gap      # one dominant word
-    video_weight[:, -1] -= gap    # one negligible frame
+    text_weight[:, 0] += gap  # one dominant word
+    video_weight[:, -1] -= gap  # one negligible frame
     text_weight[1] = torch.linspace(-gap, gap, size[1])  # spread over +-gap
-    game = (sim, torch.ones(size[:2], dtype=torch.bool), torch.ones(size[0], size[2], dtype=torch.bool),
-            text_weight, video_weight)
+    game = (
+        sim,
+        torch.ones(size[:2], dtype=torch.bool),
+        torch.ones(size[0], size[2], dtype=torch.bool),
+        text_weight,
+        video_weight,
+    )
     for dtype in (torch.float32, torch.float64):
         _compare(game, backend, definition, estimator, dtype)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_reported_example(backend):
-    sim = torch.tensor([[[.1, .2], [.3, .4]]])
-    expected = torch.tensor([[[.0375, .0844], [.1266, .1688]]])
-    got = hbi_ops.banzhaf_interaction(sim, text_weight=torch.tensor([[17., 0.]]), estimator="paired",
-                                      num_samples=16, backend=backend)
+    sim = torch.tensor([[[0.1, 0.2], [0.3, 0.4]]])
+    expected = torch.tensor([[[0.0375, 0.0844], [0.1266, 0.1688]]])
+    got = hbi_ops.banzhaf_interaction(
+        sim, text_weight=torch.tensor([[17.0, 0.0]]), estimator="paired", num_samples=16, backend=backend
+    )
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
-    torch.testing.assert_close(got, hbi_ops.banzhaf_interaction(sim, text_weight=torch.tensor([[17., 0.]]),
-                                                                estimator="paired", num_samples=16,
-                                                                backend="torch"))
+    torch.testing.assert_close(
+        got,
+        hbi_ops.banzhaf_interaction(
+            sim, text_weight=torch.tensor([[17.0, 0.0]]), estimator="paired", num_samples=16, backend="torch"
+        ),
+    )
 
 
 @st.composite
@@ -88,9 +104,18 @@ def test_fuzz_against_the_oracle(backend, game, setting, dtype):
     # Gradients are compared where they are defined: poisoned padding makes the oracle's own autograd
     # meaningless there, so the output only (padding never matters to it).
     _compare(game, backend, *setting, dtype, grads=False)
-    out = hbi_ops.banzhaf_interaction(game[0].to(dtype), game[1], game[2], game[3].to(dtype), game[4].to(dtype),
-                                      definition=setting[0], estimator=setting[1], num_samples=6, seed=11,
-                                      backend=backend)
+    out = hbi_ops.banzhaf_interaction(
+        game[0].to(dtype),
+        game[1],
+        game[2],
+        game[3].to(dtype),
+        game[4].to(dtype),
+        definition=setting[0],
+        estimator=setting[1],
+        num_samples=6,
+        seed=11,
+        backend=backend,
+    )
     assert torch.isfinite(out).all()
     assert (out[~(game[1][:, :, None] & game[2][:, None, :])] == 0).all()
 
@@ -108,5 +133,8 @@ def test_nonfinite_at_a_real_position_propagates(backend):
     out = hbi_ops.banzhaf_interaction(torch.randn(1, 3, 2, dtype=torch.float64), text_weight=weight, backend=backend)
     assert torch.isnan(out).any()
     mask = padded_mask(1, 3, real=2)
-    assert torch.isfinite(hbi_ops.banzhaf_interaction(torch.randn(1, 3, 2, dtype=torch.float64), mask,
-                                                      text_weight=weight, backend=backend)).all()
+    assert torch.isfinite(
+        hbi_ops.banzhaf_interaction(
+            torch.randn(1, 3, 2, dtype=torch.float64), mask, text_weight=weight, backend=backend
+        )
+    ).all()

@@ -1,4 +1,5 @@
 """banzhaf_interaction: brute force -> oracle -> every backend, estimators, gradients, op registration."""
+
 import math
 
 import pytest
@@ -11,8 +12,13 @@ from hbi_ops.testing import FLOAT_DTYPES, TOLERANCE, compiled_cpu_backends, rand
 from brute_force import brute_force, brute_force_deltas, subsets, textbook_value
 
 ALL_BACKENDS = ["torch"] + compiled_cpu_backends("banzhaf_interaction")
-SETTINGS = [("textbook", "exact"), ("textbook", "paired"), ("textbook", "msr"),
-            ("reference", "exact"), ("reference", "paired")]
+SETTINGS = [
+    ("textbook", "exact"),
+    ("textbook", "paired"),
+    ("textbook", "msr"),
+    ("reference", "exact"),
+    ("reference", "paired"),
+]
 
 
 def _small(backend, usual, interpreted):
@@ -24,12 +30,18 @@ def _small(backend, usual, interpreted):
 # ------------------------------------------------------------------------------------------------
 # Philox and the coalition rule
 
+
 def test_philox_known_answers():
     # Known-answer vectors of Philox4x32-10 (Random123's kat_vectors), the first from docs/banzhaf.md.
-    cases = [((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
-             ((0xFFFFFFFF,) * 4, (0xFFFFFFFF, 0xFFFFFFFF), (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
-             ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
-              (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1))]
+    cases = [
+        ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+        ((0xFFFFFFFF,) * 4, (0xFFFFFFFF, 0xFFFFFFFF), (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+        (
+            (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
+            (0xA4093822, 0x299F31D0),
+            (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
+        ),
+    ]
     for counter, key, expected in cases:
         assert tuple(int(w) for w in philox.philox4x32_10(counter, key)) == expected
 
@@ -50,8 +62,17 @@ def test_same_seed_same_coalitions_across_backends(backend):
     sim, text_mask, video_mask, text_weight, video_weight = random_game(3, 6, 5, masked=False)
     sim = sim.abs() + 0.1  # f(S) > 0 whenever S has a word and a frame
     seed = 2**63 + 12345
-    out = hbi_ops.banzhaf_interaction(sim, text_mask, video_mask, text_weight, video_weight,
-                                      estimator="msr", num_samples=1, seed=seed, backend=backend)
+    out = hbi_ops.banzhaf_interaction(
+        sim,
+        text_mask,
+        video_mask,
+        text_weight,
+        video_weight,
+        estimator="msr",
+        num_samples=1,
+        seed=seed,
+        backend=backend,
+    )
     in_text, in_video = philox.coalitions(seed, [0], text_mask, video_mask)
     for b in range(3):
         if in_text[0, b].any() and in_video[0, b].any():
@@ -61,6 +82,7 @@ def test_same_seed_same_coalitions_across_backends(backend):
 
 # ------------------------------------------------------------------------------------------------
 # The oracle and every backend against the brute force
+
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("definition", ["textbook", "reference"])
@@ -117,8 +139,9 @@ def test_paired_converges_within_its_standard_error(backend, definition):
     mean, var = _cell_delta_moments(definition, game)
     errors = []
     for num_samples in {"torch": (64, 1024), "triton": (8, 128)}.get(backend, (64, 4096)):
-        got = hbi_ops.banzhaf_interaction(*game, definition=definition, estimator="paired",
-                                          num_samples=num_samples, seed=num_samples, backend=backend)[0]
+        got = hbi_ops.banzhaf_interaction(
+            *game, definition=definition, estimator="paired", num_samples=num_samples, seed=num_samples, backend=backend
+        )[0]
         # Mean of num_samples i.i.d. draws of the cell delta: 6 standard errors (CLT; 12 cells).
         bound = 6 * (var / num_samples).sqrt() + 1e-12
         assert ((got - mean).abs() <= bound).all(), (got - mean).abs() / bound
@@ -139,8 +162,7 @@ def test_msr_converges_within_its_standard_error(backend):
         values[(frozenset(words), frozenset(frames))] = textbook_value(R, wt, wv, words, frames)
     exact = brute_force("textbook", *game)[0]
     for num_samples in _small(backend, (256, 4096), (32, 128)):
-        got = hbi_ops.banzhaf_interaction(*game, estimator="msr", num_samples=num_samples, seed=7,
-                                          backend=backend)[0]
+        got = hbi_ops.banzhaf_interaction(*game, estimator="msr", num_samples=num_samples, seed=7, backend=backend)[0]
         for i in range(4):
             for j in range(3):
                 # Each of the 4 strata holds about num_samples / 4 samples (at least / 8 here with
@@ -148,14 +170,16 @@ def test_msr_converges_within_its_standard_error(backend):
                 variance = 0.0
                 for word_in in (True, False):
                     for frame_in in (True, False):
-                        stratum = torch.tensor([v for (ws, fs), v in values.items()
-                                                if (i in ws) == word_in and (j in fs) == frame_in])
+                        stratum = torch.tensor(
+                            [v for (ws, fs), v in values.items() if (i in ws) == word_in and (j in fs) == frame_in]
+                        )
                         variance += stratum.var(unbiased=False).item() / (num_samples / 8)
                 assert abs(got[i, j] - exact[i, j]) <= 6 * math.sqrt(variance) + 1e-12
 
 
 # ------------------------------------------------------------------------------------------------
 # Backends against the oracle
+
 
 @pytest.mark.parametrize("backend", compiled_cpu_backends("banzhaf_interaction"))
 @pytest.mark.parametrize("definition,estimator", SETTINGS)
@@ -170,8 +194,9 @@ def test_backend_matches_oracle(backend, definition, estimator, dtype):
     results = {}
     for name in ("torch", backend):
         inputs = [x.detach().clone().requires_grad_() for x in leaves]
-        out = hbi_ops.banzhaf_interaction(inputs[0], text_mask, video_mask, inputs[1], inputs[2],
-                                          backend=name, **kwargs)
+        out = hbi_ops.banzhaf_interaction(
+            inputs[0], text_mask, video_mask, inputs[1], inputs[2], backend=name, **kwargs
+        )
         grads = torch.autograd.grad((out.float() * grad.float()).sum(), inputs)
         results[name] = (out, *grads)
     for expected, got in zip(results["torch"], results[backend]):
@@ -185,9 +210,17 @@ def test_padding_cells_are_zero_and_all_padding_rows_finite(backend):
     text_mask[1] = False  # a pair with no real word
     video_mask[2] = False
     for definition, estimator in SETTINGS:
-        out = hbi_ops.banzhaf_interaction(sim, text_mask, video_mask, text_weight, video_weight,
-                                          definition=definition, estimator=estimator,
-                                          num_samples=_small(backend, 10, 3), backend=backend)
+        out = hbi_ops.banzhaf_interaction(
+            sim,
+            text_mask,
+            video_mask,
+            text_weight,
+            video_weight,
+            definition=definition,
+            estimator=estimator,
+            num_samples=_small(backend, 10, 3),
+            backend=backend,
+        )
         assert torch.isfinite(out).all()
         assert (out[~(text_mask[:, :, None] & video_mask[:, None, :])] == 0).all()
         assert (out[1] == 0).all() and (out[2] == 0).all()
@@ -198,8 +231,13 @@ def test_non_contiguous_inputs_and_default_arguments(backend):
     sim = torch.randn(3, 4, 5).transpose(1, 2)  # [3, 5, 4], not contiguous
     text_weight = torch.randn(5, 3).t()  # [3, 5], not contiguous
     got = hbi_ops.banzhaf_interaction(sim, text_weight=text_weight, num_samples=20, backend=backend)
-    expected = hbi_ops.banzhaf_interaction(sim.contiguous(), text_weight=text_weight.contiguous(),
-                                           video_weight=torch.zeros(3, 4), num_samples=20, backend="torch")
+    expected = hbi_ops.banzhaf_interaction(
+        sim.contiguous(),
+        text_weight=text_weight.contiguous(),
+        video_weight=torch.zeros(3, 4),
+        num_samples=20,
+        backend="torch",
+    )
     torch.testing.assert_close(got, expected, **TOLERANCE[torch.float32])
 
 
@@ -216,12 +254,14 @@ def test_seed_changes_estimate_and_repeats(backend):
     a = hbi_ops.banzhaf_interaction(*game, estimator="paired", num_samples=n, seed=1, backend=backend)
     b = hbi_ops.banzhaf_interaction(*game, estimator="paired", num_samples=n, seed=2, backend=backend)
     assert not torch.equal(a, b)
-    assert torch.equal(a, hbi_ops.banzhaf_interaction(*game, estimator="paired", num_samples=n, seed=1,
-                                                      backend=backend))
+    assert torch.equal(
+        a, hbi_ops.banzhaf_interaction(*game, estimator="paired", num_samples=n, seed=1, backend=backend)
+    )
 
 
 # ------------------------------------------------------------------------------------------------
 # Gradients and registration
+
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("definition,estimator", SETTINGS)
@@ -231,24 +271,51 @@ def test_gradcheck(backend, definition, estimator):
     inputs = tuple(x.clone().requires_grad_() for x in (sim, text_weight, video_weight))
 
     def fn(s, wt, wv):
-        return hbi_ops.banzhaf_interaction(s, text_mask, video_mask, wt, wv, definition=definition,
-                                           estimator=estimator, num_samples=_small(backend, 16, 4), seed=3,
-                                           backend=backend)
+        return hbi_ops.banzhaf_interaction(
+            s,
+            text_mask,
+            video_mask,
+            wt,
+            wv,
+            definition=definition,
+            estimator=estimator,
+            num_samples=_small(backend, 16, 4),
+            seed=3,
+            backend=backend,
+        )
 
-    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-4,
-                                    fast_mode=backend == "triton")
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=backend == "triton")
 
 
 @pytest.mark.parametrize("definition,estimator", SETTINGS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_opcheck(definition, estimator, dtype):
     sim, text_mask, video_mask, text_weight, video_weight = random_game(2, 4, 3, dtype=dtype)
-    args = (sim.requires_grad_(), text_mask, video_mask, text_weight.requires_grad_(),
-            video_weight.requires_grad_(), definition, estimator, 8, 11)
+    args = (
+        sim.requires_grad_(),
+        text_mask,
+        video_mask,
+        text_weight.requires_grad_(),
+        video_weight.requires_grad_(),
+        definition,
+        estimator,
+        8,
+        11,
+    )
     torch.library.opcheck(torch.ops.hbi_ops.banzhaf_interaction.default, args)
     grad = torch.randn(sim.shape, dtype=dtype)
-    backward_args = (grad, sim.detach(), text_mask, video_mask, text_weight.detach(), video_weight.detach(),
-                     definition, estimator, 8, 11)
+    backward_args = (
+        grad,
+        sim.detach(),
+        text_mask,
+        video_mask,
+        text_weight.detach(),
+        video_weight.detach(),
+        definition,
+        estimator,
+        8,
+        11,
+    )
     torch.library.opcheck(torch.ops.hbi_ops.banzhaf_interaction_backward.default, backward_args)
 
 
@@ -257,8 +324,17 @@ def test_torch_compile(estimator):
     game = random_game(2, 5, 4)
 
     def fn(sim, text_mask, video_mask, text_weight, video_weight):
-        return hbi_ops.banzhaf_interaction(sim * 2, text_mask, video_mask, text_weight, video_weight,
-                                           estimator=estimator, num_samples=10, seed=5, backend="cpu").sum(-1)
+        return hbi_ops.banzhaf_interaction(
+            sim * 2,
+            text_mask,
+            video_mask,
+            text_weight,
+            video_weight,
+            estimator=estimator,
+            num_samples=10,
+            seed=5,
+            backend="cpu",
+        ).sum(-1)
 
     compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(*game), fn(*game))
@@ -267,24 +343,31 @@ def test_torch_compile(estimator):
 # ------------------------------------------------------------------------------------------------
 # Bad input
 
-@pytest.mark.parametrize("call,error,words", [
-    (lambda g: hbi_ops.banzhaf_interaction(g[0][0]), ValueError, "sim"),
-    (lambda g: hbi_ops.banzhaf_interaction(g[0].int()), TypeError, "sim"),
-    (lambda g: hbi_ops.banzhaf_interaction(g[0], text_mask=g[1][:, :2]), ValueError, "text_mask"),
-    (lambda g: hbi_ops.banzhaf_interaction(g[0], video_mask=g[2][:1]), ValueError, "video_mask"),
-    (lambda g: hbi_ops.banzhaf_interaction(g[0], text_weight=g[3][:, :2]), ValueError, "text_weight"),
-    (lambda g: hbi_ops.banzhaf_interaction(g[0], video_weight=g[4].int()), TypeError, "video_weight"),
-    (lambda g: hbi_ops.banzhaf_interaction(g[0], num_samples=0), ValueError, "num_samples"),
-    (lambda g: hbi_ops.banzhaf_interaction(g[0], num_samples=2.5), TypeError, "num_samples"),
-    (lambda g: hbi_ops.banzhaf_interaction(g[0], seed=-1), ValueError, "seed"),
-    (lambda g: hbi_ops.banzhaf_interaction(g[0], definition="shapley"), ValueError, "definition"),
-    (lambda g: hbi_ops.banzhaf_interaction(g[0], estimator="mc"), ValueError, "estimator"),
-    (lambda g: hbi_ops.banzhaf_interaction(g[0], definition="reference", estimator="msr"), ValueError, "msr"),
-    (lambda g: hbi_ops.banzhaf_interaction(g[0], backend="tpu"), ValueError, "backend"),
-    (lambda g: hbi_ops.banzhaf_interaction(g[0], backend="cuda"), RuntimeError, "cuda"),
-    (lambda g: hbi_ops.banzhaf_interaction(g[0], text_mask=torch.ones(2, 4, dtype=torch.bool, device="meta")),
-     ValueError, "text_mask"),
-])
+
+@pytest.mark.parametrize(
+    "call,error,words",
+    [
+        (lambda g: hbi_ops.banzhaf_interaction(g[0][0]), ValueError, "sim"),
+        (lambda g: hbi_ops.banzhaf_interaction(g[0].int()), TypeError, "sim"),
+        (lambda g: hbi_ops.banzhaf_interaction(g[0], text_mask=g[1][:, :2]), ValueError, "text_mask"),
+        (lambda g: hbi_ops.banzhaf_interaction(g[0], video_mask=g[2][:1]), ValueError, "video_mask"),
+        (lambda g: hbi_ops.banzhaf_interaction(g[0], text_weight=g[3][:, :2]), ValueError, "text_weight"),
+        (lambda g: hbi_ops.banzhaf_interaction(g[0], video_weight=g[4].int()), TypeError, "video_weight"),
+        (lambda g: hbi_ops.banzhaf_interaction(g[0], num_samples=0), ValueError, "num_samples"),
+        (lambda g: hbi_ops.banzhaf_interaction(g[0], num_samples=2.5), TypeError, "num_samples"),
+        (lambda g: hbi_ops.banzhaf_interaction(g[0], seed=-1), ValueError, "seed"),
+        (lambda g: hbi_ops.banzhaf_interaction(g[0], definition="shapley"), ValueError, "definition"),
+        (lambda g: hbi_ops.banzhaf_interaction(g[0], estimator="mc"), ValueError, "estimator"),
+        (lambda g: hbi_ops.banzhaf_interaction(g[0], definition="reference", estimator="msr"), ValueError, "msr"),
+        (lambda g: hbi_ops.banzhaf_interaction(g[0], backend="tpu"), ValueError, "backend"),
+        (lambda g: hbi_ops.banzhaf_interaction(g[0], backend="cuda"), RuntimeError, "cuda"),
+        (
+            lambda g: hbi_ops.banzhaf_interaction(g[0], text_mask=torch.ones(2, 4, dtype=torch.bool, device="meta")),
+            ValueError,
+            "text_mask",
+        ),
+    ],
+)
 def test_bad_input_names_the_argument(call, error, words):
     game = random_game(2, 4, 3, dtype=torch.float32)
     with pytest.raises(error, match=words):

@@ -1,6 +1,7 @@
 """hbi_ops.dpc_knn (docs/dpc_knn.md): a hand-checked example on every backend, the oracle against scalar loops,
 every compiled CPU backend against the oracle (identical idx and centres), per-sample independence,
 properties, layouts, opcheck and argument errors."""
+
 import math
 
 import pytest
@@ -17,6 +18,7 @@ ALL_BACKENDS = ["torch"] + compiled_cpu_backends("dpc_knn")
 # helpers
 # ------------------------------------------------------------------------------------------------------------
 
+
 def brute_force(x, mask, num_clusters, k):
     """Scalar loops over the steps of docs/dpc_knn.md in float64, independent of the oracle's tensor code."""
     batch, n, width = x.shape
@@ -25,8 +27,10 @@ def brute_force(x, mask, num_clusters, k):
     for b in range(batch):
         p = x[b].double().tolist()
         real = [bool(v) for v in mask[b]]
-        dist = [[math.sqrt(sum((p[i][c] - p[j][c]) ** 2 for c in range(width))) / math.sqrt(width)
-                 for j in range(n)] for i in range(n)]
+        dist = [
+            [math.sqrt(sum((p[i][c] - p[j][c]) ** 2 for c in range(width))) / math.sqrt(width) for j in range(n)]
+            for i in range(n)
+        ]
         real_pairs = [dist[i][j] for i in range(n) for j in range(n) if real[i] and real[j]]
         largest_real = max(real_pairs) if real_pairs else 0.0
         for i in range(n):
@@ -138,6 +142,7 @@ def test_padding_in_front_is_below_every_real_token(backend):
 # the oracle against scalar loops; compiled backends against the oracle
 # ------------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("batch,n,width,num_clusters,k", [(3, 7, 4, 3, 2), (4, 9, 1, 9, 9), (3, 6, 5, 1, 1)])
 def test_oracle_matches_brute_force(batch, n, width, num_clusters, k):
     x = torch.randn(batch, n, width, dtype=torch.float64)
@@ -193,7 +198,7 @@ def test_matches_oracle_well_separated(backend, dtype):
     # Continuous data in well-separated groups: near-ties are far beyond float rounding.
     batch, n, width = 4, 24, 32
     groups = torch.randn(batch, 6, width) * 8
-    x = (groups[:, torch.arange(n) % 6] + torch.randn(batch, n, width) * torch.linspace(0.5, 2, n)[:, None])
+    x = groups[:, torch.arange(n) % 6] + torch.randn(batch, n, width) * torch.linspace(0.5, 2, n)[:, None]
     x = x.to(dtype)
     mask = random_mask(batch, n)
     expected = oracle(x, mask, 6, 3)
@@ -207,13 +212,16 @@ def test_integer_mask_equals_bool_mask_and_no_mask_equals_all_real(backend):
     by_bool = hbi_ops.dpc_knn(x, 4, k=3, mask=mask, backend=backend)
     assert_same(hbi_ops.dpc_knn(x, 4, k=3, mask=mask.to(torch.int64) * 3, backend=backend), by_bool)
     assert_same(hbi_ops.dpc_knn(x, 4, k=3, mask=mask.to(torch.int32), backend=backend), by_bool)
-    assert_same(hbi_ops.dpc_knn(x, 4, k=3, backend=backend),
-                hbi_ops.dpc_knn(x, 4, k=3, mask=torch.ones(3, 10, dtype=torch.bool), backend=backend))
+    assert_same(
+        hbi_ops.dpc_knn(x, 4, k=3, backend=backend),
+        hbi_ops.dpc_knn(x, 4, k=3, mask=torch.ones(3, 10, dtype=torch.bool), backend=backend),
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------
 # per-sample independence and properties
 # ------------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_samples_are_independent(backend):
@@ -258,8 +266,9 @@ def test_non_finite_inputs_give_valid_clusters(backend):
     x[1, 6, 0] = float("-inf")
     x[2, :4] *= 1e30
     x[3] = float("nan")
-    idx, centers = hbi_ops.dpc_knn(x, num_clusters, k=3, mask=random_mask(batch, n, empty_sample=False),
-                                   backend=backend)
+    idx, centers = hbi_ops.dpc_knn(
+        x, num_clusters, k=3, mask=random_mask(batch, n, empty_sample=False), backend=backend
+    )
     assert int(idx.min()) >= 0 and int(idx.max()) < num_clusters
     assert int(centers.min()) >= 0 and int(centers.max()) < n
     for b in range(batch):
@@ -280,6 +289,7 @@ def test_every_token_a_centre(backend):
 # layouts, empty batch, no gradient
 # ------------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_non_contiguous_inputs(backend):
     x = torch.randn(4, 20, 6, dtype=torch.float64)[:, ::2, :]  # every other token
@@ -290,8 +300,9 @@ def test_non_contiguous_inputs(backend):
 
     xt = torch.randn(12, 5, 3, dtype=torch.float64).permute(1, 2, 0)  # [5, 3, 12], features strided
     assert not xt.is_contiguous()
-    assert_same(hbi_ops.dpc_knn(xt, 2, k=2, backend=backend),
-                oracle(xt.contiguous(), torch.ones(5, 3, dtype=torch.bool), 2, 2))
+    assert_same(
+        hbi_ops.dpc_knn(xt, 2, k=2, backend=backend), oracle(xt.contiguous(), torch.ones(5, 3, dtype=torch.bool), 2, 2)
+    )
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
@@ -319,18 +330,21 @@ def test_opcheck():
 # errors
 # ------------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
-@pytest.mark.parametrize("call,error,message", [
-    (lambda b: hbi_ops.dpc_knn(torch.randn(2, 5, 3), 0, k=2, backend=b), ValueError, "num_clusters"),
-    (lambda b: hbi_ops.dpc_knn(torch.randn(2, 5, 3), 6, k=2, backend=b), ValueError, "num_clusters"),
-    (lambda b: hbi_ops.dpc_knn(torch.randn(2, 5, 3), 2, k=0, backend=b), ValueError, "k must"),
-    (lambda b: hbi_ops.dpc_knn(torch.randn(2, 5, 3), 2, k=6, backend=b), ValueError, "k must"),
-    (lambda b: hbi_ops.dpc_knn(torch.randn(5, 3), 2, k=2, backend=b), ValueError, "x must have 3"),
-    (lambda b: hbi_ops.dpc_knn(torch.randn(2, 5, 3), 2, k=2, mask=torch.ones(2, 4), backend=b),
-     ValueError, "mask"),
-    (lambda b: hbi_ops.dpc_knn(torch.randint(0, 5, (2, 5, 3)), 2, k=2, backend=b), TypeError, "x must be"),
-    (lambda b: hbi_ops.dpc_knn(torch.randn(2, 5, 3), 2.0, k=2, backend=b), TypeError, "num_clusters"),
-])
+@pytest.mark.parametrize(
+    "call,error,message",
+    [
+        (lambda b: hbi_ops.dpc_knn(torch.randn(2, 5, 3), 0, k=2, backend=b), ValueError, "num_clusters"),
+        (lambda b: hbi_ops.dpc_knn(torch.randn(2, 5, 3), 6, k=2, backend=b), ValueError, "num_clusters"),
+        (lambda b: hbi_ops.dpc_knn(torch.randn(2, 5, 3), 2, k=0, backend=b), ValueError, "k must"),
+        (lambda b: hbi_ops.dpc_knn(torch.randn(2, 5, 3), 2, k=6, backend=b), ValueError, "k must"),
+        (lambda b: hbi_ops.dpc_knn(torch.randn(5, 3), 2, k=2, backend=b), ValueError, "x must have 3"),
+        (lambda b: hbi_ops.dpc_knn(torch.randn(2, 5, 3), 2, k=2, mask=torch.ones(2, 4), backend=b), ValueError, "mask"),
+        (lambda b: hbi_ops.dpc_knn(torch.randint(0, 5, (2, 5, 3)), 2, k=2, backend=b), TypeError, "x must be"),
+        (lambda b: hbi_ops.dpc_knn(torch.randn(2, 5, 3), 2.0, k=2, backend=b), TypeError, "num_clusters"),
+    ],
+)
 def test_bad_arguments(backend, call, error, message):
     with pytest.raises(error, match=message):
         call(backend)
@@ -341,16 +355,19 @@ def test_unknown_backend():
         hbi_ops.dpc_knn(torch.randn(2, 5, 3), 2, k=2, backend="fortran")
 
 
-@pytest.mark.parametrize("args,message", [
-    (lambda: (torch.randn(2, 5, 3), torch.ones(2, 5, dtype=torch.bool), 0, 2), "num_clusters"),
-    (lambda: (torch.randn(2, 5, 3), torch.ones(2, 5, dtype=torch.bool), 6, 2), "num_clusters"),
-    (lambda: (torch.randn(2, 5, 3), torch.ones(2, 5, dtype=torch.bool), 2, 0), "k must"),
-    (lambda: (torch.randn(2, 5, 3), torch.ones(2, 5, dtype=torch.bool), 2, 6), "k must"),
-    (lambda: (torch.randn(5, 3), torch.ones(5, dtype=torch.bool), 2, 2), "x must have 3"),
-    (lambda: (torch.randn(2, 5, 3), torch.ones(2, 4, dtype=torch.bool), 2, 2), "mask must have shape"),
-    (lambda: (torch.randn(2, 5, 3), torch.ones(2, 5), 2, 2), "mask must be a bool"),
-    (lambda: (torch.ones(2, 5, 3, dtype=torch.int32), torch.ones(2, 5, dtype=torch.bool), 2, 2), "x must be"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (lambda: (torch.randn(2, 5, 3), torch.ones(2, 5, dtype=torch.bool), 0, 2), "num_clusters"),
+        (lambda: (torch.randn(2, 5, 3), torch.ones(2, 5, dtype=torch.bool), 6, 2), "num_clusters"),
+        (lambda: (torch.randn(2, 5, 3), torch.ones(2, 5, dtype=torch.bool), 2, 0), "k must"),
+        (lambda: (torch.randn(2, 5, 3), torch.ones(2, 5, dtype=torch.bool), 2, 6), "k must"),
+        (lambda: (torch.randn(5, 3), torch.ones(5, dtype=torch.bool), 2, 2), "x must have 3"),
+        (lambda: (torch.randn(2, 5, 3), torch.ones(2, 4, dtype=torch.bool), 2, 2), "mask must have shape"),
+        (lambda: (torch.randn(2, 5, 3), torch.ones(2, 5), 2, 2), "mask must be a bool"),
+        (lambda: (torch.ones(2, 5, 3, dtype=torch.int32), torch.ones(2, 5, dtype=torch.bool), 2, 2), "x must be"),
+    ],
+)
 def test_kernel_checks_its_arguments(args, message):
     # The compiled kernel guards itself too (torch.ops.hbi_ops.dpc_knn skips the Python checks).
     with pytest.raises(RuntimeError, match=message):

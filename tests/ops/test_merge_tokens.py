@@ -1,5 +1,6 @@
 """hbi_ops.merge_tokens (docs/merge.md): the oracle against a brute-force loop, every compiled CPU backend against
 the oracle (forward and both gradients), gradcheck, opcheck, torch.compile and argument errors."""
+
 import pytest
 import torch
 
@@ -37,6 +38,7 @@ def inputs(batch=3, n=11, width=6, num_clusters=4, dtype=torch.float32):
 # values
 # ------------------------------------------------------------------------------------------------------------
 
+
 def test_oracle_matches_brute_force():
     x, idx, weight = inputs(dtype=torch.float64, num_clusters=5)
     idx[:, 0] = 4  # cluster 4 holds at least one token, and weights of any sign are allowed
@@ -47,8 +49,9 @@ def test_oracle_matches_brute_force():
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_public_api_matches_brute_force(backend):
     x, idx, weight = inputs(dtype=torch.float64)
-    torch.testing.assert_close(hbi_ops.merge_tokens(x, idx, 4, weight, backend=backend),
-                               brute_force(x, idx, weight, 4), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        hbi_ops.merge_tokens(x, idx, 4, weight, backend=backend), brute_force(x, idx, weight, 4), rtol=1e-12, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
@@ -76,16 +79,17 @@ def test_gradcheck(backend):
     idx[:, -1] = 3
     x.requires_grad_()
     weight.requires_grad_()
-    assert torch.autograd.gradcheck(lambda a, w: hbi_ops.merge_tokens(a, idx, 4, w, backend=backend),
-                                    (x, weight))
+    assert torch.autograd.gradcheck(lambda a, w: hbi_ops.merge_tokens(a, idx, 4, w, backend=backend), (x, weight))
     assert torch.autograd.gradcheck(lambda a: hbi_ops.merge_tokens(a, idx, 4, backend=backend), (x,))
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_weight_none_means_ones(backend):
     x, idx, _ = inputs()
-    torch.testing.assert_close(hbi_ops.merge_tokens(x, idx, 4, backend=backend),
-                               hbi_ops.merge_tokens(x, idx, 4, torch.ones(3, 11), backend=backend))
+    torch.testing.assert_close(
+        hbi_ops.merge_tokens(x, idx, 4, backend=backend),
+        hbi_ops.merge_tokens(x, idx, 4, torch.ones(3, 11), backend=backend),
+    )
     # unweighted: the plain mean of each cluster (up to the 1e-6)
     mean = torch.stack([x[0, idx[0] == c].mean(0) if (idx[0] == c).any() else torch.zeros(6) for c in range(4)])
     torch.testing.assert_close(hbi_ops.merge_tokens(x, idx, 4, backend=backend)[0], mean, rtol=1e-5, atol=1e-5)
@@ -108,8 +112,9 @@ def test_non_contiguous_inputs(backend):
     idx = torch.randint(0, 5, (20, 3)).t()
     weight = torch.rand(20, 3, dtype=torch.float64).t() + 0.1
     assert not (x.is_contiguous() or idx.is_contiguous() or weight.is_contiguous())
-    torch.testing.assert_close(hbi_ops.merge_tokens(x, idx, 5, weight, backend=backend),
-                               brute_force(x, idx, weight, 5), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        hbi_ops.merge_tokens(x, idx, 5, weight, backend=backend), brute_force(x, idx, weight, 5), rtol=1e-12, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
@@ -120,8 +125,10 @@ def test_empty_batch_and_integer_idx_types(backend):
     out.sum().backward()
     assert x.grad.shape == x.shape
     x, idx, weight = inputs()
-    torch.testing.assert_close(hbi_ops.merge_tokens(x, idx.to(torch.int32), 4, weight, backend=backend),
-                               hbi_ops.merge_tokens(x, idx, 4, weight, backend=backend))
+    torch.testing.assert_close(
+        hbi_ops.merge_tokens(x, idx.to(torch.int32), 4, weight, backend=backend),
+        hbi_ops.merge_tokens(x, idx, 4, weight, backend=backend),
+    )
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
@@ -135,11 +142,13 @@ def test_mixed_dtypes_promote(backend):
 # torch.library: opcheck, torch.compile
 # ------------------------------------------------------------------------------------------------------------
 
+
 def test_opcheck():
     x, idx, weight = inputs()
     torch.library.opcheck(torch.ops.hbi_ops.merge_tokens.default, (x, idx, weight, 4))
-    torch.library.opcheck(torch.ops.hbi_ops.merge_tokens.default,
-                          (x.clone().requires_grad_(), idx, weight.clone().requires_grad_(), 4))
+    torch.library.opcheck(
+        torch.ops.hbi_ops.merge_tokens.default, (x.clone().requires_grad_(), idx, weight.clone().requires_grad_(), 4)
+    )
     merged = torch.ops.hbi_ops.merge_tokens(x, idx, weight, 4)
     grad = torch.randn_like(merged)
     torch.library.opcheck(torch.ops.hbi_ops.merge_tokens_backward.default, (grad, x, idx, weight, merged, 4))
@@ -160,8 +169,7 @@ def _through_the_api(x, mask, weight):
 
 # The ops themselves trace into one graph (fakes); the public API may break the graph in backend
 # selection (a Python-side dispatcher query), so it is compiled without fullgraph.
-@pytest.mark.parametrize("fn,fullgraph", [(_through_the_ops, True), (_through_the_api, False)],
-                         ids=["ops", "api"])
+@pytest.mark.parametrize("fn,fullgraph", [(_through_the_ops, True), (_through_the_api, False)], ids=["ops", "api"])
 def test_torch_compile_matches_eager(fn, fullgraph):
     x = torch.randn(4, 16, 8, dtype=torch.float64)
     mask = torch.rand(4, 16) < 0.8
@@ -185,19 +193,23 @@ def test_torch_compile_matches_eager(fn, fullgraph):
 # errors
 # ------------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
-@pytest.mark.parametrize("call,error,message", [
-    (lambda b, x, i, w: hbi_ops.merge_tokens(x, i + 1, 4, w, backend=b), ValueError, "idx must hold"),
-    (lambda b, x, i, w: hbi_ops.merge_tokens(x, i - 1, 4, w, backend=b), ValueError, "idx must hold"),
-    (lambda b, x, i, w: hbi_ops.merge_tokens(x, i.float(), 4, w, backend=b), TypeError, "idx must be an integer"),
-    (lambda b, x, i, w: hbi_ops.merge_tokens(x, i[:, :-1], 4, w, backend=b), ValueError, "idx must have shape"),
-    (lambda b, x, i, w: hbi_ops.merge_tokens(x, i, 4, w[:, :-1], backend=b), ValueError, "weight must have shape"),
-    (lambda b, x, i, w: hbi_ops.merge_tokens(x[0], i, 4, w, backend=b), ValueError, "x must have 3"),
-    (lambda b, x, i, w: hbi_ops.merge_tokens(x.long(), i, 4, w, backend=b), TypeError, "x must be"),
-    (lambda b, x, i, w: hbi_ops.merge_tokens(x, i, 0, w, backend=b), ValueError, "num_clusters"),
-    (lambda b, x, i, w: hbi_ops.merge_tokens(x, i, 4, w.long(), backend=b), TypeError, "weight must be"),
-    (lambda b, x, i, w: hbi_ops.merge_tokens(x, i, 4, w, backend="fortran"), ValueError, "backend"),
-])
+@pytest.mark.parametrize(
+    "call,error,message",
+    [
+        (lambda b, x, i, w: hbi_ops.merge_tokens(x, i + 1, 4, w, backend=b), ValueError, "idx must hold"),
+        (lambda b, x, i, w: hbi_ops.merge_tokens(x, i - 1, 4, w, backend=b), ValueError, "idx must hold"),
+        (lambda b, x, i, w: hbi_ops.merge_tokens(x, i.float(), 4, w, backend=b), TypeError, "idx must be an integer"),
+        (lambda b, x, i, w: hbi_ops.merge_tokens(x, i[:, :-1], 4, w, backend=b), ValueError, "idx must have shape"),
+        (lambda b, x, i, w: hbi_ops.merge_tokens(x, i, 4, w[:, :-1], backend=b), ValueError, "weight must have shape"),
+        (lambda b, x, i, w: hbi_ops.merge_tokens(x[0], i, 4, w, backend=b), ValueError, "x must have 3"),
+        (lambda b, x, i, w: hbi_ops.merge_tokens(x.long(), i, 4, w, backend=b), TypeError, "x must be"),
+        (lambda b, x, i, w: hbi_ops.merge_tokens(x, i, 0, w, backend=b), ValueError, "num_clusters"),
+        (lambda b, x, i, w: hbi_ops.merge_tokens(x, i, 4, w.long(), backend=b), TypeError, "weight must be"),
+        (lambda b, x, i, w: hbi_ops.merge_tokens(x, i, 4, w, backend="fortran"), ValueError, "backend"),
+    ],
+)
 def test_bad_arguments(backend, call, error, message):
     x, idx, weight = inputs(num_clusters=4)
     idx[0, 0], idx[0, 1] = 0, 3
@@ -217,15 +229,18 @@ def test_kernels_reject_out_of_range_idx(bad):
         torch.ops.hbi_ops.merge_tokens_backward(grad, x, idx, weight, merged, 4)
 
 
-@pytest.mark.parametrize("args,message", [
-    (lambda x, i, w: (x, i.float(), w, 4), "idx must be an int64"),
-    (lambda x, i, w: (x, i[:, :-1], w, 4), "idx must have shape"),
-    (lambda x, i, w: (x, i, w[:, :-1], 4), "weight must have shape"),
-    (lambda x, i, w: (x, i, w.double(), 4), "weight must have x's dtype"),
-    (lambda x, i, w: (x.int(), i, w, 4), "x must be a floating-point"),
-    (lambda x, i, w: (x[0], i, w, 4), "x must have 3"),
-    (lambda x, i, w: (x, i, w, 0), "num_clusters"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (lambda x, i, w: (x, i.float(), w, 4), "idx must be an int64"),
+        (lambda x, i, w: (x, i[:, :-1], w, 4), "idx must have shape"),
+        (lambda x, i, w: (x, i, w[:, :-1], 4), "weight must have shape"),
+        (lambda x, i, w: (x, i, w.double(), 4), "weight must have x's dtype"),
+        (lambda x, i, w: (x.int(), i, w, 4), "x must be a floating-point"),
+        (lambda x, i, w: (x[0], i, w, 4), "x must have 3"),
+        (lambda x, i, w: (x, i, w, 0), "num_clusters"),
+    ],
+)
 def test_kernel_checks_its_arguments(args, message):
     x, idx, weight = inputs(num_clusters=4)
     with pytest.raises(RuntimeError, match=message):

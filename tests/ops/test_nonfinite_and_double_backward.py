@@ -2,6 +2,7 @@
 at a real position propagates as NaN (dpc_knn, whose outputs are indices, still returns valid ones). And
 second derivatives: the torch backend has them, the compiled and Triton backends refuse them clearly.
 (banzhaf_interaction's share of the rule is in test_banzhaf_extremes.py.)"""
+
 import pytest
 import torch
 
@@ -25,13 +26,15 @@ def _wti_game():
 @pytest.mark.parametrize("poison", POISONS)
 def test_wti_padding_never_matters(backend, padding, poison):
     text, video, text_weight, video_weight, text_mask, video_mask = _wti_game()
-    clean = hbi_ops.wti_similarity(text, video, text_weight, video_weight, text_mask, video_mask, padding=padding,
-                                   backend=backend)
+    clean = hbi_ops.wti_similarity(
+        text, video, text_weight, video_weight, text_mask, video_mask, padding=padding, backend=backend
+    )
     text = text.masked_fill(~text_mask[..., None], poison)
     video = video.masked_fill(~video_mask[..., None], poison)
     text_weight = text_weight.masked_fill(~text_mask, poison)
-    poisoned = hbi_ops.wti_similarity(text, video, text_weight, video_weight, text_mask, video_mask,
-                                      padding=padding, backend=backend)
+    poisoned = hbi_ops.wti_similarity(
+        text, video, text_weight, video_weight, text_mask, video_mask, padding=padding, backend=backend
+    )
     torch.testing.assert_close(poisoned, clean, rtol=0, atol=0)
 
 
@@ -39,8 +42,8 @@ def test_wti_padding_never_matters(backend, padding, poison):
 @pytest.mark.parametrize("poison", POISONS)
 def test_wti_nonfinite_at_a_real_token_is_nan(backend, poison):
     text, video, text_weight, video_weight, text_mask, video_mask = _wti_game()
-    text[1, 0, 2] = poison        # a real word of text 1
-    video_weight[2, 0] = poison   # a real frame's weight of video 2
+    text[1, 0, 2] = poison  # a real word of text 1
+    video_weight[2, 0] = poison  # a real frame's weight of video 2
     score = hbi_ops.wti_similarity(text, video, text_weight, video_weight, text_mask, video_mask, backend=backend)
     expected_nan = torch.zeros(3, 4, dtype=torch.bool)
     expected_nan[1, :] = True
@@ -84,19 +87,25 @@ def test_merge_propagates_nan_to_its_cluster_only(backend):
 # ------------------------------------------------------------------------------------------------
 # Second derivatives
 
+
 def _second_derivative_cases():
     text, video, text_weight, video_weight, text_mask, video_mask = _wti_game()
     x = torch.randn(2, 5, 3, dtype=torch.float64)
     idx = torch.randint(0, 3, (2, 5))
     sim = torch.randn(2, 4, 3, dtype=torch.float64)
     return {
-        "wti_similarity": ((text, video, text_weight, video_weight),
-                           lambda b, t, v, p, q: hbi_ops.wti_similarity(t, v, p, q, text_mask, video_mask, backend=b)),
-        "merge_tokens": ((x, torch.rand(2, 5, dtype=torch.float64)),
-                         lambda b, x, w: hbi_ops.merge_tokens(x, idx, 3, weight=w, backend=b)),
-        "banzhaf_interaction": ((sim, torch.randn(2, 4, dtype=torch.float64)),
-                                lambda b, s, w: hbi_ops.banzhaf_interaction(s, text_weight=w, estimator="paired",
-                                                                            num_samples=4, backend=b)),
+        "wti_similarity": (
+            (text, video, text_weight, video_weight),
+            lambda b, t, v, p, q: hbi_ops.wti_similarity(t, v, p, q, text_mask, video_mask, backend=b),
+        ),
+        "merge_tokens": (
+            (x, torch.rand(2, 5, dtype=torch.float64)),
+            lambda b, x, w: hbi_ops.merge_tokens(x, idx, 3, weight=w, backend=b),
+        ),
+        "banzhaf_interaction": (
+            (sim, torch.randn(2, 4, dtype=torch.float64)),
+            lambda b, s, w: hbi_ops.banzhaf_interaction(s, text_weight=w, estimator="paired", num_samples=4, backend=b),
+        ),
     }
 
 

@@ -10,6 +10,7 @@ subprocess without TRITON_INTERPRET. A variant must compile and fit the card's s
 As a script it prints registers, spilled bytes and shared memory per variant:
     python tests/ops/test_triton_lowering.py [--arch 90]
 """
+
 import argparse
 import concurrent.futures
 import contextlib
@@ -25,17 +26,28 @@ import torch
 # Shared memory one block may opt in to, by compute capability (CUDA programming guide, table 21).
 SHARED_MEMORY_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
 
-_TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64",
-                 torch.int64: "i64", torch.int32: "i32", torch.int8: "i8", torch.uint8: "u8", torch.bool: "i1"}
+_TRITON_TYPES = {
+    torch.float16: "fp16",
+    torch.bfloat16: "bf16",
+    torch.float32: "fp32",
+    torch.float64: "fp64",
+    torch.int64: "i64",
+    torch.int32: "i32",
+    torch.int8: "i8",
+    torch.uint8: "u8",
+    torch.bool: "i1",
+}
 
 pytestmark = pytest.mark.skipif(
     torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") != "1",
-    reason="with a GPU, tests/gpu compiles and runs every kernel")
+    reason="with a GPU, tests/gpu compiles and runs every kernel",
+)
 
 
 # ------------------------------------------------------------------------------------------------------------
 # Recording the launches (this process: TRITON_INTERPRET=1)
 # ------------------------------------------------------------------------------------------------------------
+
 
 def _argument_type(value):
     """Triton's signature type of a runtime argument, as its launcher would derive it."""
@@ -44,7 +56,7 @@ def _argument_type(value):
     if isinstance(value, bool):
         return "i1"
     if isinstance(value, int):
-        return "i32" if -2**31 <= value < 2**31 else ("u64" if value >= 2**63 else "i64")
+        return "i32" if -(2**31) <= value < 2**31 else ("u64" if value >= 2**63 else "i64")
     if isinstance(value, float):
         return "fp32"
     raise TypeError(f"no Triton type for a runtime argument of type {type(value).__name__}")
@@ -75,8 +87,7 @@ def _variant(fn, args, kwargs):
         else:
             signature[name] = _argument_type(bound.arguments[name])
     options = {k: v for k, v in kwargs.items() if k not in parameters}
-    return dict(module=fn.__module__, kernel=fn.__name__, signature=signature, constexprs=constexprs,
-                options=options)
+    return dict(module=fn.__module__, kernel=fn.__name__, signature=signature, constexprs=constexprs, options=options)
 
 
 @contextlib.contextmanager
@@ -111,18 +122,30 @@ def _banzhaf_launches(dtype):
     exact = [("reference", "exact")]
     # full size (B=128, T=32 with 20 real words, V=12), two tiles of players (T + V > 128), a long text with
     # few frames (the closed form's tile loops), enumerated games
-    for (batch, words, frames, real), cases in (((128, 32, 12, 20), settings), ((2, 100, 40, None), settings),
-                                                ((2, 512, 3, None), [("textbook", "exact")]),
-                                                ((4, 8, 6, None), exact), ((3, 5, 4, None), exact)):
+    for (batch, words, frames, real), cases in (
+        ((128, 32, 12, 20), settings),
+        ((2, 100, 40, None), settings),
+        ((2, 512, 3, None), [("textbook", "exact")]),
+        ((4, 8, 6, None), exact),
+        ((3, 5, 4, None), exact),
+    ):
         for definition, estimator in cases:
             sim = torch.randn(batch, words, frames, dtype=dtype, requires_grad=True)
             weights = [torch.randn(batch, n, dtype=dtype, requires_grad=True) for n in (words, frames)]
             masks = padded_mask(batch, words, real=real), padded_mask(batch, frames)
             if estimator == "exact":
                 masks = torch.ones(batch, words, dtype=torch.bool), torch.ones(batch, frames, dtype=torch.bool)
-            out = hbi_ops.banzhaf_interaction(sim, masks[0], masks[1], weights[0], weights[1],
-                                              definition=definition, estimator=estimator, num_samples=1000,
-                                              backend="triton")
+            out = hbi_ops.banzhaf_interaction(
+                sim,
+                masks[0],
+                masks[1],
+                weights[0],
+                weights[1],
+                definition=definition,
+                estimator=estimator,
+                num_samples=1000,
+                backend="triton",
+            )
             out.backward(torch.randn_like(out))
 
 
@@ -131,15 +154,27 @@ def _wti_launches(dtype):
     from hbi_ops.testing import padded_mask
 
     # The MSR-VTT retrieval size, long texts, many frames, one frame, narrow features
-    for a, b, words, frames, width in ((1000, 1000, 32, 12, 512), (9, 11, 150, 7, 33), (6, 5, 20, 200, 16),
-                                       (33, 260, 128, 1, 8)):
+    for a, b, words, frames, width in (
+        (1000, 1000, 32, 12, 512),
+        (9, 11, 150, 7, 33),
+        (6, 5, 20, 200, 16),
+        (33, 260, 128, 1, 8),
+    ):
         text = torch.randn(a, words, width, dtype=dtype, requires_grad=True)
         video = torch.randn(b, frames, width, dtype=dtype, requires_grad=True)
         text_weight = torch.softmax(torch.randn(a, words), -1).to(dtype).requires_grad_()
         video_weight = torch.softmax(torch.randn(b, frames), -1).to(dtype).requires_grad_()
         for padding in ("ignore", "zero"):
-            score = hbi_ops.wti_similarity(text, video, text_weight, video_weight, padded_mask(a, words),
-                                           padded_mask(b, frames), padding=padding, backend="triton")
+            score = hbi_ops.wti_similarity(
+                text,
+                video,
+                text_weight,
+                video_weight,
+                padded_mask(a, words),
+                padded_mask(b, frames),
+                padding=padding,
+                backend="triton",
+            )
             score.backward(torch.randn_like(score))
 
 
@@ -148,8 +183,12 @@ def _dpc_knn_and_merge_launches(dtype):
     from hbi_ops.testing import padded_mask
 
     # full sizes: text (masked), frames, image tokens (the tiled path); a small tiled size
-    for batch, n, width, clusters, k, masked in ((128, 32, 512, 16, 3, True), (128, 12, 512, 6, 3, False),
-                                                 (32, 3136, 64, 784, 5, False), (3, 100, 24, 10, 4, True)):
+    for batch, n, width, clusters, k, masked in (
+        (128, 32, 512, 16, 3, True),
+        (128, 12, 512, 6, 3, False),
+        (32, 3136, 64, 784, 5, False),
+        (3, 100, 24, 10, 4, True),
+    ):
         x = torch.randn(batch, n, width, dtype=dtype)
         mask = padded_mask(batch, n) if masked else None
         idx, _centers = hbi_ops.dpc_knn(x, clusters, k=k, mask=mask, backend="triton")
@@ -160,9 +199,16 @@ def _dpc_knn_and_merge_launches(dtype):
         merged.backward(torch.randn_like(merged))
 
 
-OPERATORS = {"banzhaf_interaction": _banzhaf_launches, "wti_similarity": _wti_launches,
-             "dpc_knn+merge_tokens": _dpc_knn_and_merge_launches}
-MODULES = {"banzhaf_interaction": ["banzhaf", "banzhaf_closed_form"], "wti_similarity": ["wti"], "dpc_knn+merge_tokens": ["dpc_knn", "merge"]}
+OPERATORS = {
+    "banzhaf_interaction": _banzhaf_launches,
+    "wti_similarity": _wti_launches,
+    "dpc_knn+merge_tokens": _dpc_knn_and_merge_launches,
+}
+MODULES = {
+    "banzhaf_interaction": ["banzhaf", "banzhaf_closed_form"],
+    "wti_similarity": ["wti"],
+    "dpc_knn+merge_tokens": ["dpc_knn", "merge"],
+}
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -179,6 +225,7 @@ def launch_variants(operators=OPERATORS):
 # Compiling them (a subprocess: no TRITON_INTERPRET, so triton.jit gives compilable kernels)
 # ------------------------------------------------------------------------------------------------------------
 
+
 def _compile_one(variant, arch):
     import importlib
 
@@ -187,8 +234,10 @@ def _compile_one(variant, arch):
     from triton.backends.compiler import GPUTarget
 
     fn = getattr(importlib.import_module(variant["module"]), variant["kernel"])
-    constexprs = {name: tl.dtype(value["tl_dtype"]) if isinstance(value, dict) else value
-                  for name, value in variant["constexprs"].items()}
+    constexprs = {
+        name: tl.dtype(value["tl_dtype"]) if isinstance(value, dict) else value
+        for name, value in variant["constexprs"].items()
+    }
     source = triton.compiler.ASTSource(fn=fn, signature=variant["signature"], constexprs=constexprs)
     result = dict(kernel=variant["kernel"], constexprs=variant["constexprs"], options=variant["options"])
     try:
@@ -221,8 +270,10 @@ def _resource_usage(cubin):
     registers = re.search(r"REG:(\d+)", text)
     stack = re.search(r"STACK:(\d+)", text)
     local = re.search(r"LOCAL:(\d+)", text)
-    return dict(registers=int(registers.group(1)) if registers else None,
-                spill_bytes=max(int(stack.group(1)) if stack else 0, int(local.group(1)) if local else 0))
+    return dict(
+        registers=int(registers.group(1)) if registers else None,
+        spill_bytes=max(int(stack.group(1)) if stack else 0, int(local.group(1)) if local else 0),
+    )
 
 
 def compile_variants(variants, arch):
@@ -239,8 +290,14 @@ def compile_in_subprocess(variants, arch):
     environment = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(hbi_ops.__file__)))
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, environment.get("PYTHONPATH")]))
-    process = subprocess.run([sys.executable, __file__, "--compile", "--arch", str(arch)], env=environment,
-                             input=json.dumps(variants), capture_output=True, text=True, timeout=1800)
+    process = subprocess.run(
+        [sys.executable, __file__, "--compile", "--arch", str(arch)],
+        env=environment,
+        input=json.dumps(variants),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert process.returncode == 0, process.stderr[-4000:]
     return json.loads(process.stdout)
 
@@ -249,6 +306,7 @@ def compile_in_subprocess(variants, arch):
 # The test
 # ------------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("operator", list(OPERATORS))
 def test_every_gpu_launch_compiles_for_sm90(operator):
     import importlib
@@ -256,17 +314,22 @@ def test_every_gpu_launch_compiles_for_sm90(operator):
     from triton.runtime.interpreter import InterpretedFunction
 
     variants = launch_variants({operator: OPERATORS[operator]})
-    kernels = {(module.__name__, name) for module in
-               (importlib.import_module(f"hbi_ops.triton.{m}") for m in MODULES[operator])
-               for name, value in vars(module).items()
-               if isinstance(value, InterpretedFunction) and name.endswith("_kernel")}
+    kernels = {
+        (module.__name__, name)
+        for module in (importlib.import_module(f"hbi_ops.triton.{m}") for m in MODULES[operator])
+        for name, value in vars(module).items()
+        if isinstance(value, InterpretedFunction) and name.endswith("_kernel")
+    }
     launched = {(v["module"], v["kernel"]) for v in variants}
     assert kernels and kernels <= launched, f"{operator}: never launched here: {sorted(kernels - launched)}"
     results = compile_in_subprocess(variants, 90)
     failures = [f"{r['kernel']} {r['constexprs']} {r['options']}:\n{r['error']}" for r in results if "error" in r]
     assert not failures, f"{len(failures)} of {len(results)} variants failed to compile:\n" + "\n".join(failures)
-    too_big = [f"{r['kernel']} {r['constexprs']}: {r['shared']} bytes" for r in results
-               if r["shared"] > SHARED_MEMORY_LIMIT[90]]
+    too_big = [
+        f"{r['kernel']} {r['constexprs']}: {r['shared']} bytes"
+        for r in results
+        if r["shared"] > SHARED_MEMORY_LIMIT[90]
+    ]
     assert not too_big, "shared memory over the sm_90 limit of one block:\n" + "\n".join(too_big)
 
 
@@ -287,8 +350,10 @@ def _main():
             print(f"{r['kernel']:<28} FAILED {r['constexprs']}\n{r['error']}")
             continue
         flag = " OVER THE LIMIT" if limit and r["shared"] > limit else ""
-        print(f"{r['kernel']:<28} {r['options'].get('num_warps', 4):>5} {r.get('registers')!s:>5} "
-              f"{r.get('spill_bytes')!s:>6} {r['shared']:>7}  {r['constexprs']}{flag}")
+        print(
+            f"{r['kernel']:<28} {r['options'].get('num_warps', 4):>5} {r.get('registers')!s:>5} "
+            f"{r.get('spill_bytes')!s:>6} {r['shared']:>7}  {r['constexprs']}{flag}"
+        )
 
 
 if __name__ == "__main__":

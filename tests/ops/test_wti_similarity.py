@@ -1,12 +1,13 @@
 """hbi_ops.wti_similarity (docs/wti.md): the oracle against a brute-force loop, every compiled CPU backend against
 the oracle (forward and the four gradients), gradcheck, opcheck, torch.compile and argument errors."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import hbi_ops
-from hbi_ops.testing import FLOAT_DTYPES, TOLERANCE, compiled_cpu_backends, padded_mask
 from hbi_ops.reference.wti import wti_similarity as oracle
+from hbi_ops.testing import FLOAT_DTYPES, TOLERANCE, compiled_cpu_backends, padded_mask
 
 PADDINGS = ("ignore", "zero")
 
@@ -15,6 +16,7 @@ PADDINGS = ("ignore", "zero")
 # helpers
 # ------------------------------------------------------------------------------------------------------------
 
+
 def brute_force(x, y, p, q, mt, mv, padding):
     """Scalar loops over the definition of docs/wti.md, independent of the oracle's tensor code."""
     num_texts, num_words, _ = x.shape
@@ -22,6 +24,7 @@ def brute_force(x, y, p, q, mt, mv, padding):
     out = torch.zeros(num_texts, num_videos, dtype=torch.float64)
     for a in range(num_texts):
         for b in range(num_videos):
+
             def sim(t, v):
                 if padding == "zero" and not (mt[a, t] and mv[b, v]):
                     return 0.0
@@ -43,8 +46,7 @@ def brute_force(x, y, p, q, mt, mv, padding):
     return out
 
 
-def make_inputs(num_texts=3, num_videos=4, num_words=5, num_frames=4, width=16, dtype=torch.float64,
-                empty_rows=True):
+def make_inputs(num_texts=3, num_videos=4, num_words=5, num_frames=4, width=16, dtype=torch.float64, empty_rows=True):
     """L2-normalised random features, softmax weights (what the caller passes), padded masks."""
     x = F.normalize(torch.randn(num_texts, num_words, width, dtype=torch.float64), dim=-1)
     y = F.normalize(torch.randn(num_videos, num_frames, width, dtype=torch.float64), dim=-1)
@@ -70,6 +72,7 @@ def oracle_api(*args, padding, **_):
 # the oracle
 # ------------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("padding", PADDINGS)
 def test_oracle_matches_brute_force(padding):
     x, y, p, q, mt, mv = make_inputs()
@@ -84,8 +87,9 @@ def test_oracle_matches_brute_force(padding):
 def test_oracle_without_masks_matches_brute_force(padding):
     x, y, p, q, _, _ = make_inputs(num_words=6, num_frames=3)
     mt, mv = torch.ones(3, 6, dtype=torch.bool), torch.ones(4, 3, dtype=torch.bool)
-    torch.testing.assert_close(oracle(x, y, p, q, mt, mv, padding == "zero"), brute_force(x, y, p, q, mt, mv, padding),
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        oracle(x, y, p, q, mt, mv, padding == "zero"), brute_force(x, y, p, q, mt, mv, padding), rtol=1e-12, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("backend", ["torch"] + compiled_cpu_backends("wti_similarity"))
@@ -93,8 +97,9 @@ def test_oracle_without_masks_matches_brute_force(padding):
 def test_all_padding_gives_zeros_not_nan(backend, padding):
     x, y, p, q, _, _ = make_inputs(dtype=torch.float32)
     mt, mv = torch.zeros(3, 5, dtype=torch.bool), torch.zeros(4, 4, dtype=torch.bool)
-    score, gx, gy, gp, gq = score_and_grads(hbi_ops.wti_similarity, x, y, p, q, mt, mv,
-                                            upstream=torch.randn(3, 4), padding=padding, backend=backend)
+    score, gx, gy, gp, gq = score_and_grads(
+        hbi_ops.wti_similarity, x, y, p, q, mt, mv, upstream=torch.randn(3, 4), padding=padding, backend=backend
+    )
     assert torch.equal(score, torch.zeros(3, 4))
     for grad in (gx, gy, gp, gq):
         assert torch.equal(grad, torch.zeros_like(grad))
@@ -104,9 +109,18 @@ def test_all_padding_gives_zeros_not_nan(backend, padding):
 @pytest.mark.parametrize("padding", PADDINGS)
 def test_padded_weights_get_no_gradient(backend, padding):
     x, y, p, q, mt, mv = make_inputs()
-    _, _, _, gp, gq = score_and_grads(hbi_ops.wti_similarity, x, y, p, q, mt, mv,
-                                      upstream=torch.randn(3, 4, dtype=torch.float64), padding=padding,
-                                      backend=backend)
+    _, _, _, gp, gq = score_and_grads(
+        hbi_ops.wti_similarity,
+        x,
+        y,
+        p,
+        q,
+        mt,
+        mv,
+        upstream=torch.randn(3, 4, dtype=torch.float64),
+        padding=padding,
+        backend=backend,
+    )
     assert torch.equal(gp[~mt], torch.zeros_like(gp[~mt]))
     assert torch.equal(gq[~mv], torch.zeros_like(gq[~mv]))
 
@@ -115,13 +129,16 @@ def test_padded_weights_get_no_gradient(backend, padding):
 # compiled backends against the oracle
 # ------------------------------------------------------------------------------------------------------------
 
+
 def assert_matches_oracle(backend, x, y, p, q, mt, mv, padding, dtype, upstream=None):
     """Backend on `dtype` inputs vs the oracle in float64 on the same (rounded) values."""
     upstream = torch.randn(x.shape[0], y.shape[0], dtype=torch.float64) if upstream is None else upstream
-    got = score_and_grads(hbi_ops.wti_similarity, x, y, p, q, mt, mv, upstream=upstream.to(dtype),
-                          padding=padding, backend=backend)
-    want = score_and_grads(oracle_api, *(t.double() for t in (x, y, p, q)), mt, mv,
-                           upstream=upstream.to(dtype).double(), padding=padding)
+    got = score_and_grads(
+        hbi_ops.wti_similarity, x, y, p, q, mt, mv, upstream=upstream.to(dtype), padding=padding, backend=backend
+    )
+    want = score_and_grads(
+        oracle_api, *(t.double() for t in (x, y, p, q)), mt, mv, upstream=upstream.to(dtype).double(), padding=padding
+    )
     for name, g, w in zip(("score", "grad text", "grad video", "grad text_weight", "grad video_weight"), got, want):
         assert g.dtype == dtype, name
         torch.testing.assert_close(g.double(), w, **TOLERANCE[dtype], msg=lambda m: f"{backend} {name}: {m}")
@@ -146,8 +163,7 @@ def test_backend_matches_oracle_larger_blocks(backend, padding, sizes):
         # the cpu kernel's GEMM blocks do not concern the triton kernels, and the interpreter is slow at this size:
         # still several program tiles in each direction (40 texts, 36 videos: 5 x 3 tiles)
         A, B = 40, 36
-    x, y, p, q, mt, mv = make_inputs(num_texts=A, num_videos=B, num_words=T, num_frames=V, width=D,
-                                     dtype=torch.float64)
+    x, y, p, q, mt, mv = make_inputs(num_texts=A, num_videos=B, num_words=T, num_frames=V, width=D, dtype=torch.float64)
     if A > 100:
         assert int(mt.sum()) * int(mv.sum()) > 2**22
     assert_matches_oracle(backend, x, y, p, q, mt, mv, padding, torch.float64)
@@ -158,8 +174,15 @@ def test_backend_matches_oracle_larger_blocks(backend, padding, sizes):
 def test_backend_without_masks(backend, padding):
     x, y, p, q, _, _ = make_inputs(dtype=torch.float32)
     got = hbi_ops.wti_similarity(x, y, p, q, padding=padding, backend=backend)
-    want = oracle(x.double(), y.double(), p.double(), q.double(), torch.ones(3, 5, dtype=torch.bool),
-                  torch.ones(4, 4, dtype=torch.bool), padding == "zero")
+    want = oracle(
+        x.double(),
+        y.double(),
+        p.double(),
+        q.double(),
+        torch.ones(3, 5, dtype=torch.bool),
+        torch.ones(4, 4, dtype=torch.bool),
+        padding == "zero",
+    )
     torch.testing.assert_close(got.double(), want, **TOLERANCE[torch.float32])
 
 
@@ -168,8 +191,9 @@ def test_backend_without_masks(backend, padding):
 def test_integer_masks_equal_bool_masks(backend, padding):
     x, y, p, q, mt, mv = make_inputs(dtype=torch.float32)
     with_bool = hbi_ops.wti_similarity(x, y, p, q, mt, mv, padding=padding, backend=backend)
-    with_int = hbi_ops.wti_similarity(x, y, p, q, mt.to(torch.int64), mv.to(torch.int32), padding=padding,
-                                      backend=backend)
+    with_int = hbi_ops.wti_similarity(
+        x, y, p, q, mt.to(torch.int64), mv.to(torch.int32), padding=padding, backend=backend
+    )
     assert torch.equal(with_bool, with_int)
 
 
@@ -177,8 +201,8 @@ def test_integer_masks_equal_bool_masks(backend, padding):
 @pytest.mark.parametrize("padding", PADDINGS)
 def test_non_contiguous_inputs(backend, padding):
     A, B, T, V, D = 4, 5, 6, 3, 16
-    x = torch.randn(D, T, A).permute(2, 1, 0)       # [A, T, D], transposed view
-    y = torch.randn(B, 2 * V, D)[:, ::2]             # [B, V, D], strided slice
+    x = torch.randn(D, T, A).permute(2, 1, 0)  # [A, T, D], transposed view
+    y = torch.randn(B, 2 * V, D)[:, ::2]  # [B, V, D], strided slice
     p = torch.softmax(torch.randn(T, A), dim=0).t()  # [A, T]
     q = torch.softmax(torch.randn(V, B), dim=0).t()  # [B, V]
     mt = (torch.rand(T, A) > 0.3).t()
@@ -192,8 +216,9 @@ def test_non_contiguous_inputs(backend, padding):
 def test_empty_batch(backend, sizes):
     A, B = sizes
     x, y, p, q, mt, mv = make_inputs(num_texts=A, num_videos=B, dtype=torch.float32, empty_rows=False)
-    score, gx, gy, gp, gq = score_and_grads(hbi_ops.wti_similarity, x, y, p, q, mt, mv,
-                                            upstream=torch.randn(A, B), padding="ignore", backend=backend)
+    score, gx, gy, gp, gq = score_and_grads(
+        hbi_ops.wti_similarity, x, y, p, q, mt, mv, upstream=torch.randn(A, B), padding="ignore", backend=backend
+    )
     assert score.shape == (A, B)
     assert gx.shape == x.shape and gy.shape == y.shape and gp.shape == p.shape and gq.shape == q.shape
     assert (gy == 0).all() if A == 0 else (gx == 0).all()
@@ -202,6 +227,7 @@ def test_empty_batch(backend, sizes):
 # ------------------------------------------------------------------------------------------------------------
 # gradcheck, opcheck, torch.compile
 # ------------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("backend", ["torch"] + compiled_cpu_backends("wti_similarity"))
 @pytest.mark.parametrize("padding", PADDINGS)
@@ -279,6 +305,7 @@ def test_torch_compile(padding):
 # ------------------------------------------------------------------------------------------------------------
 # argument errors
 # ------------------------------------------------------------------------------------------------------------
+
 
 def _bad_calls():
     x, y, p, q, mt, mv = make_inputs(dtype=torch.float32)
