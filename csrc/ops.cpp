@@ -65,6 +65,6 @@ TORCH_LIBRARY(hbi_ops, m) {
   // Weighted mean of each cluster [B, K, C].
   m.def("merge_tokens(Tensor x, Tensor idx, Tensor weight, int num_clusters) -> Tensor");
   m.def(
-      "merge_tokens_backward(Tensor grad, Tensor x, Tensor idx, Tensor weight, Tensor merged, "
-      "int num_clusters) -> (Tensor, Tensor)");
+      "merge_tokens_backward(Tensor grad, Tensor x, Tensor idx, Tensor weight, int num_clusters) -> (Tensor, "
+      "Tensor)");
 }

@@ -10,9 +10,9 @@ import os
 
 import torch
 
-from hbi_ops import _extension
+from hbi_ops import _extension, ops
 
-OPERATORS = ("wti_similarity", "banzhaf_interaction", "dpc_knn", "merge_tokens")
+OPERATORS = tuple(ops.OPERATORS)
 BACKENDS = ("cuda", "triton", "cpu", "torch")
 DEFAULT_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch"), "meta": ("cpu", "torch")}
 ENV_VARIABLE = "HBI_OPS_BACKEND"
@@ -45,9 +45,7 @@ def why_not(backend: str, op: str, device: torch.device, args=None):
     inputs), else the reason it cannot (xformers' not_supported_reasons)."""
     reason = _why_not_here(backend, op, device)
     if reason is None and args is not None:
-        module = implementation(backend)
-        reasons = module.not_supported_reasons(op, device, args) if hasattr(module, "not_supported_reasons") else []
-        reason = "; ".join(reasons) or None
+        reason = "; ".join(ops.not_supported_reasons(op, backend, args)) or None
     return reason
 
 

@@ -7,7 +7,7 @@
 //
 // One sample per task of at::parallel_for; every sample owns its output rows, so no atomics. Sums run in
 // at::opmath_type (float for float16 / bfloat16, double for float64); the backward recomputes W and out in
-// that type instead of reading the rounded `merged`. Every idx value is checked to lie in [0, K) before
+// that type instead of saving the rounded output. Every idx value is checked to lie in [0, K) before
 // anything is written.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -100,7 +100,7 @@ at::Tensor merge_tokens_cpu(const at::Tensor& x, const at::Tensor& idx, const at
 
 std::tuple<at::Tensor, at::Tensor> merge_tokens_backward_cpu(const at::Tensor& grad, const at::Tensor& x,
                                                              const at::Tensor& idx, const at::Tensor& weight,
-                                                             const at::Tensor& merged, int64_t num_clusters) {
+                                                             int64_t num_clusters) {
   check_inputs("merge_tokens_backward", x, idx, weight, num_clusters);
   const int64_t batch = x.size(0), n = x.size(1), width = x.size(2);
   TORCH_CHECK(grad.defined() && grad.device().is_cpu(),
@@ -110,9 +110,6 @@ std::tuple<at::Tensor, at::Tensor> merge_tokens_backward_cpu(const at::Tensor& g
   TORCH_CHECK(grad.dim() == 3 && grad.size(0) == batch && grad.size(1) == num_clusters && grad.size(2) == width,
               "merge_tokens_backward: grad must have shape [", batch, ", ", num_clusters, ", ", width, "], got ",
               grad.sizes());
-  // merged is not read (out is recomputed in the accumulate type); its shape is still checked.
-  TORCH_CHECK(!merged.defined() || merged.sizes() == grad.sizes(), "merge_tokens_backward: merged must have shape [",
-              batch, ", ", num_clusters, ", ", width, "], got ", merged.sizes());
 
   const at::Tensor xc = x.contiguous(), ic = idx.contiguous(), wc = weight.contiguous();
   const at::Tensor gc = grad.to(x.scalar_type()).contiguous();

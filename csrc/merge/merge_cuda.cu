@@ -269,7 +269,7 @@ at::Tensor merge_tokens_cuda(const at::Tensor& x, const at::Tensor& idx, const a
 
 std::tuple<at::Tensor, at::Tensor> merge_tokens_backward_cuda(const at::Tensor& grad, const at::Tensor& x,
                                                               const at::Tensor& idx, const at::Tensor& weight,
-                                                              const at::Tensor& merged, int64_t num_clusters) {
+                                                              int64_t num_clusters) {
   check_inputs("merge_tokens_backward", x, idx, weight, num_clusters);
   const int64_t batch = x.size(0), n = x.size(1), width = x.size(2);
   TORCH_CHECK(grad.defined() && grad.device() == x.device(),
@@ -279,8 +279,6 @@ std::tuple<at::Tensor, at::Tensor> merge_tokens_backward_cuda(const at::Tensor& 
   TORCH_CHECK(grad.dim() == 3 && grad.size(0) == batch && grad.size(1) == num_clusters && grad.size(2) == width,
               "merge_tokens_backward: grad must have shape [", batch, ", ", num_clusters, ", ", width, "], got ",
               grad.sizes());
-  TORCH_CHECK(!merged.defined() || merged.sizes() == grad.sizes(), "merge_tokens_backward: merged must have shape [",
-              batch, ", ", num_clusters, ", ", width, "], got ", merged.sizes());
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor xc = x.contiguous(), ic = idx.contiguous(), wc = weight.contiguous();
   const at::Tensor gc = grad.to(x.scalar_type()).contiguous();

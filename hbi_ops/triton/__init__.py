@@ -1,30 +1,17 @@
 """The `triton` backend: Triton kernels for CUDA tensors (and CPU tensors under TRITON_INTERPRET=1).
 
-One module per operator (wti.py, banzhaf.py, dpc_knn.py, merge.py). Each registers its kernels as
-torch.library custom ops in the `hbi_ops_triton` namespace, with autograd and fake implementations,
-and defines the backend function named after the operator, taking the arguments hbi_ops._api
-normalises (the same as every other backend's).
+One module per operator (wti.py, banzhaf.py with banzhaf_closed_form.py, dpc_knn.py, merge.py). Each
+registers its kernels as torch.library custom ops in the `hbi_ops_triton` namespace, attaches the
+operator's fake and autograd from hbi_ops.ops (the same as the compiled ops'), and defines the backend
+function named after the operator, taking the arguments hbi_ops.ops.<op>.arguments normalises (the same as
+every backend's).
 """
-
-import importlib
 
 import triton  # noqa: F401  (an ImportError here tells the dispatcher that triton is unusable)
 
-_OPERATORS = {"wti": "wti_similarity", "banzhaf": "banzhaf_interaction", "dpc_knn": "dpc_knn", "merge": "merge_tokens"}
+from hbi_ops.triton.banzhaf import banzhaf_interaction
+from hbi_ops.triton.dpc_knn import dpc_knn
+from hbi_ops.triton.merge import merge_tokens
+from hbi_ops.triton.wti import wti_similarity
 
-_MODULES = {}
-for _module_name, _op in _OPERATORS.items():
-    try:
-        _module = importlib.import_module(f"{__name__}.{_module_name}")
-    except ModuleNotFoundError as _error:
-        if _error.name != f"{__name__}.{_module_name}":
-            raise
-        continue  # not written yet: the dispatcher says "no kernel for <op> yet"
-    globals()[_op] = getattr(_module, _op)
-    _MODULES[_op] = _module
-
-
-def not_supported_reasons(op, device, args):
-    """Why the triton kernels cannot run `op` on these (normalised) arguments: [] when they can."""
-    module = _MODULES.get(op)
-    return module.not_supported_reasons(*args) if hasattr(module, "not_supported_reasons") else []
+__all__ = ["wti_similarity", "banzhaf_interaction", "dpc_knn", "merge_tokens"]

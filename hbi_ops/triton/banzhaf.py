@@ -51,7 +51,7 @@ import triton
 import triton.language as tl
 from triton.language.random import philox_impl
 
-from hbi_ops._autograd import refuse_double_backward
+from hbi_ops import ops
 
 from . import _jit, _launch, banzhaf_closed_form
 
@@ -1555,36 +1555,7 @@ def banzhaf_interaction_backward_op(
     )
 
 
-@banzhaf_interaction_op.register_fake
-def _(sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples, seed):
-    return torch.empty_like(sim, memory_format=torch.contiguous_format)
-
-
-@banzhaf_interaction_backward_op.register_fake
-def _(grad, sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples, seed):
-    return (
-        torch.empty_like(sim, memory_format=torch.contiguous_format),
-        torch.empty_like(text_weight, memory_format=torch.contiguous_format),
-        torch.empty_like(video_weight, memory_format=torch.contiguous_format),
-    )
-
-
-def _setup_context(ctx, inputs, output):
-    sim, text_mask, video_mask, text_weight, video_weight = inputs[:5]
-    ctx.save_for_backward(sim, text_mask, video_mask, text_weight, video_weight)
-    ctx.settings = inputs[5:]  # definition, estimator, num_samples, seed: recompute from the seed
-
-
-def _autograd_backward(ctx, grad):
-    sim, text_mask, video_mask, text_weight, video_weight = ctx.saved_tensors
-    grad_sim, grad_text_weight, grad_video_weight = banzhaf_interaction_backward_op(
-        grad.contiguous(), sim, text_mask, video_mask, text_weight, video_weight, *ctx.settings
-    )
-    return grad_sim, None, None, grad_text_weight, grad_video_weight, None, None, None, None
-
-
-banzhaf_interaction_op.register_autograd(_autograd_backward, setup_context=_setup_context)
-refuse_double_backward("hbi_ops_triton::banzhaf_interaction_backward")
+ops.register("hbi_ops_triton", ops.banzhaf)
 
 
 def banzhaf_interaction(

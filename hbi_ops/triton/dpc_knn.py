@@ -30,10 +30,12 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
+from hbi_ops import ops
+
 from . import _launch
 
 SMALL_TOKENS = 64  # one program per sample up to here
-MAX_TOKENS = 16384  # the tiled path's row programs hold one row of the distance matrix
+MAX_TOKENS = ops.dpc_knn.TRITON_MAX_TOKENS  # the tiled path's row programs hold one row of the distances
 
 
 @triton.jit
@@ -349,15 +351,6 @@ def _launch_large(x, mask, num_clusters, k, idx, centers):
         _assign_kernel[(s, triton.cdiv(n, block_t))](dist, real, rank, cs, ids, n, num_clusters, BLOCK_T=block_t)
 
 
-def not_supported_reasons(x, mask, num_clusters, k):
-    if x.shape[1] > MAX_TOKENS:
-        return [
-            f"the triton dpc_knn takes N <= {MAX_TOKENS} tokens a sample (a program holds a whole row of "
-            f"the distances), got N={x.shape[1]}"
-        ]
-    return []
-
-
 def _run(x, mask, num_clusters, k):
     batch, n, width = x.shape
     idx = torch.empty((batch, n), dtype=torch.int64, device=x.device)
@@ -399,10 +392,7 @@ def dpc_knn_op(x: torch.Tensor, mask: torch.Tensor, num_clusters: int, k: int) -
         return _run(x, mask, num_clusters, k)
 
 
-@dpc_knn_op.register_fake
-def _(x, mask, num_clusters, k):
-    batch, n, _width = x.shape
-    return x.new_empty((batch, n), dtype=torch.int64), x.new_empty((batch, num_clusters), dtype=torch.int64)
+ops.register("hbi_ops_triton", ops.dpc_knn)
 
 
 def dpc_knn(x, mask, num_clusters, k):

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from hbi_ops._autograd import refuse_double_backward
+from hbi_ops import ops
 
 from . import _launch
 
@@ -210,31 +210,7 @@ def merge_tokens_backward_op(
     return grad_x, grad_w
 
 
-@merge_tokens_op.register_fake
-def _(x, idx, weight, num_clusters):
-    batch, _n, width = x.shape
-    return x.new_empty((batch, num_clusters, width))
-
-
-@merge_tokens_backward_op.register_fake
-def _(grad, x, idx, weight, num_clusters):
-    return torch.empty_like(x), torch.empty_like(weight)
-
-
-def _setup_context(ctx, inputs, output):
-    x, idx, weight, num_clusters = inputs
-    ctx.save_for_backward(x, idx, weight)
-    ctx.num_clusters = num_clusters
-
-
-def _backward(ctx, grad):
-    x, idx, weight = ctx.saved_tensors
-    grad_x, grad_w = merge_tokens_backward_op(grad, x, idx, weight, ctx.num_clusters)
-    return grad_x, None, grad_w, None
-
-
-merge_tokens_op.register_autograd(_backward, setup_context=_setup_context)
-refuse_double_backward("hbi_ops_triton::merge_tokens_backward")
+ops.register("hbi_ops_triton", ops.merge)
 
 
 def merge_tokens(x, idx, weight, num_clusters):

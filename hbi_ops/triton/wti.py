@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from hbi_ops._autograd import refuse_double_backward
+from hbi_ops import ops
 
 from . import _launch
 
@@ -403,17 +403,6 @@ def wti_similarity_op(
     return score, t2v, v2t
 
 
-@wti_similarity_op.register_fake
-def _(text, video, text_weight, video_weight, text_mask, video_mask, zero_padding):
-    A, T, _ = text.shape
-    B, V, _ = video.shape
-    return (
-        text.new_empty((A, B)),
-        text.new_empty((A, B, T), dtype=torch.int32),
-        text.new_empty((A, B, V), dtype=torch.int32),
-    )
-
-
 def _backward_side(grad, own, own_w, oth, oth_w, own_idx, oth_idx, ps_own, ps_oth, grad_own, grad_own_w):
     n_own, L_own, D = own.shape
     n_oth, L_oth, _ = oth.shape
@@ -485,31 +474,7 @@ def wti_similarity_backward_op(
     return grad_text, grad_video, grad_text_weight, grad_video_weight
 
 
-@wti_similarity_backward_op.register_fake
-def _(grad_score, text, video, text_weight, video_weight, t2v_argmax, v2t_argmax):
-    return (
-        torch.empty_like(text),
-        torch.empty_like(video),
-        torch.empty_like(text_weight),
-        torch.empty_like(video_weight),
-    )
-
-
-def _setup_context(ctx, inputs, output):
-    text, video, text_weight, video_weight = inputs[:4]
-    _score, t2v, v2t = output
-    ctx.save_for_backward(text, video, text_weight, video_weight, t2v, v2t)
-    ctx.mark_non_differentiable(t2v, v2t)
-
-
-def _backward(ctx, grad_score, _grad_t2v, _grad_v2t):
-    text, video, text_weight, video_weight, t2v, v2t = ctx.saved_tensors
-    grads = wti_similarity_backward_op(grad_score.contiguous(), text, video, text_weight, video_weight, t2v, v2t)
-    return (*grads, None, None, None)
-
-
-wti_similarity_op.register_autograd(_backward, setup_context=_setup_context)
-refuse_double_backward("hbi_ops_triton::wti_similarity_backward")
+ops.register("hbi_ops_triton", ops.wti)
 
 
 def wti_similarity(text, video, text_weight, video_weight, text_mask, video_mask, zero_padding):

@@ -152,7 +152,7 @@ def test_opcheck_cuda():
     )
     merged = torch.ops.hbi_ops.merge_tokens(x, idx, weight, 4)
     torch.library.opcheck(
-        torch.ops.hbi_ops.merge_tokens_backward.default, (torch.randn_like(merged), x, idx, weight, merged, 4)
+        torch.ops.hbi_ops.merge_tokens_backward.default, (torch.randn_like(merged), x, idx, weight, 4)
     )
 
 

@@ -384,4 +384,4 @@ def test_exact_reference_refuses_too_many_players(backend):
     with pytest.raises(ValueError, match="default estimator.*pair 1 has 30.*estimator='paired'"):
         hbi_ops.banzhaf_interaction(sim, text_mask, definition="reference", backend=backend)
     text_mask[1, 14:] = False  # 24 players: allowed (checked through the oracle's first chunk only)
-    hbi_ops._api._check_exact_players(text_mask, torch.ones(2, 10, dtype=torch.bool))
+    hbi_ops.ops.banzhaf.check_exact_players(text_mask, torch.ones(2, 10, dtype=torch.bool))

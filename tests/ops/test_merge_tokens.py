@@ -151,7 +151,7 @@ def test_opcheck():
     )
     merged = torch.ops.hbi_ops.merge_tokens(x, idx, weight, 4)
     grad = torch.randn_like(merged)
-    torch.library.opcheck(torch.ops.hbi_ops.merge_tokens_backward.default, (grad, x, idx, weight, merged, 4))
+    torch.library.opcheck(torch.ops.hbi_ops.merge_tokens_backward.default, (grad, x, idx, weight, 4))
     torch.library.opcheck(torch.ops.hbi_ops.dpc_knn.default, (x, torch.rand(3, 11) < 0.8, 4, 3))
 
 
@@ -224,9 +224,9 @@ def test_kernels_reject_out_of_range_idx(bad):
     idx[2, 7] = bad
     with pytest.raises(RuntimeError, match=r"idx must hold cluster indices in \[0, 3\].*idx\[2, 7\]"):
         torch.ops.hbi_ops.merge_tokens(x, idx, weight, 4)
-    grad, merged = torch.randn(3, 4, 6), torch.randn(3, 4, 6)
+    grad = torch.randn(3, 4, 6)
     with pytest.raises(RuntimeError, match="idx must hold"):
-        torch.ops.hbi_ops.merge_tokens_backward(grad, x, idx, weight, merged, 4)
+        torch.ops.hbi_ops.merge_tokens_backward(grad, x, idx, weight, 4)
 
 
 @pytest.mark.parametrize(
@@ -250,4 +250,4 @@ def test_kernel_checks_its_arguments(args, message):
 def test_backward_kernel_checks_grad_shape():
     x, idx, weight = inputs(num_clusters=4)
     with pytest.raises(RuntimeError, match="grad must have shape"):
-        torch.ops.hbi_ops.merge_tokens_backward(torch.randn(3, 5, 6), x, idx, weight, torch.randn(3, 5, 6), 4)
+        torch.ops.hbi_ops.merge_tokens_backward(torch.randn(3, 5, 6), x, idx, weight, 4)
