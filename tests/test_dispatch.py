@@ -62,3 +62,16 @@ def test_a_backend_declines_inputs_it_cannot_run_with_its_reason():
         hbi_ops.dpc_knn(x, 2, k=1, backend="triton")
     # the same inputs within the limit run
     assert hbi_ops.dpc_knn(x[:, :40], 2, k=1, backend="triton")[0].shape == (1, 40)
+
+
+def test_when_no_backend_can_run_the_error_lists_every_reason(monkeypatch):
+    from hbi_ops import _dispatch as dispatch
+
+    monkeypatch.delenv(dispatch.ENV_VARIABLE, raising=False)
+    monkeypatch.setitem(dispatch.DEFAULT_ORDER, "cpu", ("cuda", "triton"))
+    x = torch.randn(1, 16385, 1)
+    with pytest.raises(RuntimeError, match="dpc_knn: no backend can run on cpu: cuda: .*CUDA tensors.*; triton: .*"):
+        hbi_ops.dpc_knn(x, 2, k=1)
+    if dispatch.why_not("triton", "dpc_knn", torch.device("cpu")) is None:
+        with pytest.raises(RuntimeError, match="; triton: the triton dpc_knn takes N <= 16384.*N=16385"):
+            hbi_ops.dpc_knn(x, 2, k=1)
