@@ -205,7 +205,7 @@ OPERATORS = {
     "dpc_knn+merge_tokens": _dpc_knn_and_merge_launches,
 }
 MODULES = {
-    "banzhaf_interaction": ["banzhaf", "banzhaf_closed_form"],
+    "banzhaf_interaction": ["banzhaf", "banzhaf_cells", "banzhaf_value", "banzhaf_closed_form"],
     "wti_similarity": ["wti"],
     "dpc_knn+merge_tokens": ["dpc_knn", "merge"],
 }
@@ -315,7 +315,7 @@ def test_every_gpu_launch_compiles_for_sm90(operator):
 
     variants = launch_variants({operator: OPERATORS[operator]})
     kernels = {
-        (module.__name__, name)
+        (value.fn.__module__, name)  # where the kernel is defined, not where it is imported
         for module in (importlib.import_module(f"hbi_ops.triton.{m}") for m in MODULES[operator])
         for name, value in vars(module).items()
         if isinstance(value, InterpretedFunction) and name.endswith("_kernel")
