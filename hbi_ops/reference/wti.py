@@ -6,7 +6,7 @@ import torch
 def wti_similarity(text, video, text_weight, video_weight, text_mask, video_mask, zero_padding):
     """WTI score[a, b] of texts X [A, T, D] and videos Y [B, V, D]; written to be read, not to be fast.
 
-    Arguments are already normalised by hbi_ops._api: X, Y, p = text_weight [A, T] and
+    Arguments are already normalised by hbi_ops.ops.wti.arguments: X, Y, p = text_weight [A, T] and
     q = video_weight [B, V] share one float dtype; text_mask [A, T] and video_mask [B, V] are bool
     (True = real token); zero_padding is a bool.
 

@@ -52,13 +52,9 @@ import triton.language as tl
 
 from hbi_ops import ops
 
-from . import _jit, _launch, banzhaf_closed_form
+from . import _launch, banzhaf_closed_form
 from .banzhaf_cells import _cells_bwd_kernel, _cells_fwd_kernel
 from .banzhaf_value import _msr_finish_kernel, _sum_finish_kernel, _value_bwd_kernel, _value_fwd_kernel
-
-_INTERPRETING, _helper = _jit.INTERPRETING, _jit.helper
-_sum, _max, _min = _jit.sum_, _jit.max_, _jit.min_
-
 
 # ------------------------------------------------------------------------------------------------
 # Launch helpers

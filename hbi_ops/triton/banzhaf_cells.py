@@ -19,8 +19,7 @@ from .banzhaf_game import (
     _side_value,
 )
 
-_INTERPRETING, _helper = _jit.INTERPRETING, _jit.helper
-_sum, _max, _min = _jit.sum_, _jit.max_, _jit.min_
+_sum = _jit.sum_
 
 
 # ------------------------------------------------------------------------------------------------

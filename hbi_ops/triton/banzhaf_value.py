@@ -7,7 +7,7 @@ import triton.language as tl
 from . import _jit
 from .banzhaf_game import _NEG_INF, _load_pair, _philox_coalition, _safe, _sample_range
 
-_INTERPRETING, _helper = _jit.INTERPRETING, _jit.helper
+_helper = _jit.helper
 _sum, _max, _min = _jit.sum_, _jit.max_, _jit.min_
 
 

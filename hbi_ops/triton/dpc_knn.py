@@ -396,5 +396,5 @@ ops.register("hbi_ops_triton", ops.dpc_knn)
 
 
 def dpc_knn(x, mask, num_clusters, k):
-    """The `triton` backend of hbi_ops.dpc_knn (arguments as normalised by hbi_ops._api). No gradient."""
+    """The `triton` backend of hbi_ops.dpc_knn (arguments as hbi_ops.ops.dpc_knn.arguments gives them). No gradient."""
     return dpc_knn_op(x.detach(), mask, num_clusters, k)

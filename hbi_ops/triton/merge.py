@@ -214,5 +214,5 @@ ops.register("hbi_ops_triton", ops.merge)
 
 
 def merge_tokens(x, idx, weight, num_clusters):
-    """The `triton` backend of hbi_ops.merge_tokens (arguments as normalised by hbi_ops._api)."""
+    """The `triton` backend of hbi_ops.merge_tokens (arguments as hbi_ops.ops.merge.arguments normalises them)."""
     return merge_tokens_op(x, idx, weight, num_clusters)

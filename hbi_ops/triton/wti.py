@@ -478,5 +478,5 @@ ops.register("hbi_ops_triton", ops.wti)
 
 
 def wti_similarity(text, video, text_weight, video_weight, text_mask, video_mask, zero_padding):
-    """The `triton` backend (arguments normalised by hbi_ops._api, as for every backend)."""
+    """The `triton` backend (arguments normalised by hbi_ops.ops.wti.arguments, as for every backend)."""
     return wti_similarity_op(text, video, text_weight, video_weight, text_mask, video_mask, zero_padding)[0]
