@@ -13,7 +13,7 @@
 #include "banzhaf/banzhaf_kernels_cuda.h"
 #include "banzhaf/banzhaf_layout_cuda.cuh"
 #include "banzhaf/banzhaf_pair_cuda.cuh"
-#include "banzhaf/banzhaf_warp_game_cuda.cuh"
+#include "banzhaf/banzhaf_warp_unit.h"
 
 namespace hbi {
 namespace banzhaf_cuda {
@@ -80,7 +80,7 @@ __global__ void __launch_bounds__(128)
     }
   }
   unsigned char* wbase = smem + L.warp0 + L.warp_stride * warp;
-  WarpGame<acc_t> g;
+  WarpGame<acc_t, CudaLane> g;
   g.pd = &pd;
   g.T = T;
   g.V = V;
@@ -129,69 +129,12 @@ __global__ void __launch_bounds__(128)
   __syncthreads();
 
   if (active) {
-    const int ncells = nw * nf;
     // Per-cell gradient scale: 1 / num_samples (paired), 1 / 2^(n - 2) (exact reference), as the CPU kernel.
     const acc_t cell_scale = exact ? acc_t(1) / static_cast<acc_t>(units_b >> 2) : unit_scale;
-    // Lane's cells c = lane + 32 k walk (a, b) incrementally: no division in the loop.
-    const int a0 = lane / nf, b0 = lane - a0 * nf;
-    const int da = kWarp / nf, db = kWarp - da * nf;
-    for (int64_t u = begin + warp; u < end; u += warps) {
-      g.set_members(exact, static_cast<uint32_t>(u), static_cast<uint32_t>(pair), seed, lane);
-      g.build_state(lane);
-      if (kMode == kFwdFast) {
-        g.prepare_cells(lane);
-        int a = a0, b = b0;
-        for (int c = lane; c < ncells; c += kWarp) {
-          acc[c] += static_cast<double>(g.cell_delta_fast(a, b));
-          a += da;
-          b += db;
-          if (b >= nf) {
-            b -= nf;
-            ++a;
-          }
-        }
-      } else if (kMode == kFwdSlow) {
-        int a = a0, b = b0;
-        for (int c = lane; c < ncells; c += kWarp) {
-          if (!exact || (!g.in_t[a] && !g.in_v[b]))
-            acc[c] += static_cast<double>(g.template cell_delta<false>(a, b, true, acc_t(0), nullptr));
-          a += da;
-          b += db;
-          if (b >= nf) {
-            b -= nf;
-            ++a;
-          }
-        }
-      } else if (kMode == kBwdCells) {
-        int a = a0, b = b0;
-        for (int c = lane; c < ncells; c += kWarp) {
-          const acc_t gg = gc[c] * cell_scale;
-          if ((!exact || (!g.in_t[a] && !g.in_v[b])) && gg != acc_t(0))
-            g.template cell_delta<true>(a, b, reference, gg, &grads);
-          a += da;
-          b += db;
-          if (b >= nf) {
-            b -= nf;
-            ++a;
-          }
-        }
-      } else {  // kBwdValue
-        double s = 0;
-        int a = a0, b = b0;
-        for (int c = lane; c < ncells; c += kWarp) {
-          s += gw[c * 4 + (g.in_t[a] ? 2 : 0) + (g.in_v[b] ? 1 : 0)];
-          a += da;
-          b += db;
-          if (b >= nf) {
-            b -= nf;
-            ++a;
-          }
-        }
-        s = warp_sum(s);
-        g.value_grad_warp(static_cast<acc_t>(s), &grads, lane);
-      }
-      __syncwarp();
-    }
+    const CellWalk walk = cell_walk<CudaLane>(nw, nf, lane);
+    for (int64_t u = begin + warp; u < end; u += warps)
+      cells_unit<kMode>(g, walk, u, static_cast<uint32_t>(pair), seed, exact, reference, cell_scale, acc, gc, gw,
+                        &grads, lane);
   }
   __syncthreads();
   // Per-chunk partial, every entry written (zeros at padding), warps added in fixed order.

@@ -3,10 +3,13 @@
 // per-pair game of banzhaf_game.h, transliterated onto compact real-player indices) up to float rounding.
 // The exact textbook index goes to its closed form (closed_form_cuda.cu). This file: the launch heuristics
 // (units, chunks, warps), the two ops and their registration. The rest, by role:
-//   banzhaf_device_cuda.cuh   constants, warp primitives;
+//   banzhaf_device_cuda.cuh   constants, warp primitives, the lane policy CudaLane;
 //   banzhaf_layout_cuda.cuh   shared-memory layouts, workspace strides;
-//   banzhaf_pair_cuda.cuh     the pair in shared memory, a side's softmax state;
-//   banzhaf_warp_game_cuda.cuh  the game of a pair for a warp's coalition (WarpGame);
+//   banzhaf_pair_cuda.cuh     the pair into shared memory;
+//   banzhaf_warp_side.h, banzhaf_warp_game.h, banzhaf_warp_unit.h  the game of a pair for a warp's
+//                             coalition (WarpGame) and one unit of the cells kernel, host and device code
+//                             over a lane policy: the CPU runs them with one lane (banzhaf_warp_game_cpu.cpp,
+//                             hbi_ops::banzhaf_warp_game_*, for the tests);
 //   banzhaf_cells_cuda.cu, banzhaf_value_cuda.cu  the kernels and their launchers (banzhaf_kernels_cuda.h);
 //   banzhaf_finalize_cuda.cuh the reductions over chunks.
 //

@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "banzhaf/banzhaf_device_cuda.cuh"
+#include "banzhaf/banzhaf_warp_unit.h"
 
 namespace hbi {
 namespace banzhaf_cuda {
@@ -44,13 +45,6 @@ __host__ __device__ inline void carve_pair(Carver& c, int T, int V, PairLayout& 
 
 // ------------------------------------------------------------------------------------------------
 // The cells kernel's (banzhaf_cells_cuda.cu): the pair, the block's gradient sinks, then one region a warp.
-
-enum CellsMode : int {
-  kFwdFast = 0,   // paired textbook forward: O(1) cells
-  kFwdSlow = 1,   // reference forward (paired; exact with i, j outside the subset)
-  kBwdCells = 2,  // paired backward (both definitions), exact-reference backward
-  kBwdValue = 3,  // msr backward: gradient of f(S) times sum of grad * stratum weight
-};
 
 struct CellsLayout {
   PairLayout pair;

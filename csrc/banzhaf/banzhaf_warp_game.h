@@ -1,19 +1,18 @@
 // The game of one pair for one warp's coalition (WarpGame): membership, the coalition's state, the cell
-// deltas (fast textbook path and the O(T+V) slow path with its gradient) and the gradient of f(S).
+// deltas (fast textbook path and the O(T+V) slow path with its gradient) and the gradient of f(S). Written
+// once over a lane policy (banzhaf_warp_side.h): the cells kernel runs it with CudaLane, the CPU test ops
+// with SerialLane.
 #pragma once
-#include <cuda_runtime.h>
-
 #include <cmath>
 #include <cstdint>
 
-#include "banzhaf/banzhaf_device_cuda.cuh"
-#include "banzhaf/banzhaf_pair_cuda.cuh"
+#include "banzhaf/banzhaf_warp_side.h"
 #include "philox.h"
 
 namespace hbi {
 namespace banzhaf_cuda {
 
-template <typename acc_t>
+template <typename acc_t, typename Lane>
 struct WarpGame {
   const PairData<acc_t>* pd;
   int T, V, ld, nw, nf;
@@ -23,10 +22,10 @@ struct WarpGame {
   acc_t *r1, *r2, *k1, *k2;
   int *ra, *rb, *ka, *kb;
   acc_t *P1, *Q1, *P2, *Q2, *G1, *H1, *G2, *H2;
-  DevSide<acc_t> text, video;
+  DevSide<acc_t, Lane> text, video;
   int nSt, nSv;  // warp-uniform
 
-  __device__ acc_t row_without(int t, int j, int& arg) const {
+  HBI_WARP_FN acc_t row_without(int t, int j, int& arg) const {
     if (ra[t] == j && j >= 0) {
       arg = rb[t];
       return r2[t];
@@ -34,7 +33,7 @@ struct WarpGame {
     arg = ra[t];
     return r1[t];
   }
-  __device__ acc_t col_without(int v, int i, int& arg) const {
+  HBI_WARP_FN acc_t col_without(int v, int i, int& arg) const {
     if (ka[v] == i && i >= 0) {
       arg = kb[v];
       return k2[v];
@@ -44,43 +43,43 @@ struct WarpGame {
   }
 
   // Membership from Philox (sample, pair) or from a subset code of the real players (words first).
-  __device__ void set_members(bool from_code, uint32_t unit, uint32_t pair, uint64_t seed, int lane) {
-    __syncwarp();  // previous readers of bits / in_t / in_v are done
+  HBI_WARP_FN void set_members(bool from_code, uint32_t unit, uint32_t pair, uint64_t seed, int lane) {
+    Lane::sync();  // previous readers of bits / in_t / in_v are done
     if (from_code) {
-      for (int a = lane; a < nw; a += kWarp) in_t[a] = (unit >> a) & 1u;
-      for (int b = lane; b < nf; b += kWarp) in_v[b] = (unit >> (nw + b)) & 1u;
+      for (int a = lane; a < nw; a += Lane::width) in_t[a] = (unit >> a) & 1u;
+      for (int b = lane; b < nf; b += Lane::width) in_v[b] = (unit >> (nw + b)) & 1u;
     } else {
       const int blocks = (T + V + 127) / 128;
       const uint32_t k0 = static_cast<uint32_t>(seed), k1s = static_cast<uint32_t>(seed >> 32);
-      for (int blk = lane; blk < blocks; blk += kWarp) {
+      for (int blk = lane; blk < blocks; blk += Lane::width) {
         const Philox4 r = philox4x32_10(unit, pair, static_cast<uint32_t>(blk), 0u, k0, k1s);
         for (int w = 0; w < 4; ++w) bits[blk * 4 + w] = r.v[w];
       }
-      __syncwarp();
-      for (int a = lane; a < nw; a += kWarp) {
+      Lane::sync();
+      for (int a = lane; a < nw; a += Lane::width) {
         const int p = pd->words[a];
         in_t[a] = (bits[p >> 5] >> (p & 31)) & 1u;
       }
-      for (int b = lane; b < nf; b += kWarp) {
+      for (int b = lane; b < nf; b += Lane::width) {
         const int p = T + pd->frames[b];
         in_v[b] = (bits[p >> 5] >> (p & 31)) & 1u;
       }
     }
-    __syncwarp();
+    Lane::sync();
   }
 
   // |S_t|, |S_v|, both sides' softmax state, row top-2 over S_v of every real word, column top-2 over S_t
   // of every frame.
-  __device__ void build_state(int lane) {
+  HBI_WARP_FN void build_state(int lane) {
     int ct = 0, cv = 0;
-    for (int a = lane; a < nw; a += kWarp) ct += in_t[a];
-    for (int b = lane; b < nf; b += kWarp) cv += in_v[b];
-    nSt = warp_sum(ct);
-    nSv = warp_sum(cv);
+    for (int a = lane; a < nw; a += Lane::width) ct += in_t[a];
+    for (int b = lane; b < nf; b += Lane::width) cv += in_v[b];
+    nSt = Lane::sum(ct);
+    nSv = Lane::sum(cv);
     text.set(wt, in_t, nw, lane);
     video.set(wv, in_v, nf, lane);
     const acc_t neg_inf = static_cast<acc_t>(-INFINITY);
-    for (int idx = lane; idx < nw + nf; idx += kWarp) {
+    for (int idx = lane; idx < nw + nf; idx += Lane::width) {
       acc_t m1 = neg_inf, m2 = neg_inf;
       int a1 = -1, a2 = -1;
       if (idx < nw) {
@@ -123,13 +122,13 @@ struct WarpGame {
         kb[v] = a2;
       }
     }
-    __syncwarp();
+    Lane::sync();
   }
 
   // ---- slow path (per lane) ----------------------------------------------------------------------
   template <bool kGrad>
-  __device__ acc_t value_of(int i, int j, bool add_i, bool add_j, bool zero_fill, acc_t scale,
-                            const DevGrads<acc_t>* grads) const {
+  HBI_WARP_FN acc_t value_of(int i, int j, bool add_i, bool add_j, bool zero_fill, acc_t scale,
+                             const DevGrads<acc_t>* grads) const {
     const bool ei = i >= 0 && in_t[i], ej = j >= 0 && in_v[j];
     const int nt = nSt - ei + add_i, nv = nSv - ej + add_j;
     if (nt == 0 || nv == 0) return 0;
@@ -184,13 +183,13 @@ struct WarpGame {
       const acc_t half = acc_t(0.5) * scale;
       auto word_grad = [&](int t, acc_t a) {
         const acc_t m = row(t, arg);
-        if (arg >= 0) atomicAdd(&grads->sim[t * ld + arg], half * a);
-        atomicAdd(&grads->text_weight[t], half * a * (m - text_part));
+        if (arg >= 0) Lane::add(&grads->sim[t * ld + arg], half * a);
+        Lane::add(&grads->text_weight[t], half * a * (m - text_part));
       };
       auto frame_grad = [&](int v, acc_t c) {
         const acc_t m = col(v, arg);
-        if (arg >= 0) atomicAdd(&grads->sim[arg * ld + v], half * c);
-        atomicAdd(&grads->video_weight[v], half * c * (m - video_part));
+        if (arg >= 0) Lane::add(&grads->sim[arg * ld + v], half * c);
+        Lane::add(&grads->video_weight[v], half * c * (m - video_part));
       };
       const acc_t text_scale = tw.g / tw.Z, video_scale = vw.g / vw.Z;
       for (int t = 0; t < nw; ++t)
@@ -204,7 +203,7 @@ struct WarpGame {
   }
 
   template <bool kGrad>
-  __device__ acc_t reference_value1(int i, int j, acc_t scale, const DevGrads<acc_t>* grads) const {
+  HBI_WARP_FN acc_t reference_value1(int i, int j, acc_t scale, const DevGrads<acc_t>* grads) const {
     const bool ei = in_t[i], ej = in_v[j];
     const bool rest_v = nSv - ej > 0, rest_t = nSt - ei > 0;
     const DevWeights<acc_t> tc = text.weights(i, false), vc = video.weights(j, false);  // value4's, over c
@@ -255,15 +254,15 @@ struct WarpGame {
     if (kGrad) {
       const acc_t half = acc_t(0.5) * scale;
       const acc_t alpha_i = dev_exp(wt[i] - shift_t) / Dt;
-      if (!(V > 1 && rij < 0)) atomicAdd(&grads->sim[i * ld + j], half * alpha_i);
-      atomicAdd(&grads->text_weight[i], half * alpha_i * (row_i - text_part));
+      if (!(V > 1 && rij < 0)) Lane::add(&grads->sim[i * ld + j], half * alpha_i);
+      Lane::add(&grads->text_weight[i], half * alpha_i * (row_i - text_part));
       acc_t gamma_dot_p = 0;
       for (int t = 0; t < nw; ++t) {
         if (t == i || !in_t[t]) continue;
         const acc_t p = tc.E[t] / tc.Z;
         const acc_t alpha = dev_exp(p - shift_t) / Dt;
         const acc_t m = row(t, arg);
-        if (arg >= 0) atomicAdd(&grads->sim[t * ld + arg], half * alpha);
+        if (arg >= 0) Lane::add(&grads->sim[t * ld + arg], half * alpha);
         gamma_dot_p += alpha * (m - text_part) * p;
       }
       for (int t = 0; t < nw; ++t) {
@@ -271,18 +270,18 @@ struct WarpGame {
         const acc_t p = tc.E[t] / tc.Z;
         const acc_t alpha = dev_exp(p - shift_t) / Dt;
         const acc_t gamma = alpha * (row(t, arg) - text_part);
-        atomicAdd(&grads->text_weight[t], half * p * (gamma - gamma_dot_p));
+        Lane::add(&grads->text_weight[t], half * p * (gamma - gamma_dot_p));
       }
       const acc_t beta_j = dev_exp(wv[j] - shift_v) / Dv;
-      if (!(T > 1 && rij < 0)) atomicAdd(&grads->sim[i * ld + j], half * beta_j);
-      atomicAdd(&grads->video_weight[j], half * beta_j * (col_j - video_part));
+      if (!(T > 1 && rij < 0)) Lane::add(&grads->sim[i * ld + j], half * beta_j);
+      Lane::add(&grads->video_weight[j], half * beta_j * (col_j - video_part));
       acc_t delta_dot_q = 0;
       for (int v = 0; v < nf; ++v) {
         if (v == j || !in_v[v]) continue;
         const acc_t q = vc.E[v] / vc.Z;
         const acc_t beta = dev_exp(q - shift_v) / Dv;
         const acc_t m = col(v, arg);
-        if (arg >= 0) atomicAdd(&grads->sim[arg * ld + v], half * beta);
+        if (arg >= 0) Lane::add(&grads->sim[arg * ld + v], half * beta);
         delta_dot_q += beta * (m - video_part) * q;
       }
       for (int v = 0; v < nf; ++v) {
@@ -290,14 +289,14 @@ struct WarpGame {
         const acc_t q = vc.E[v] / vc.Z;
         const acc_t beta = dev_exp(q - shift_v) / Dv;
         const acc_t delta = beta * (col(v, arg) - video_part);
-        atomicAdd(&grads->video_weight[v], half * q * (delta - delta_dot_q));
+        Lane::add(&grads->video_weight[v], half * q * (delta - delta_dot_q));
       }
     }
     return acc_t(0.5) * (text_part + video_part);
   }
 
   template <bool kGrad>
-  __device__ acc_t cell_delta(int i, int j, bool reference, acc_t scale, const DevGrads<acc_t>* grads) const {
+  HBI_WARP_FN acc_t cell_delta(int i, int j, bool reference, acc_t scale, const DevGrads<acc_t>* grads) const {
     const acc_t both = reference ? reference_value1<kGrad>(i, j, scale, grads)
                                  : value_of<kGrad>(i, j, true, true, false, scale, grads);
     return both - value_of<kGrad>(i, j, true, false, reference, -scale, grads) -
@@ -308,9 +307,9 @@ struct WarpGame {
   // ---- fast path (textbook forward) ----------------------------------------------------------------
   // As PairGame::prepare_cells / cell_delta_fast: sums over S_t (scale E1) and over S_t minus its top
   // word (scale E2), likewise for frames.
-  __device__ void prepare_cells(int lane) {
+  HBI_WARP_FN void prepare_cells(int lane) {
     const acc_t neg_inf = static_cast<acc_t>(-INFINITY);
-    for (int idx = lane; idx < nw + nf; idx += kWarp) {
+    for (int idx = lane; idx < nw + nf; idx += Lane::width) {
       if (idx < nf) {
         const int j = idx;
         const bool rest_v = nSv - in_v[j] > 0;
@@ -351,10 +350,10 @@ struct WarpGame {
         H2[i] = h2;
       }
     }
-    __syncwarp();
+    Lane::sync();
   }
 
-  __device__ acc_t cell_delta_fast(int i, int j) const {
+  HBI_WARP_FN acc_t cell_delta_fast(int i, int j) const {
     const bool ei = in_t[i], ej = in_v[j];
     const int nct = nSt - ei, ncv = nSv - ej;
     const acc_t neg_inf = static_cast<acc_t>(-INFINITY);
@@ -383,27 +382,27 @@ struct WarpGame {
   }
 
   // Gradient of f(S) itself (the msr backward), by the whole warp, times `scale`.
-  __device__ void value_grad_warp(acc_t scale, const DevGrads<acc_t>* grads, int lane) const {
+  HBI_WARP_FN void value_grad_warp(acc_t scale, const DevGrads<acc_t>* grads, int lane) const {
     if (nSt == 0 || nSv == 0) return;
     acc_t text_part = 0, video_part = 0;
-    for (int t = lane; t < nw; t += kWarp)
+    for (int t = lane; t < nw; t += Lane::width)
       if (in_t[t]) text_part += text.E1[t] * r1[t];
-    for (int v = lane; v < nf; v += kWarp)
+    for (int v = lane; v < nf; v += Lane::width)
       if (in_v[v]) video_part += video.E1[v] * k1[v];
-    text_part = warp_sum(text_part) / text.Z1;
-    video_part = warp_sum(video_part) / video.Z1;
+    text_part = Lane::sum(text_part) / text.Z1;
+    video_part = Lane::sum(video_part) / video.Z1;
     const acc_t half = acc_t(0.5) * scale;
-    for (int t = lane; t < nw; t += kWarp) {
+    for (int t = lane; t < nw; t += Lane::width) {
       if (!in_t[t]) continue;
       const acc_t a = text.E1[t] / text.Z1;
-      if (ra[t] >= 0) atomicAdd(&grads->sim[t * ld + ra[t]], half * a);
-      atomicAdd(&grads->text_weight[t], half * a * (r1[t] - text_part));
+      if (ra[t] >= 0) Lane::add(&grads->sim[t * ld + ra[t]], half * a);
+      Lane::add(&grads->text_weight[t], half * a * (r1[t] - text_part));
     }
-    for (int v = lane; v < nf; v += kWarp) {
+    for (int v = lane; v < nf; v += Lane::width) {
       if (!in_v[v]) continue;
       const acc_t c = video.E1[v] / video.Z1;
-      if (ka[v] >= 0) atomicAdd(&grads->sim[ka[v] * ld + v], half * c);
-      atomicAdd(&grads->video_weight[v], half * c * (k1[v] - video_part));
+      if (ka[v] >= 0) Lane::add(&grads->sim[ka[v] * ld + v], half * c);
+      Lane::add(&grads->video_weight[v], half * c * (k1[v] - video_part));
     }
   }
 };
