@@ -1,4 +1,4 @@
-// The closed-form textbook estimator on CUDA (closed_form_cuda.cu), called by banzhaf_cuda.cu's ops.
+// The closed-form textbook estimator on CUDA (closed_form_cuda.cu), called by banzhaf_launch_cuda.cu's ops.
 // Inputs contiguous, masks bool, all on one CUDA device (checked by the caller).
 #pragma once
 #include <ATen/ATen.h>
