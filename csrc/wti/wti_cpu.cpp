@@ -59,6 +59,19 @@ void check_same_dtype(const at::Tensor& tensor, const char* name, const at::Tens
               " but text has ", text.scalar_type(), "; all features and weights must share one dtype");
 }
 
+// video's dtype, then text_weight [A, T] and video_weight [B, V] (after text and video are checked).
+void check_weights(const at::Tensor& text, const at::Tensor& video, const at::Tensor& text_weight,
+                   const at::Tensor& video_weight) {
+  const int64_t A = text.size(0), T = text.size(1), B = video.size(0), V = video.size(1);
+  check_same_dtype(video, "video", text);
+  check_float_cpu(text_weight, "text_weight", 2);
+  check_shape(text_weight, "text_weight", {A, T});
+  check_same_dtype(text_weight, "text_weight", text);
+  check_float_cpu(video_weight, "video_weight", 2);
+  check_shape(video_weight, "video_weight", {B, V});
+  check_same_dtype(video_weight, "video_weight", text);
+}
+
 void check_index_cpu(const at::Tensor& tensor, const char* name, at::IntArrayRef expected, int64_t bound) {
   TORCH_CHECK(tensor.defined(), "wti_similarity_backward: ", name, " is undefined");
   TORCH_CHECK(tensor.device().is_cpu(), "wti_similarity_backward (cpu kernel): ", name, " must be a CPU tensor, got ",
@@ -259,13 +272,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> wti_similarity_cpu(const at::Tens
   const int64_t B = video.size(0), V = video.size(1);
   TORCH_CHECK(video.size(2) == D, "wti_similarity: video must have the feature width D = ", D,
               " of text (shape [B, V, ", D, "]), got shape ", video.sizes());
-  check_same_dtype(video, "video", text);
-  check_float_cpu(text_weight, "text_weight", 2);
-  check_shape(text_weight, "text_weight", {A, T});
-  check_same_dtype(text_weight, "text_weight", text);
-  check_float_cpu(video_weight, "video_weight", 2);
-  check_shape(video_weight, "video_weight", {B, V});
-  check_same_dtype(video_weight, "video_weight", text);
+  check_weights(text, video, text_weight, video_weight);
   for (auto [mask, name, expected] : {std::make_tuple(&text_mask, "text_mask", std::vector<int64_t>{A, T}),
                                       std::make_tuple(&video_mask, "video_mask", std::vector<int64_t>{B, V})}) {
     TORCH_CHECK(mask->defined(), "wti_similarity: ", name, " is undefined");
@@ -386,13 +393,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> wti_similarity_backwa
   const int64_t B = video.size(0), V = video.size(1);
   TORCH_CHECK(video.size(2) == D, "wti_similarity_backward: video must have the feature width D = ", D,
               " of text, got shape ", video.sizes());
-  check_same_dtype(video, "video", text);
-  check_float_cpu(text_weight, "text_weight", 2);
-  check_shape(text_weight, "text_weight", {A, T});
-  check_same_dtype(text_weight, "text_weight", text);
-  check_float_cpu(video_weight, "video_weight", 2);
-  check_shape(video_weight, "video_weight", {B, V});
-  check_same_dtype(video_weight, "video_weight", text);
+  check_weights(text, video, text_weight, video_weight);
   check_float_cpu(grad_score, "grad_score", 2);
   check_shape(grad_score, "grad_score", {A, B});
   check_index_cpu(t2v_argmax, "t2v_argmax", {A, B, T}, V);

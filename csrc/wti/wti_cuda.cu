@@ -90,6 +90,19 @@ void check_same_dtype(const at::Tensor& tensor, const char* op, const char* name
               " but text has ", text.scalar_type(), "; all features and weights must share one dtype");
 }
 
+// video's dtype, then text_weight [A, T] and video_weight [B, V] (after text and video are checked).
+void check_weights(const char* op, const at::Tensor& text, const at::Tensor& video, const at::Tensor& text_weight,
+                   const at::Tensor& video_weight, const at::Device& device) {
+  const int64_t A = text.size(0), T = text.size(1), B = video.size(0), V = video.size(1);
+  check_same_dtype(video, op, "video", text);
+  check_float_cuda(text_weight, op, "text_weight", 2, device);
+  check_shape(text_weight, op, "text_weight", {A, T});
+  check_same_dtype(text_weight, op, "text_weight", text);
+  check_float_cuda(video_weight, op, "video_weight", 2, device);
+  check_shape(video_weight, op, "video_weight", {B, V});
+  check_same_dtype(video_weight, op, "video_weight", text);
+}
+
 constexpr int64_t kFallbackEntries = int64_t{1} << 26;
 
 template <typename scalar_t>
@@ -171,13 +184,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> wti_similarity_cuda(const at::Ten
   const int64_t B = video.size(0), V = video.size(1);
   TORCH_CHECK(video.size(2) == D, "wti_similarity: video must have the feature width D = ", D,
               " of text (shape [B, V, ", D, "]), got shape ", video.sizes());
-  check_same_dtype(video, op, "video", text);
-  check_float_cuda(text_weight, op, "text_weight", 2, device);
-  check_shape(text_weight, op, "text_weight", {A, T});
-  check_same_dtype(text_weight, op, "text_weight", text);
-  check_float_cuda(video_weight, op, "video_weight", 2, device);
-  check_shape(video_weight, op, "video_weight", {B, V});
-  check_same_dtype(video_weight, op, "video_weight", text);
+  check_weights(op, text, video, text_weight, video_weight, device);
   for (auto [mask, name, rows, length] :
        {std::make_tuple(&text_mask, "text_mask", A, T), std::make_tuple(&video_mask, "video_mask", B, V)}) {
     TORCH_CHECK(mask->defined(), "wti_similarity: ", name, " is undefined");
@@ -282,13 +289,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> wti_similarity_backwa
   const int64_t B = video.size(0), V = video.size(1);
   TORCH_CHECK(video.size(2) == D, "wti_similarity_backward: video must have the feature width D = ", D,
               " of text, got shape ", video.sizes());
-  check_same_dtype(video, op, "video", text);
-  check_float_cuda(text_weight, op, "text_weight", 2, device);
-  check_shape(text_weight, op, "text_weight", {A, T});
-  check_same_dtype(text_weight, op, "text_weight", text);
-  check_float_cuda(video_weight, op, "video_weight", 2, device);
-  check_shape(video_weight, op, "video_weight", {B, V});
-  check_same_dtype(video_weight, op, "video_weight", text);
+  check_weights(op, text, video, text_weight, video_weight, device);
   check_float_cuda(grad_score, op, "grad_score", 2, device);
   check_shape(grad_score, op, "grad_score", {A, B});
   check_index_cuda(t2v_argmax, "t2v_argmax", {A, B, T}, device);
