@@ -19,6 +19,8 @@
 //      centre its own cluster. O(K N).
 // Arithmetic runs in at::opmath_type (float for float16 / bfloat16 / float32, double for float64), so the
 // results are identical to the oracle's (hbi_ops/reference/dpc_knn.py) up to the order of the distance sum.
+// The per-element rules (rounding, fill, density, orders, assignment) are those of dpc_knn_rules.h, which the
+// CUDA kernels call too.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>

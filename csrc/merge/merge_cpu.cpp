@@ -8,7 +8,7 @@
 // One sample per task of at::parallel_for; every sample owns its output rows, so no atomics. Sums run in
 // at::opmath_type (float for float16 / bfloat16, double for float64); the backward recomputes W and out in
 // that type instead of reading the rounded `merged`. Every idx value is checked to lie in [0, K) before
-// anything is written.
+// anything is written. The per-element steps are those of merge_rules.h, which the CUDA kernels call too.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>

@@ -19,7 +19,8 @@
 // T V D of S): pass 1 runs over blocks of texts (grad_text, grad_text_weight), pass 2 over blocks of videos
 // (grad_video, grad_video_weight), so no two threads ever write to the same row.
 //
-// Arithmetic runs in at::opmath_type (float for float16 / bfloat16, double for float64).
+// Arithmetic runs in at::opmath_type (float for float16 / bfloat16, double for float64). The maximum and
+// padding rules are those of wti_rules.h, which the CUDA epilogue calls too.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>

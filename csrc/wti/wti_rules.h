@@ -21,13 +21,10 @@ template <typename index_t, typename acc_t, typename Value, typename Real>
 HBI_HD index_t first_max(index_t count, const Value& value, const Real& real, acc_t& best) {
   best = -std::numeric_limits<acc_t>::infinity();
   index_t arg = -1;
-  for (index_t i = 0; i < count; ++i) {
-    if (!real(i)) continue;
-    const acc_t v = value(i);
-    if (beats(v, best)) {
-      best = v;
-      arg = i;
-    }
+  for (index_t i = 0; i < count; ++i) {  // selects, not branches: the CPU loop stays branch-free
+    const bool take = real(i) && beats(value(i), best);
+    best = take ? value(i) : best;
+    arg = take ? i : arg;
   }
   return arg;
 }
