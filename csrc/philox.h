@@ -3,11 +3,7 @@
 #pragma once
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define HBI_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define HBI_HOST_DEVICE inline
-#endif
+#include "common/host_device.h"
 
 namespace hbi {
 
@@ -15,14 +11,14 @@ struct Philox4 {
   uint32_t v[4];
 };
 
-HBI_HOST_DEVICE void philox_mulhilo(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
+HBI_HD void philox_mulhilo(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
   const uint64_t p = static_cast<uint64_t>(a) * static_cast<uint64_t>(b);
   hi = static_cast<uint32_t>(p >> 32);
   lo = static_cast<uint32_t>(p);
 }
 
 // Ten rounds of Philox4x32 on counter c with key (k0, k1).
-HBI_HOST_DEVICE Philox4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1) {
+HBI_HD Philox4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1) {
   constexpr uint32_t M0 = 0xD2511F53u, M1 = 0xCD9E8D57u;
   constexpr uint32_t W0 = 0x9E3779B9u, W1 = 0xBB67AE85u;
   for (int round = 0; round < 10; ++round) {
@@ -45,7 +41,7 @@ HBI_HOST_DEVICE Philox4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uin
 // is in when bit (k mod 32) of word ((k div 32) mod 4) of
 // Philox(counter = (sample, pair, k div 128, 0), key = (seed lo, seed hi)) is 1.
 // `bits` receives ceil(num_players / 32) words; bit k of the concatenation is player k.
-HBI_HOST_DEVICE void coalition_bits(uint64_t seed, uint32_t sample, uint32_t pair, int num_players, uint32_t* bits) {
+HBI_HD void coalition_bits(uint64_t seed, uint32_t sample, uint32_t pair, int num_players, uint32_t* bits) {
   const uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   const int num_words = (num_players + 31) / 32;
   for (int block = 0; block * 4 < num_words; ++block) {
@@ -54,8 +50,6 @@ HBI_HOST_DEVICE void coalition_bits(uint64_t seed, uint32_t sample, uint32_t pai
   }
 }
 
-HBI_HOST_DEVICE bool coalition_has(const uint32_t* bits, int player) {
-  return (bits[player >> 5] >> (player & 31)) & 1u;
-}
+HBI_HD bool coalition_has(const uint32_t* bits, int player) { return (bits[player >> 5] >> (player & 31)) & 1u; }
 
 }  // namespace hbi

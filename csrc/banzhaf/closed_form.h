@@ -15,11 +15,7 @@
 #pragma once
 #include <cmath>
 
-#if defined(__CUDACC__)
-#define HBI_HD __host__ __device__ __forceinline__
-#else
-#define HBI_HD inline
-#endif
+#include "common/host_device.h"
 
 namespace hbi {
 namespace closed_form {

@@ -19,6 +19,8 @@
 //      centre its own cluster. O(K N).
 // Arithmetic runs in at::opmath_type (float for float16 / bfloat16 / float32, double for float64), so the
 // results are identical to the oracle's (hbi_ops/reference/dpc_knn.py) up to the order of the distance sum.
+// The per-element rules (rounding, fill, density, orders, assignment) are those of dpc_knn_rules.h, which the
+// CUDA kernels call too.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -34,50 +36,28 @@
 #include <vector>
 
 #include "dpc_knn/dpc_knn_args.h"
+#include "dpc_knn/dpc_knn_rules.h"
 
 namespace {
 
-inline float density_from_mean(float mean) { return static_cast<float>(std::exp(-static_cast<double>(mean))); }
-inline double density_from_mean(double mean) { return std::exp(-mean); }
-
-// Comparisons that stay strict weak orders when a value is NaN (possible with non-finite x, or with
-// inf * 0 in a score once distances overflow): std::sort / nth_element on a broken order is undefined
-// behaviour, not just a wrong answer. NaN counts as +inf-and-beyond here, as in torch.sort and torch.topk.
-template <typename acc_t>
-inline bool less_nan_last(acc_t a, acc_t b) {
-  if (std::isnan(a)) return false;
-  if (std::isnan(b)) return true;
-  return a < b;
-}
-template <typename acc_t>
-inline bool same_value(acc_t a, acc_t b) {
-  return a == b || (std::isnan(a) && std::isnan(b));
-}
-
-constexpr int kLanes = 8;            // partial sums of a squared distance
+using hbi::dpc::kLanes;
 constexpr int64_t kTile = 32;        // tokens per side of a distance tile
 constexpr int64_t kInsertionK = 16;  // k up to which the k smallest are kept by insertion
 
 // sum_c (a_c - b_c)^2 in a fixed order that does not depend on the vector width the compiler picks:
 // kLanes interleaved partial sums (lane l takes c = l, l + kLanes, ...; GCC keeps them in SIMD
-// registers), then the remainder, then a fixed tree over the lanes.
+// registers), then the fixed lane tree of dpc_knn_rules.h, then the remainder.
 
 template <typename acc_t>
 inline acc_t squared_distance(const acc_t* __restrict__ a, const acc_t* __restrict__ b, int64_t width) {
   acc_t lanes[kLanes] = {};
   int64_t c = 0;
   for (; c + kLanes <= width; c += kLanes) {
-    for (int l = 0; l < kLanes; ++l) {
-      const acc_t d = a[c + l] - b[c + l];
-      lanes[l] += d * d;
-    }
+    for (int l = 0; l < kLanes; ++l) lanes[l] = hbi::dpc::add_squared_difference(lanes[l], a[c + l], b[c + l]);
   }
   acc_t rest = acc_t(0);
-  for (; c < width; ++c) {
-    const acc_t d = a[c] - b[c];
-    rest += d * d;
-  }
-  return (((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))) + rest;
+  for (; c < width; ++c) rest = hbi::dpc::add_squared_difference(rest, a[c], b[c]);
+  return hbi::dpc::squared_from_sums(hbi::dpc::lane_tree(lanes), rest);
 }
 
 template <typename acc_t>
@@ -85,11 +65,11 @@ struct Workspace {
   std::vector<acc_t> xs;       // [N, C] the sample in acc_t
   std::vector<acc_t> dist;     // [N, N] masked distances
   std::vector<acc_t> scratch;  // [N] the k smallest of a row (or the row, for nth_element)
-  std::vector<acc_t> rho, delta, score, best;
+  std::vector<acc_t> rho, delta, score;
   std::vector<int64_t> order, candidates;
 
   Workspace(int64_t n, int64_t c)
-      : xs(n * c), dist(n * n), scratch(n), rho(n), delta(n), score(n), best(n), order(n), candidates(n) {}
+      : xs(n * c), dist(n * n), scratch(n), rho(n), delta(n), score(n), order(n), candidates(n) {}
 };
 
 template <typename scalar_t, typename acc_t>
@@ -103,7 +83,7 @@ void cluster_sample(const scalar_t* __restrict__ x, const bool* __restrict__ rea
   //    writes stay in cache. On the way: the largest real-real distance (step 2) and the largest entry
   //    of a real column (step 5; a pair (i, j) gives entries in column j and in column i).
   for (int64_t e = 0; e < n * width; ++e) xs[e] = static_cast<acc_t>(x[e]);
-  const acc_t scale = static_cast<acc_t>(std::sqrt(static_cast<double>(width)));
+  const acc_t scale = hbi::dpc::distance_scale<acc_t>(width);
   acc_t largest_real = acc_t(0), largest_in_real_columns = acc_t(0);
   bool any_padded = false;
   for (int64_t i = 0; i < n; ++i) {
@@ -120,18 +100,18 @@ void cluster_sample(const scalar_t* __restrict__ x, const bool* __restrict__ rea
         const int64_t j_begin = std::max(jb, i + 1);
         for (int64_t j = j_begin; j < j_end; ++j) row[j] = squared_distance(xi, xs + j * width, width);
         for (int64_t j = j_begin; j < j_end; ++j) {
-          const acc_t d = std::sqrt(row[j]) / scale;
+          const acc_t d = hbi::dpc::distance_from_squared(row[j], scale);
           row[j] = d;
           dist[j * n + i] = d;
-          if (real[i] || real[j]) largest_in_real_columns = std::max(largest_in_real_columns, d);
-          if (real[i] && real[j]) largest_real = std::max(largest_real, d);
+          if (real[i] || real[j]) largest_in_real_columns = hbi::dpc::take_max(largest_in_real_columns, d);
+          if (real[i] && real[j]) largest_real = hbi::dpc::take_max(largest_real, d);
         }
       }
     }
   }
 
   // 2. Padded columns -> M + 1 (M = largest_real, 0 with fewer than two real tokens).
-  const acc_t fill = largest_real + acc_t(1);
+  const acc_t fill = hbi::dpc::padded_fill(largest_real);
   if (any_padded) {
     for (int64_t i = 0; i < n; ++i) {
       acc_t* row = dist + i * n;
@@ -140,7 +120,7 @@ void cluster_sample(const scalar_t* __restrict__ x, const bool* __restrict__ rea
     }
   }
   // The largest entry of the masked matrix (distances are >= 0; the diagonal of a real column is 0).
-  const acc_t largest = any_padded ? std::max(largest_in_real_columns, fill) : largest_in_real_columns;
+  const acc_t largest = hbi::dpc::largest_masked_entry(largest_in_real_columns, fill, any_padded);
 
   // 3. Density. The k smallest entries of each row, NaN counting as +inf: for small k one pass keeping
   //    them sorted by insertion, else std::nth_element; summed in ascending order.
@@ -155,32 +135,21 @@ void cluster_sample(const scalar_t* __restrict__ x, const bool* __restrict__ rea
     const acc_t* row = dist + i * n;
     if (k <= kInsertionK) {
       std::fill(scratch, scratch + k, kInf);
-      for (int64_t j = 0; j < n; ++j) {
-        const acc_t v = row[j];
-        if (v < scratch[k - 1]) {  // false for NaN
-          int64_t p = k - 1;
-          for (; p > 0 && v < scratch[p - 1]; --p) scratch[p] = scratch[p - 1];
-          scratch[p] = v;
-        }
-      }
+      for (int64_t j = 0; j < n; ++j) hbi::dpc::insert_smallest(scratch, k, row[j]);
     } else {
       for (int64_t j = 0; j < n; ++j) scratch[j] = std::isnan(row[j]) ? kInf : row[j];
       if (k < n) std::nth_element(scratch, scratch + (k - 1), scratch + n);
       std::sort(scratch, scratch + k);
     }
-    acc_t total = scratch[0] * scratch[0];
-    for (int64_t t = 1; t < k; ++t) total += scratch[t] * scratch[t];
-    rho[i] = density_from_mean(total / static_cast<acc_t>(k));
+    rho[i] = hbi::dpc::density_of_ascending<acc_t>([&](int64_t t) { return scratch[t]; }, k);
   }
 
-  // 4. Density order, densest first.
+  // 4. Density order, densest first (denser and ahead stay strict weak orders with NaN: std::sort on a
+  //    broken order is undefined behaviour).
   int64_t* order = ws.order.data();
   std::iota(order, order + n, int64_t(0));
-  std::sort(order, order + n, [&](int64_t a, int64_t b) {
-    if (real[a] != real[b]) return real[a];
-    if (!same_value(rho[a], rho[b])) return less_nan_last(rho[b], rho[a]);
-    return a < b;
-  });
+  std::sort(order, order + n,
+            [&](int64_t a, int64_t b) { return hbi::dpc::denser(real[a], rho[a], a, real[b], rho[b], b); });
 
   // 5. Distance to the nearest denser token.
   acc_t* delta = ws.delta.data();
@@ -189,34 +158,21 @@ void cluster_sample(const scalar_t* __restrict__ x, const bool* __restrict__ rea
     const int64_t i = order[p];
     const acc_t* row = dist + i * n;
     acc_t nearest = row[order[0]];
-    for (int64_t q = 1; q < p; ++q) nearest = std::min(nearest, row[order[q]]);
+    for (int64_t q = 1; q < p; ++q) nearest = hbi::dpc::take_min(nearest, row[order[q]]);
     delta[i] = nearest;
   }
 
   // 6. Centres: the K highest scores, ties to the lower index.
   acc_t* score = ws.score.data();
-  for (int64_t i = 0; i < n; ++i) score[i] = delta[i] * rho[i];
+  for (int64_t i = 0; i < n; ++i) score[i] = hbi::dpc::score_of(delta[i], rho[i]);
   int64_t* candidates = ws.candidates.data();
   std::iota(candidates, candidates + n, int64_t(0));
-  std::partial_sort(candidates, candidates + num_clusters, candidates + n, [&](int64_t a, int64_t b) {
-    if (!same_value(score[a], score[b])) return less_nan_last(score[b], score[a]);
-    return a < b;
-  });
+  std::partial_sort(candidates, candidates + num_clusters, candidates + n,
+                    [&](int64_t a, int64_t b) { return hbi::dpc::ahead(score[a], a, score[b], b); });
   std::copy(candidates, candidates + num_clusters, centers);
 
-  // 7. Assignment to the nearest centre (strict < keeps the lower cluster on ties).
-  acc_t* best = ws.best.data();
-  std::copy(dist + centers[0] * n, dist + (centers[0] + 1) * n, best);
-  std::fill(idx, idx + n, int64_t(0));
-  for (int64_t c = 1; c < num_clusters; ++c) {
-    const acc_t* row = dist + centers[c] * n;
-    for (int64_t t = 0; t < n; ++t) {
-      if (row[t] < best[t]) {
-        best[t] = row[t];
-        idx[t] = c;
-      }
-    }
-  }
+  // 7. Assignment to the nearest centre (the rule of dpc_knn_rules.h), each centre its own cluster.
+  for (int64_t t = 0; t < n; ++t) idx[t] = hbi::dpc::nearest_centre(dist, n, centers, num_clusters, t);
   for (int64_t c = 0; c < num_clusters; ++c) idx[centers[c]] = c;
 }
 

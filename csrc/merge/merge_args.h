@@ -21,4 +21,14 @@ inline void check_merge_args(const char* op, const at::Tensor& x, const at::Tens
   TORCH_CHECK(num_clusters >= 1, op, ": num_clusters must be >= 1, got ", num_clusters);
 }
 
+// The backward's grad [B, K, C], after check_merge_args and the caller's device check of grad.
+inline void check_merge_grad(const at::Tensor& grad, const at::Tensor& x, int64_t num_clusters) {
+  const int64_t batch = x.size(0), width = x.size(2);
+  TORCH_CHECK(at::isFloatingType(grad.scalar_type()),
+              "merge_tokens_backward: grad must be a floating-point tensor, got ", grad.scalar_type());
+  TORCH_CHECK(grad.dim() == 3 && grad.size(0) == batch && grad.size(1) == num_clusters && grad.size(2) == width,
+              "merge_tokens_backward: grad must have shape [", batch, ", ", num_clusters, ", ", width, "], got ",
+              grad.sizes());
+}
+
 }  // namespace hbi

@@ -8,7 +8,7 @@
 // One sample per task of at::parallel_for; every sample owns its output rows, so no atomics. Sums run in
 // at::opmath_type (float for float16 / bfloat16, double for float64); the backward recomputes W and out in
 // that type instead of saving the rounded output. Every idx value is checked to lie in [0, K) before
-// anything is written.
+// anything is written. The per-element steps are those of merge_rules.h, which the CUDA kernels call too.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -21,10 +21,9 @@
 #include <vector>
 
 #include "merge/merge_args.h"
+#include "merge/merge_rules.h"
 
 namespace {
-
-constexpr double kEpsilon = 1e-6;
 
 void check_inputs(const char* op, const at::Tensor& x, const at::Tensor& idx, const at::Tensor& weight,
                   int64_t num_clusters) {
@@ -59,10 +58,10 @@ void weighted_sums(const scalar_t* __restrict__ x, const int64_t* __restrict__ i
   for (int64_t t = 0; t < n; ++t) {
     const int64_t c = idx[t];
     const acc_t wt = static_cast<acc_t>(w[t]);
-    total[c] += wt;
+    total[c] = hbi::merge::add_weight(total[c], wt);
     acc_t* __restrict__ row = summed + c * width;
     const scalar_t* __restrict__ xt = x + t * width;
-    for (int64_t ch = 0; ch < width; ++ch) row[ch] += wt * static_cast<acc_t>(xt[ch]);
+    for (int64_t ch = 0; ch < width; ++ch) row[ch] = hbi::merge::add_weighted(row[ch], wt, static_cast<acc_t>(xt[ch]));
   }
 }
 
@@ -88,9 +87,9 @@ at::Tensor merge_tokens_cpu(const at::Tensor& x, const at::Tensor& idx, const at
                                        summed.data(), num_clusters);
         scalar_t* o = out_data + b * num_clusters * width;
         for (int64_t c = 0; c < num_clusters; ++c) {
-          const acc_t denominator = total[c] + static_cast<acc_t>(kEpsilon);
+          const acc_t denominator = hbi::merge::cluster_denominator(total[c]);
           for (int64_t ch = 0; ch < width; ++ch)
-            o[c * width + ch] = static_cast<scalar_t>(summed[c * width + ch] / denominator);
+            o[c * width + ch] = static_cast<scalar_t>(hbi::merge::merged_value(summed[c * width + ch], denominator));
         }
       }
     });
@@ -105,11 +104,7 @@ std::tuple<at::Tensor, at::Tensor> merge_tokens_backward_cpu(const at::Tensor& g
   const int64_t batch = x.size(0), n = x.size(1), width = x.size(2);
   TORCH_CHECK(grad.defined() && grad.device().is_cpu(),
               "merge_tokens_backward (cpu kernel): grad must be a CPU tensor");
-  TORCH_CHECK(at::isFloatingType(grad.scalar_type()),
-              "merge_tokens_backward: grad must be a floating-point tensor, got ", grad.scalar_type());
-  TORCH_CHECK(grad.dim() == 3 && grad.size(0) == batch && grad.size(1) == num_clusters && grad.size(2) == width,
-              "merge_tokens_backward: grad must have shape [", batch, ", ", num_clusters, ", ", width, "], got ",
-              grad.sizes());
+  hbi::check_merge_grad(grad, x, num_clusters);
 
   const at::Tensor xc = x.contiguous(), ic = idx.contiguous(), wc = weight.contiguous();
   const at::Tensor gc = grad.to(x.scalar_type()).contiguous();
@@ -135,13 +130,14 @@ std::tuple<at::Tensor, at::Tensor> merge_tokens_backward_cpu(const at::Tensor& g
         const scalar_t* gb = g_data + b * num_clusters * width;
         weighted_sums<scalar_t, acc_t>(xb, ib, wb, n, width, total.data(), summed.data(), num_clusters);
         for (int64_t c = 0; c < num_clusters; ++c) {  // summed -> out
-          const acc_t denominator = total[c] + static_cast<acc_t>(kEpsilon);
-          for (int64_t ch = 0; ch < width; ++ch) summed[c * width + ch] /= denominator;
+          const acc_t denominator = hbi::merge::cluster_denominator(total[c]);
+          for (int64_t ch = 0; ch < width; ++ch)
+            summed[c * width + ch] = hbi::merge::merged_value(summed[c * width + ch], denominator);
         }
         for (int64_t t = 0; t < n; ++t) {
           const int64_t c = ib[t];
-          const acc_t denominator = total[c] + static_cast<acc_t>(kEpsilon);
-          const acc_t share = static_cast<acc_t>(wb[t]) / denominator;
+          const acc_t denominator = hbi::merge::cluster_denominator(total[c]);
+          const acc_t share = hbi::merge::token_share(static_cast<acc_t>(wb[t]), denominator);
           const scalar_t* xt = xb + t * width;
           const scalar_t* gct = gb + c * width;
           const acc_t* out_c = summed.data() + c * width;
@@ -149,10 +145,10 @@ std::tuple<at::Tensor, at::Tensor> merge_tokens_backward_cpu(const at::Tensor& g
           acc_t dot = 0;
           for (int64_t ch = 0; ch < width; ++ch) {
             const acc_t g = static_cast<acc_t>(gct[ch]);
-            gxt[ch] = static_cast<scalar_t>(g * share);
-            dot += g * (static_cast<acc_t>(xt[ch]) - out_c[ch]);
+            gxt[ch] = static_cast<scalar_t>(hbi::merge::grad_x_value(g, share));
+            dot = hbi::merge::add_grad_w_term(dot, g, static_cast<acc_t>(xt[ch]), out_c[ch]);
           }
-          gw_data[b * n + t] = static_cast<scalar_t>(dot / denominator);
+          gw_data[b * n + t] = static_cast<scalar_t>(hbi::merge::grad_w_value(dot, denominator));
         }
       }
     });

@@ -36,19 +36,14 @@
 #include <tuple>
 
 #include "merge/merge_args.h"
+#include "merge/merge_rules.h"
 
 namespace {
 
-constexpr double kEpsilon = 1e-6;
+using namespace hbi::merge;
+
 constexpr int kWarp = 32;
 constexpr int kWarpsPerBlock = 8;
-
-__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
-__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
-__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
-__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
-__device__ __forceinline__ float div_rn(float a, float b) { return __fdiv_rn(a, b); }
-__device__ __forceinline__ double div_rn(double a, double b) { return __ddiv_rn(a, b); }
 
 // One warp (blockDim.x == 32) per sample; dynamic shared memory: (K + 1) ints.
 // offsets[b, c] = first position of cluster c in order[b, :]; offsets[b, K] = number of in-range tokens.
@@ -137,20 +132,20 @@ __global__ void sum_kernel(const scalar_t* __restrict__ x, const scalar_t* __res
   for (int32_t p = begin; p < end; ++p) {
     const int64_t t = ord[p];
     const acc_t wt = static_cast<acc_t>(wb[t]);
-    weight_sum = add_rn(weight_sum, wt);
+    weight_sum = add_weight(weight_sum, wt);
     const scalar_t* xt = xb + t * width;
 #pragma unroll
     for (int v = 0; v < V; ++v) {
       const int64_t ch = ch0 + v * kWarp;
-      if (ch < width) acc[v] = add_rn(acc[v], mul_rn(wt, static_cast<acc_t>(xt[ch])));
+      if (ch < width) acc[v] = add_weighted(acc[v], wt, static_cast<acc_t>(xt[ch]));
     }
   }
-  const acc_t denominator = add_rn(weight_sum, static_cast<acc_t>(kEpsilon));
+  const acc_t denominator = cluster_denominator(weight_sum);
   out_t* o = out + bc * width;
 #pragma unroll
   for (int v = 0; v < V; ++v) {
     const int64_t ch = ch0 + v * kWarp;
-    if (ch < width) o[ch] = static_cast<out_t>(div_rn(acc[v], denominator));
+    if (ch < width) o[ch] = static_cast<out_t>(merged_value(acc[v], denominator));
   }
   if (total != nullptr && block_c == 0 && lane == 0) total[bc] = weight_sum;
 }
@@ -174,20 +169,20 @@ __global__ void token_backward_kernel(const scalar_t* __restrict__ grad, const s
     return;
   }
   const int64_t bc = b * num_clusters + c;
-  const acc_t denominator = total[bc] + static_cast<acc_t>(kEpsilon);
-  const acc_t share = static_cast<acc_t>(w[token]) / denominator;
+  const acc_t denominator = cluster_denominator(total[bc]);
+  const acc_t share = token_share(static_cast<acc_t>(w[token]), denominator);
   const scalar_t* g = grad + bc * width;
   const acc_t* oc = out + bc * width;
   const scalar_t* xt = x + token * width;
   acc_t dot = acc_t(0);
   for (int64_t ch = lane; ch < width; ch += kWarp) {
     const acc_t gv = static_cast<acc_t>(g[ch]);
-    gx[ch] = static_cast<scalar_t>(gv * share);
-    dot += gv * (static_cast<acc_t>(xt[ch]) - oc[ch]);
+    gx[ch] = static_cast<scalar_t>(grad_x_value(gv, share));
+    dot = add_grad_w_term(dot, gv, static_cast<acc_t>(xt[ch]), oc[ch]);
   }
 #pragma unroll
   for (int offset = kWarp / 2; offset > 0; offset /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
-  if (lane == 0) grad_w[token] = static_cast<scalar_t>(dot / denominator);
+  if (lane == 0) grad_w[token] = static_cast<scalar_t>(grad_w_value(dot, denominator));
 }
 
 void check_inputs(const char* op, const at::Tensor& x, const at::Tensor& idx, const at::Tensor& weight,
@@ -274,11 +269,7 @@ std::tuple<at::Tensor, at::Tensor> merge_tokens_backward_cuda(const at::Tensor& 
   const int64_t batch = x.size(0), n = x.size(1), width = x.size(2);
   TORCH_CHECK(grad.defined() && grad.device() == x.device(),
               "merge_tokens_backward (cuda kernel): grad must be a CUDA tensor on x's device");
-  TORCH_CHECK(at::isFloatingType(grad.scalar_type()),
-              "merge_tokens_backward: grad must be a floating-point tensor, got ", grad.scalar_type());
-  TORCH_CHECK(grad.dim() == 3 && grad.size(0) == batch && grad.size(1) == num_clusters && grad.size(2) == width,
-              "merge_tokens_backward: grad must have shape [", batch, ", ", num_clusters, ", ", width, "], got ",
-              grad.sizes());
+  hbi::check_merge_grad(grad, x, num_clusters);
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor xc = x.contiguous(), ic = idx.contiguous(), wc = weight.contiguous();
   const at::Tensor gc = grad.to(x.scalar_type()).contiguous();

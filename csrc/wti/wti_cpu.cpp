@@ -19,7 +19,8 @@
 // T V D of S): pass 1 runs over blocks of texts (grad_text, grad_text_weight), pass 2 over blocks of videos
 // (grad_video, grad_video_weight), so no two threads ever write to the same row.
 //
-// Arithmetic runs in at::opmath_type (float for float16 / bfloat16, double for float64).
+// Arithmetic runs in at::opmath_type (float for float16 / bfloat16, double for float64). The maximum and
+// padding rules are those of wti_rules.h, which the CUDA epilogue calls too.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -31,6 +32,8 @@
 #include <limits>
 #include <tuple>
 #include <vector>
+
+#include "wti/wti_rules.h"
 
 namespace {
 
@@ -55,6 +58,19 @@ void check_shape(const at::Tensor& tensor, const char* name, at::IntArrayRef exp
 void check_same_dtype(const at::Tensor& tensor, const char* name, const at::Tensor& text) {
   TORCH_CHECK(tensor.scalar_type() == text.scalar_type(), "wti_similarity: ", name, " has dtype ", tensor.scalar_type(),
               " but text has ", text.scalar_type(), "; all features and weights must share one dtype");
+}
+
+// video's dtype, then text_weight [A, T] and video_weight [B, V] (after text and video are checked).
+void check_weights(const at::Tensor& text, const at::Tensor& video, const at::Tensor& text_weight,
+                   const at::Tensor& video_weight) {
+  const int64_t A = text.size(0), T = text.size(1), B = video.size(0), V = video.size(1);
+  check_same_dtype(video, "video", text);
+  check_float_cpu(text_weight, "text_weight", 2);
+  check_shape(text_weight, "text_weight", {A, T});
+  check_same_dtype(text_weight, "text_weight", text);
+  check_float_cpu(video_weight, "video_weight", 2);
+  check_shape(video_weight, "video_weight", {B, V});
+  check_same_dtype(video_weight, "video_weight", text);
 }
 
 void check_index_cpu(const at::Tensor& tensor, const char* name, at::IntArrayRef expected, int64_t bound) {
@@ -113,7 +129,7 @@ HBI_INLINE void column_maxima_body(const acc_t* __restrict__ matrix, int64_t row
 #pragma omp simd
     for (int64_t c = 0; c < cols; ++c) {
       const acc_t s = row[c];
-      const bool greater = s > col_best[c];
+      const bool greater = hbi::wti::beats(s, col_best[c]);
       col_best[c] = greater ? s : col_best[c];
       col_arg[c] = greater ? kk : col_arg[c];
     }
@@ -188,7 +204,6 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& y, const at::Tensor& 
   const int64_t real_frames = frames.offset[B];
   const at::Tensor x_real = gather_real(x, words);         // [real words, D]
   const at::Tensor y_real_t = gather_real(y, frames).t();  // [D, real frames]
-  const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
   for (int64_t a0 = 0; a0 < A;) {
     // A block of texts whose S holds at most kBlockEntries dot products (at least one text).
     int64_t a1 = a0 + 1;
@@ -216,20 +231,16 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& y, const at::Tensor& 
           std::fill(t2v_out, t2v_out + T, -1);  // padded words and frames keep -1
           std::fill(v2t_out, v2t_out + V, -1);
           // In zero mode a masked 0 competes in a maximum when the other side has a padded position.
-          const bool zero_in_rows = zero_padding && num_frames < V;
-          const bool zero_in_cols = zero_padding && num_words < T;
+          const bool zero_in_rows = hbi::wti::zero_competes(zero_padding, num_frames, V);
+          const bool zero_in_cols = hbi::wti::zero_competes(zero_padding, num_words, T);
 
           acc_t text_to_video = 0;
           for (int64_t k = 0; k < num_words; ++k) {
             const acc_t* row = text_sim + k * real_frames + f0;  // S[a, b, word_at[k], frame_at[c]]
-            acc_t best = neg_inf;
-            int64_t arg = -1;
-            for (int64_t c = 0; c < num_frames; ++c) {
-              const bool greater = row[c] > best;
-              best = greater ? row[c] : best;
-              arg = greater ? c : arg;
-            }
-            if (arg < 0 || (zero_in_rows && best < 0)) continue;  // the maximum is not a real entry
+            acc_t best;
+            const int64_t arg =
+                hbi::wti::first_max(num_frames, [&](int64_t c) { return row[c]; }, [](int64_t) { return true; }, best);
+            if (!hbi::wti::kept_maximum(arg, best, zero_in_rows)) continue;  // the maximum is not a real entry
             const int32_t t = word_at[k];
             t2v_out[t] = frame_at[arg];
             text_to_video += p_a[t] * best;
@@ -238,7 +249,7 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& y, const at::Tensor& 
           for (int64_t c = 0; c < num_frames; ++c) {
             const int32_t k = col_arg[f0 + c];
             const acc_t best = col_best[f0 + c];
-            if (k < 0 || (zero_in_cols && best < 0)) continue;
+            if (!hbi::wti::kept_maximum(k, best, zero_in_cols)) continue;
             const int32_t v = frame_at[c];
             v2t_out[v] = word_at[k];
             video_to_text += q_b[v] * best;
@@ -262,13 +273,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> wti_similarity_cpu(const at::Tens
   const int64_t B = video.size(0), V = video.size(1);
   TORCH_CHECK(video.size(2) == D, "wti_similarity: video must have the feature width D = ", D,
               " of text (shape [B, V, ", D, "]), got shape ", video.sizes());
-  check_same_dtype(video, "video", text);
-  check_float_cpu(text_weight, "text_weight", 2);
-  check_shape(text_weight, "text_weight", {A, T});
-  check_same_dtype(text_weight, "text_weight", text);
-  check_float_cpu(video_weight, "video_weight", 2);
-  check_shape(video_weight, "video_weight", {B, V});
-  check_same_dtype(video_weight, "video_weight", text);
+  check_weights(text, video, text_weight, video_weight);
   for (auto [mask, name, expected] : {std::make_tuple(&text_mask, "text_mask", std::vector<int64_t>{A, T}),
                                       std::make_tuple(&video_mask, "video_mask", std::vector<int64_t>{B, V})}) {
     TORCH_CHECK(mask->defined(), "wti_similarity: ", name, " is undefined");
@@ -306,6 +311,50 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> wti_similarity_cpu(const at::Tens
 // Backward
 // ---------------------------------------------------------------------------------------------------------
 
+// One pass of the backward ("own" items n with rows r, "other" items m with rows l; pair (n, m) at
+// n * ps_own + m * ps_oth), over blocks of own items, other items outermost inside a block so one other item's
+// rows stay in cache. own_idx[pair, r]: the other row of own row r (-1: none); oth_idx[pair, l]: the own row
+// of other row l. With c = grad_score[pair] / 2:
+//   Z[n,r] = sum_m c F_oth[m, own_idx]     grad_w_own[n,r] = <F_own[n,r], Z[n,r]>
+//   grad_own[n,r] = w_own[n,r] Z[n,r] + sum_{m, l: oth_idx = r} c w_oth[m,l] F_oth[m,l]
+template <typename acc_t>
+void backward_side(const acc_t* g, const acc_t* own, const acc_t* own_w, const acc_t* oth, const acc_t* oth_w,
+                   const int32_t* own_idx, const int32_t* oth_idx, int64_t n_own, int64_t L_own, int64_t n_oth,
+                   int64_t L_oth, int64_t D, int64_t ps_own, int64_t ps_oth, acc_t* grad_own, acc_t* grad_own_w) {
+  at::parallel_for(0, n_own, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> z(kCacheBlock * L_own * D);
+    for (int64_t n0 = begin; n0 < end; n0 += kCacheBlock) {
+      const int64_t n1 = std::min(end, n0 + kCacheBlock);
+      std::fill(z.begin(), z.end(), acc_t(0));
+      for (int64_t m = 0; m < n_oth; ++m) {
+        const acc_t* oth_m = oth + m * L_oth * D;
+        const acc_t* oth_w_m = oth_w + m * L_oth;
+        for (int64_t n = n0; n < n1; ++n) {
+          const int64_t pair = n * ps_own + m * ps_oth;
+          const acc_t c = g[pair] / 2;
+          if (c == 0) continue;
+          const int32_t* i = own_idx + pair * L_own;
+          const int32_t* j = oth_idx + pair * L_oth;
+          acc_t* z_n = z.data() + (n - n0) * L_own * D;
+          for (int64_t r = 0; r < L_own; ++r) {
+            if (i[r] >= 0) axpy(z_n + r * D, c, oth_m + i[r] * D, D);
+          }
+          for (int64_t l = 0; l < L_oth; ++l) {
+            if (j[l] >= 0) axpy(grad_own + (n * L_own + j[l]) * D, c * oth_w_m[l], oth_m + l * D, D);
+          }
+        }
+      }
+      for (int64_t n = n0; n < n1; ++n) {
+        for (int64_t r = 0; r < L_own; ++r) {
+          const acc_t* z_nr = z.data() + ((n - n0) * L_own + r) * D;
+          grad_own_w[n * L_own + r] = dot(own + (n * L_own + r) * D, z_nr, D);
+          axpy(grad_own + (n * L_own + r) * D, own_w[n * L_own + r], z_nr, D);
+        }
+      }
+    }
+  });
+}
+
 // With c = grad_score[a, b] / 2, i = t2v_argmax, j = v2t_argmax:
 //   Z[a,t] = sum_b c Y[b, i(a,b,t)]              grad_p[a,t] = <X[a,t], Z[a,t]>
 //   grad_X[a,t] = p[a,t] Z[a,t] + sum_{b, v: j(a,b,v) = t} c q[b,v] Y[b,v]
@@ -330,71 +379,10 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& x, const at::Tens
   acc_t* gp = grad_p.data_ptr<acc_t>();
   acc_t* gq = grad_q.data_ptr<acc_t>();
 
-  // Pass 1, over blocks of texts; videos outermost inside a block so one video's frames stay in cache.
-  at::parallel_for(0, A, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> z(kCacheBlock * T * D);
-    for (int64_t a0 = begin; a0 < end; a0 += kCacheBlock) {
-      const int64_t a1 = std::min(end, a0 + kCacheBlock);
-      std::fill(z.begin(), z.end(), acc_t(0));
-      for (int64_t b = 0; b < B; ++b) {
-        const acc_t* y_b = y_ptr + b * V * D;
-        const acc_t* q_b = q_ptr + b * V;
-        for (int64_t a = a0; a < a1; ++a) {
-          const acc_t c = g[a * B + b] / 2;
-          if (c == 0) continue;
-          const int32_t* i = t2v + (a * B + b) * T;
-          const int32_t* j = v2t + (a * B + b) * V;
-          acc_t* z_a = z.data() + (a - a0) * T * D;
-          for (int64_t t = 0; t < T; ++t) {
-            if (i[t] >= 0) axpy(z_a + t * D, c, y_b + i[t] * D, D);
-          }
-          for (int64_t v = 0; v < V; ++v) {
-            if (j[v] >= 0) axpy(gx + (a * T + j[v]) * D, c * q_b[v], y_b + v * D, D);
-          }
-        }
-      }
-      for (int64_t a = a0; a < a1; ++a) {
-        for (int64_t t = 0; t < T; ++t) {
-          const acc_t* z_at = z.data() + ((a - a0) * T + t) * D;
-          gp[a * T + t] = dot(x_ptr + (a * T + t) * D, z_at, D);
-          axpy(gx + (a * T + t) * D, p_ptr[a * T + t], z_at, D);
-        }
-      }
-    }
-  });
-
-  // Pass 2, over blocks of videos; texts outermost inside a block.
-  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> w(kCacheBlock * V * D);
-    for (int64_t b0 = begin; b0 < end; b0 += kCacheBlock) {
-      const int64_t b1 = std::min(end, b0 + kCacheBlock);
-      std::fill(w.begin(), w.end(), acc_t(0));
-      for (int64_t a = 0; a < A; ++a) {
-        const acc_t* x_a = x_ptr + a * T * D;
-        const acc_t* p_a = p_ptr + a * T;
-        for (int64_t b = b0; b < b1; ++b) {
-          const acc_t c = g[a * B + b] / 2;
-          if (c == 0) continue;
-          const int32_t* i = t2v + (a * B + b) * T;
-          const int32_t* j = v2t + (a * B + b) * V;
-          acc_t* w_b = w.data() + (b - b0) * V * D;
-          for (int64_t v = 0; v < V; ++v) {
-            if (j[v] >= 0) axpy(w_b + v * D, c, x_a + j[v] * D, D);
-          }
-          for (int64_t t = 0; t < T; ++t) {
-            if (i[t] >= 0) axpy(gy + (b * V + i[t]) * D, c * p_a[t], x_a + t * D, D);
-          }
-        }
-      }
-      for (int64_t b = b0; b < b1; ++b) {
-        for (int64_t v = 0; v < V; ++v) {
-          const acc_t* w_bv = w.data() + ((b - b0) * V + v) * D;
-          gq[b * V + v] = dot(y_ptr + (b * V + v) * D, w_bv, D);
-          axpy(gy + (b * V + v) * D, q_ptr[b * V + v], w_bv, D);
-        }
-      }
-    }
-  });
+  // Pass 1 owns texts: own rows t, own index t2v, other index v2t; pair (a, b) = a*B + b.
+  backward_side(g, x_ptr, p_ptr, y_ptr, q_ptr, t2v, v2t, A, T, B, V, D, B, 1, gx, gp);
+  // Pass 2 owns videos: own rows v, own index v2t, other index t2v; pair (b, a) = a*B + b.
+  backward_side(g, y_ptr, q_ptr, x_ptr, p_ptr, v2t, t2v, B, V, A, T, D, 1, B, gy, gq);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> wti_similarity_backward_cpu(
@@ -406,13 +394,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> wti_similarity_backwa
   const int64_t B = video.size(0), V = video.size(1);
   TORCH_CHECK(video.size(2) == D, "wti_similarity_backward: video must have the feature width D = ", D,
               " of text, got shape ", video.sizes());
-  check_same_dtype(video, "video", text);
-  check_float_cpu(text_weight, "text_weight", 2);
-  check_shape(text_weight, "text_weight", {A, T});
-  check_same_dtype(text_weight, "text_weight", text);
-  check_float_cpu(video_weight, "video_weight", 2);
-  check_shape(video_weight, "video_weight", {B, V});
-  check_same_dtype(video_weight, "video_weight", text);
+  check_weights(text, video, text_weight, video_weight);
   check_float_cpu(grad_score, "grad_score", 2);
   check_shape(grad_score, "grad_score", {A, B});
   check_index_cpu(t2v_argmax, "t2v_argmax", {A, B, T}, V);
