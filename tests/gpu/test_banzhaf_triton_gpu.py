@@ -1,23 +1,17 @@
 """banzhaf_interaction, triton backend on CUDA tensors: against the torch oracle (same device) and the
 cpu backend (same seed, CPU copies), forward and backward, every definition and estimator, masks,
-dtypes and sizes up to the full (B=128, T=32 with 20 real words, V=12); gradcheck, opcheck, streams,
-no host synchronisation."""
+dtypes and sizes up to the full (B=128, T=32 with 20 real words, V=12); streams, no host synchronisation
+(gradcheck and opcheck: tests/ops/test_operators.py)."""
 
 import pytest
 import torch
 
 import hbi_ops
+from hbi_ops.testing import BANZHAF_SETTINGS as SETTINGS
 from hbi_ops.testing import FLOAT_DTYPES, TOLERANCE, random_game
 
 pytestmark = pytest.mark.gpu
 
-SETTINGS = [
-    ("textbook", "exact"),
-    ("textbook", "paired"),
-    ("textbook", "msr"),
-    ("reference", "exact"),
-    ("reference", "paired"),
-]
 DEVICE = "cuda"
 
 
@@ -79,60 +73,6 @@ def test_more_than_128_players_and_large_seed(definition, estimator):
     kwargs = dict(definition=definition, estimator=estimator, num_samples=3, seed=2**64 - 12345)
     got = _run("triton", game, grad, **kwargs)
     _compare(got, _run("cpu", _to_cpu(game), grad.cpu(), **kwargs), torch.float64)
-
-
-@pytest.mark.parametrize("definition,estimator", SETTINGS)
-def test_gradcheck(definition, estimator):
-    sim, text_mask, video_mask, text_weight, video_weight = _game(2, 3, 3, dtype=torch.float64)
-    inputs = tuple(x.clone().requires_grad_() for x in (sim, text_weight, video_weight))
-
-    def fn(s, wt, wv):
-        return hbi_ops.banzhaf_interaction(
-            s,
-            text_mask,
-            video_mask,
-            wt,
-            wv,
-            definition=definition,
-            estimator=estimator,
-            num_samples=16,
-            seed=3,
-            backend="triton",
-        )
-
-    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
-
-
-@pytest.mark.parametrize("definition,estimator", SETTINGS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_opcheck(definition, estimator, dtype):
-    sim, text_mask, video_mask, text_weight, video_weight = _game(2, 4, 3, dtype=dtype)
-    args = (
-        sim.requires_grad_(),
-        text_mask,
-        video_mask,
-        text_weight.requires_grad_(),
-        video_weight.requires_grad_(),
-        definition,
-        estimator,
-        8,
-        11,
-    )
-    torch.library.opcheck(torch.ops.hbi_ops_triton.banzhaf_interaction.default, args)
-    grad = torch.randn(sim.shape, dtype=dtype, device=DEVICE)
-    backward_args = (
-        grad,
-        sim.detach(),
-        text_mask,
-        video_mask,
-        text_weight.detach(),
-        video_weight.detach(),
-        definition,
-        estimator,
-        8,
-        11,
-    )
-    torch.library.opcheck(torch.ops.hbi_ops_triton.banzhaf_interaction_backward.default, backward_args)
 
 
 @pytest.mark.parametrize("definition,estimator", SETTINGS)

@@ -1,6 +1,6 @@
 """hbi_ops.dpc_knn on CUDA tensors: the `cuda` and `triton` backends against the oracle and the cpu kernel at
-several sizes (both paths of each: fused N <= 64, tiled N > 64), masks and dtypes; opcheck; streams; no host
-synchronisation. Skipped without a GPU."""
+several sizes (both paths of each: fused N <= 64, tiled N > 64), masks and dtypes; streams; no host
+synchronisation (opcheck: tests/ops/test_operators.py). Skipped without a GPU."""
 
 import pytest
 import torch
@@ -8,7 +8,7 @@ import torch
 import hbi_ops
 from hbi_ops import _dispatch
 from hbi_ops.reference.dpc_knn import dpc_knn as oracle
-from hbi_ops.testing import FLOAT_DTYPES
+from hbi_ops.testing import FLOAT_DTYPES, grid_data, random_mask
 
 pytestmark = pytest.mark.gpu
 
@@ -22,20 +22,6 @@ def _need(backend, n=None):
         pytest.fail(f"{backend} backend unavailable on the GPU: {reason}")
     if backend == "triton" and n is not None and n > TRITON_MAX_TOKENS:
         pytest.skip("the triton backend declines N > 16384")
-
-
-def random_mask(batch, n, *, empty_sample=True, single_sample=True):
-    mask = torch.rand(batch, n) < 0.75
-    if empty_sample and batch > 0:
-        mask[0] = False
-    if single_sample and batch > 1:
-        mask[1] = False
-        mask[1, torch.randint(n, ()).item()] = True
-    return mask
-
-
-def grid_data(shape, dtype):
-    return torch.randn(shape).mul(2).round().clamp(-6, 6).to(dtype)
 
 
 def assert_same(result, expected):
@@ -230,22 +216,6 @@ def test_stream_device_and_no_sync(backend, n):
     torch.cuda.current_stream(device).wait_stream(stream)
     torch.cuda.synchronize(device)
     assert_same(result, reference)
-
-
-@pytest.mark.parametrize("n", [10, 100])
-def test_opcheck_cuda(n):
-    _need("cuda")
-    x = torch.randn(3, n, 5, device="cuda")
-    mask = random_mask(3, n).cuda()
-    torch.library.opcheck(torch.ops.hbi_ops.dpc_knn.default, (x, mask, 4, 3))
-    torch.library.opcheck(torch.ops.hbi_ops.dpc_knn.default, (x.double(), mask, n, n))
-
-
-def test_opcheck_triton():
-    _need("triton")
-    x = torch.randn(3, 10, 5, device="cuda")
-    mask = random_mask(3, 10).cuda()
-    torch.library.opcheck(torch.ops.hbi_ops_triton.dpc_knn.default, (x, mask, 4, 3))
 
 
 def test_triton_declines_huge_n_clearly():

@@ -1,4 +1,5 @@
-"""banzhaf_interaction: brute force -> oracle -> every backend, estimators, gradients, op registration."""
+"""banzhaf_interaction: brute force -> oracle -> every backend, estimators, padding, torch.compile, bad input.
+(Every backend against the oracle, gradcheck and opcheck on the shared samples: test_operators.py.)"""
 
 import math
 
@@ -7,17 +8,15 @@ import torch
 
 import hbi_ops
 from hbi_ops import philox
-from hbi_ops.testing import FLOAT_DTYPES, TOLERANCE, compiled_cpu_backends, random_game
+from hbi_ops.testing import BANZHAF_SETTINGS as SETTINGS
+from hbi_ops.testing import TOLERANCE, compiled_cpu_backends, random_game
 
 from brute_force import brute_force, brute_force_deltas, subsets, textbook_value
 
 ALL_BACKENDS = ["torch"] + compiled_cpu_backends("banzhaf_interaction")
-SETTINGS = [
-    ("textbook", "exact"),
-    ("textbook", "paired"),
-    ("textbook", "msr"),
-    ("reference", "exact"),
-    ("reference", "paired"),
+# Every backend on CPU tensors, and the GPU backends on CUDA tensors (marked gpu: skipped without a GPU).
+BACKEND_DEVICES = [pytest.param(b, "cpu", id=b) for b in ALL_BACKENDS] + [
+    pytest.param(b, "cuda", marks=pytest.mark.gpu, id=f"{b}-cuda") for b in ("cuda", "triton")
 ]
 
 
@@ -178,35 +177,13 @@ def test_msr_converges_within_its_standard_error(backend):
 
 
 # ------------------------------------------------------------------------------------------------
-# Backends against the oracle
+# Padding, layouts, seeds
 
 
-@pytest.mark.parametrize("backend", compiled_cpu_backends("banzhaf_interaction"))
-@pytest.mark.parametrize("definition,estimator", SETTINGS)
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-def test_backend_matches_oracle(backend, definition, estimator, dtype):
-    size = _small(backend, (4, 5, 4), (2, 3, 2) if estimator == "exact" else (2, 4, 3))
-    sim, text_mask, video_mask, text_weight, video_weight = random_game(*size, dtype=dtype)
-    text_mask = text_mask.int()  # integer masks are accepted
-    kwargs = dict(definition=definition, estimator=estimator, num_samples=_small(backend, 40, 6), seed=2024)
-    leaves = [x.clone().requires_grad_() for x in (sim, text_weight, video_weight)]
-    grad = torch.randn(sim.shape, dtype=dtype)
-    results = {}
-    for name in ("torch", backend):
-        inputs = [x.detach().clone().requires_grad_() for x in leaves]
-        out = hbi_ops.banzhaf_interaction(
-            inputs[0], text_mask, video_mask, inputs[1], inputs[2], backend=name, **kwargs
-        )
-        grads = torch.autograd.grad((out.float() * grad.float()).sum(), inputs)
-        results[name] = (out, *grads)
-    for expected, got in zip(results["torch"], results[backend]):
-        assert got.dtype == dtype
-        torch.testing.assert_close(got, expected, **TOLERANCE[dtype])
-
-
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
-def test_padding_cells_are_zero_and_all_padding_rows_finite(backend):
-    sim, text_mask, video_mask, text_weight, video_weight = random_game(*_small(backend, (3, 5, 4), (3, 3, 2)))
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_padding_cells_are_zero_and_all_padding_rows_finite(backend, device):
+    game = random_game(*_small(backend, (3, 5, 4), (3, 3, 2)) if device == "cpu" else (3, 5, 4), device=device)
+    sim, text_mask, video_mask, text_weight, video_weight = game
     text_mask[1] = False  # a pair with no real word
     video_mask[2] = False
     for definition, estimator in SETTINGS:
@@ -218,7 +195,7 @@ def test_padding_cells_are_zero_and_all_padding_rows_finite(backend):
             video_weight,
             definition=definition,
             estimator=estimator,
-            num_samples=_small(backend, 10, 3),
+            num_samples=_small(backend, 10, 3) if device == "cpu" else 10,
             backend=backend,
         )
         assert torch.isfinite(out).all()
@@ -260,63 +237,7 @@ def test_seed_changes_estimate_and_repeats(backend):
 
 
 # ------------------------------------------------------------------------------------------------
-# Gradients and registration
-
-
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
-@pytest.mark.parametrize("definition,estimator", SETTINGS)
-def test_gradcheck(backend, definition, estimator):
-    size = _small(backend, (2, 3, 3), (1, 2, 2) if estimator == "exact" else (1, 3, 2))
-    sim, text_mask, video_mask, text_weight, video_weight = random_game(*size)
-    inputs = tuple(x.clone().requires_grad_() for x in (sim, text_weight, video_weight))
-
-    def fn(s, wt, wv):
-        return hbi_ops.banzhaf_interaction(
-            s,
-            text_mask,
-            video_mask,
-            wt,
-            wv,
-            definition=definition,
-            estimator=estimator,
-            num_samples=_small(backend, 16, 4),
-            seed=3,
-            backend=backend,
-        )
-
-    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=backend == "triton")
-
-
-@pytest.mark.parametrize("definition,estimator", SETTINGS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_opcheck(definition, estimator, dtype):
-    sim, text_mask, video_mask, text_weight, video_weight = random_game(2, 4, 3, dtype=dtype)
-    args = (
-        sim.requires_grad_(),
-        text_mask,
-        video_mask,
-        text_weight.requires_grad_(),
-        video_weight.requires_grad_(),
-        definition,
-        estimator,
-        8,
-        11,
-    )
-    torch.library.opcheck(torch.ops.hbi_ops.banzhaf_interaction.default, args)
-    grad = torch.randn(sim.shape, dtype=dtype)
-    backward_args = (
-        grad,
-        sim.detach(),
-        text_mask,
-        video_mask,
-        text_weight.detach(),
-        video_weight.detach(),
-        definition,
-        estimator,
-        8,
-        11,
-    )
-    torch.library.opcheck(torch.ops.hbi_ops.banzhaf_interaction_backward.default, backward_args)
+# torch.compile
 
 
 @pytest.mark.parametrize("estimator", ["exact", "paired"])

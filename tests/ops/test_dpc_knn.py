@@ -1,6 +1,6 @@
 """hbi_ops.dpc_knn (docs/dpc_knn.md): a hand-checked example on every backend, the oracle against scalar loops,
 every compiled CPU backend against the oracle (identical idx and centres), per-sample independence,
-properties, layouts, opcheck and argument errors."""
+properties, layouts and argument errors (opcheck on the shared samples: test_operators.py)."""
 
 import math
 
@@ -9,7 +9,7 @@ import torch
 
 import hbi_ops
 from hbi_ops.reference.dpc_knn import dpc_knn as oracle
-from hbi_ops.testing import FLOAT_DTYPES, compiled_cpu_backends
+from hbi_ops.testing import FLOAT_DTYPES, compiled_cpu_backends, grid_data, random_mask
 
 ALL_BACKENDS = ["torch"] + compiled_cpu_backends("dpc_knn")
 
@@ -54,23 +54,6 @@ def brute_force(x, mask, num_clusters, k):
             idx[b, i] = c
             centers[b, c] = i
     return idx, centers
-
-
-def random_mask(batch, n, *, empty_sample=True, single_sample=True):
-    """Random real/padded pattern (not only trailing padding), with a sample of 0 and one of 1 real token."""
-    mask = torch.rand(batch, n) < 0.75
-    if empty_sample and batch > 0:
-        mask[0] = False
-    if single_sample and batch > 1:
-        mask[1] = False
-        mask[1, torch.randint(n, ()).item()] = True
-    return mask
-
-
-def grid_data(shape, dtype):
-    """Small integers (from torch.randn): every squared distance is exact in float16 to float64, so every
-    backend computes bit-identical distances and the many exact ties exercise the tie rules."""
-    return torch.randn(shape).mul(2).round().clamp(-6, 6).to(dtype)
 
 
 def assert_same(result, expected):
@@ -317,13 +300,6 @@ def test_no_gradient(backend):
     x = torch.randn(2, 6, 4, requires_grad=True)
     idx, centers = hbi_ops.dpc_knn(x, 3, k=2, backend=backend)
     assert not idx.requires_grad and not centers.requires_grad
-
-
-def test_opcheck():
-    x = torch.randn(3, 10, 5)
-    mask = random_mask(3, 10)
-    torch.library.opcheck(torch.ops.hbi_ops.dpc_knn.default, (x, mask, 4, 3))
-    torch.library.opcheck(torch.ops.hbi_ops.dpc_knn.default, (x.double(), mask, 10, 10))
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -7,15 +7,8 @@ import torch
 import hbi_ops
 from hbi_ops import philox
 from hbi_ops.reference import banzhaf as reference_banzhaf
+from hbi_ops.testing import BANZHAF_SETTINGS as SETTINGS
 from hbi_ops.testing import compiled_cpu_backends, random_game
-
-SETTINGS = [
-    ("textbook", "exact"),
-    ("textbook", "paired"),
-    ("textbook", "msr"),
-    ("reference", "paired"),
-    ("reference", "exact"),
-]
 
 
 @pytest.mark.parametrize("backend", ["torch"] + compiled_cpu_backends("banzhaf_interaction"))

@@ -1,13 +1,13 @@
 """hbi_ops.wti_similarity (docs/wti.md): the oracle against a brute-force loop, every compiled CPU backend against
-the oracle (forward and the four gradients), gradcheck, opcheck, torch.compile and argument errors."""
+the oracle (forward and the four gradients), torch.compile and argument errors (gradcheck and opcheck on the
+shared samples: test_operators.py)."""
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import hbi_ops
 from hbi_ops.reference.wti import wti_similarity as oracle
-from hbi_ops.testing import FLOAT_DTYPES, TOLERANCE, compiled_cpu_backends, padded_mask
+from hbi_ops.testing import FLOAT_DTYPES, TOLERANCE, compiled_cpu_backends, wti_inputs
 
 PADDINGS = ("ignore", "zero")
 
@@ -47,14 +47,7 @@ def brute_force(x, y, p, q, mt, mv, padding):
 
 
 def make_inputs(num_texts=3, num_videos=4, num_words=5, num_frames=4, width=16, dtype=torch.float64, empty_rows=True):
-    """L2-normalised random features, softmax weights (what the caller passes), padded masks."""
-    x = F.normalize(torch.randn(num_texts, num_words, width, dtype=torch.float64), dim=-1)
-    y = F.normalize(torch.randn(num_videos, num_frames, width, dtype=torch.float64), dim=-1)
-    p = torch.softmax(torch.randn(num_texts, num_words, dtype=torch.float64), dim=-1)
-    q = torch.softmax(torch.randn(num_videos, num_frames, dtype=torch.float64), dim=-1)
-    mt = padded_mask(num_texts, num_words, empty_row=1 if empty_rows else None)
-    mv = padded_mask(num_videos, num_frames, empty_row=2 if empty_rows else None)
-    return [t.to(dtype) for t in (x, y, p, q)] + [mt, mv]
+    return wti_inputs(num_texts, num_videos, num_words, num_frames, width, dtype, empty_rows=empty_rows)
 
 
 def score_and_grads(fn, x, y, p, q, *rest, upstream, **kw):
@@ -225,35 +218,8 @@ def test_empty_batch(backend, sizes):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# gradcheck, opcheck, torch.compile
+# arg-max outputs, torch.compile
 # ------------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("backend", ["torch"] + compiled_cpu_backends("wti_similarity"))
-@pytest.mark.parametrize("padding", PADDINGS)
-def test_gradcheck(backend, padding):
-    x, y, p, q, mt, mv = make_inputs(num_texts=3, num_videos=3, num_words=4, num_frames=3, width=5)
-    leaves = [t.requires_grad_(True) for t in (x, y, p, q)]
-
-    def fn(*args):
-        return hbi_ops.wti_similarity(*args, mt, mv, padding=padding, backend=backend)
-
-    assert torch.autograd.gradcheck(fn, leaves)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("zero_padding", [False, True])
-def test_opcheck(dtype, zero_padding):
-    x, y, p, q, mt, mv = make_inputs(dtype=dtype)
-    op = torch.ops.hbi_ops.wti_similarity.default
-    torch.library.opcheck(op, (x, y, p, q, mt, mv, zero_padding))
-    grad_args = [t.clone().requires_grad_(True) for t in (x, y, p, q)]
-    torch.library.opcheck(op, (*grad_args, mt, mv, zero_padding))
-
-    _, t2v, v2t = op(x, y, p, q, mt, mv, zero_padding)
-    assert t2v.dtype == torch.int32 and v2t.dtype == torch.int32
-    backward = torch.ops.hbi_ops.wti_similarity_backward.default
-    torch.library.opcheck(backward, (torch.randn(3, 4, dtype=dtype), x, y, p, q, t2v, v2t))
 
 
 @pytest.mark.parametrize("zero_padding", [False, True])
