@@ -166,8 +166,8 @@ def _wti_samples(on_gpu, dtype):
     mt, mv = padded_mask(3, 5, real=1), padded_mask(4, 4, real=1)
     samples.append(SampleInput("one-real-token", (x, y, p, q, mt.int(), mv.long()), {}, (0, 1, 2, 3)))
     x, y, p, q, mt, mv = wti_inputs(3, 4, 5, 4, 8)
-    # Poisoned weights only: a padded word's NaN features make an all-NaN row of its frame maxima, whose
-    # argmax Triton's interpreter (numpy) refuses; test_nonfinite_and_double_backward.py poisons features.
+    # NaN / inf features and weights at padded tokens: replaced before any backend runs, so they never matter.
+    x, y = x.masked_fill(~mt[..., None], POISON), y.masked_fill(~mv[..., None], float("inf"))
     p, q = p.masked_fill(~mt, float("-inf")), q.masked_fill(~mv, POISON)
     samples.append(SampleInput("nonfinite-padding", (x, y, p, q, mt, mv), dict(padding="zero"), (0, 1, 2, 3)))
     # Small-integer features: exact ties of the maxima in every dtype (the tie rule picks the first index).

@@ -10,7 +10,7 @@ PADDINGS = ("ignore", "zero")
 
 def arguments(text, video, text_weight, video_weight, text_mask, video_mask, padding):
     """The public call's arguments, checked, as every backend takes them: (text, video, text_weight,
-    video_weight, text_mask, video_mask, zero_padding), one float dtype, weights of padded tokens 0."""
+    video_weight, text_mask, video_mask, zero_padding), one float dtype, padded tokens' weights and features 0."""
     _checks.tensor("text", text, dim=3, floating=True)
     _checks.tensor("video", video, dim=3, floating=True)
     num_texts, num_words, width = text.shape
@@ -33,9 +33,12 @@ def arguments(text, video, text_weight, video_weight, text_mask, video_mask, pad
     video_mask = _checks.mask("video_mask", video_mask, (num_videos, num_frames), text)
     _checks.choice("padding", padding, PADDINGS)
     dtype = _checks.common_float_dtype(text, video, text_weight, video_weight)
-    # Weights of padded tokens never count, whatever they hold.
+    # Padded tokens never count, whatever they hold: their weights and features are replaced by 0 before any
+    # backend runs (a NaN feature would otherwise fill a whole row of similarities, whose arg-max is undefined).
     text_weight = text_weight.masked_fill(~text_mask, 0.0)
     video_weight = video_weight.masked_fill(~video_mask, 0.0)
+    text = text.masked_fill(~text_mask[..., None], 0.0)
+    video = video.masked_fill(~video_mask[..., None], 0.0)
     return (
         text.to(dtype),
         video.to(dtype),

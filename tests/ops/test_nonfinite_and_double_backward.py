@@ -129,3 +129,26 @@ def test_torch_backend_has_second_derivatives(op):
     inputs, fn = _second_derivative_cases()[op]
     leaves = tuple(x.clone().requires_grad_() for x in inputs)
     assert torch.autograd.gradgradcheck(lambda *a: fn("torch", *a), leaves, eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["torch"] + compiled_cpu_backends("wti_similarity"))
+@pytest.mark.parametrize("poison", POISONS)
+def test_wti_padding_never_matters_to_gradients(backend, poison):
+    def grads(text, video, text_weight, video_weight):
+        leaves = [t.clone().requires_grad_() for t in (text, video, text_weight, video_weight)]
+        score = hbi_ops.wti_similarity(*leaves, text_mask, video_mask, backend=backend)
+        score.backward(upstream)
+        return [leaf.grad for leaf in leaves]
+
+    text, video, text_weight, video_weight, text_mask, video_mask = _wti_game()
+    upstream = torch.randn(3, 4, dtype=torch.float64)
+    clean = grads(text, video, text_weight, video_weight)
+    poisoned = grads(
+        text.masked_fill(~text_mask[..., None], poison),
+        video.masked_fill(~video_mask[..., None], poison),
+        text_weight.masked_fill(~text_mask, poison),
+        video_weight.masked_fill(~video_mask, poison),
+    )
+    for got, expected in zip(poisoned, clean):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert not poisoned[0][~text_mask].any() and not poisoned[1][~video_mask].any()
