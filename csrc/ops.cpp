@@ -59,17 +59,6 @@ TORCH_LIBRARY(hbi_ops, m) {
       "closed_form_block_backward(Tensor grad, Tensor sim, Tensor text_mask, Tensor video_mask, "
       "Tensor text_weight, Tensor video_weight) -> (Tensor, Tensor, Tensor)");
 
-  // The sampled estimators (and the exact reference) by the CUDA cells kernel's per-coalition code
-  // (csrc/banzhaf/banzhaf_warp_unit.h) run with one lane on CPU tensors, for the tests. Arguments as
-  // banzhaf_interaction's.
-  m.def(
-      "banzhaf_warp_game_forward(Tensor sim, Tensor text_mask, Tensor video_mask, Tensor text_weight, "
-      "Tensor video_weight, str definition, str estimator, int num_samples, int seed) -> Tensor");
-  m.def(
-      "banzhaf_warp_game_backward(Tensor grad, Tensor sim, Tensor text_mask, Tensor video_mask, "
-      "Tensor text_weight, Tensor video_weight, str definition, str estimator, int num_samples, "
-      "int seed) -> (Tensor, Tensor, Tensor)");
-
   // Density-peaks clustering: (idx [B, N], centers [B, K]), both int64, no gradient.
   m.def("dpc_knn(Tensor x, Tensor mask, int num_clusters, int k) -> (Tensor, Tensor)");
 

@@ -22,15 +22,6 @@ def _register():
     def _(grad, sim, text_mask, video_mask, text_weight, video_weight):
         return torch.empty_like(sim), torch.empty_like(text_weight), torch.empty_like(video_weight)
 
-    # banzhaf_warp_game_*: the CUDA cells kernel's code run on CPU tensors, for the tests (no autograd).
-    @torch.library.register_fake("hbi_ops::banzhaf_warp_game_forward")
-    def _(sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples, seed):
-        return torch.empty_like(sim)
-
-    @torch.library.register_fake("hbi_ops::banzhaf_warp_game_backward")
-    def _(grad, sim, text_mask, video_mask, text_weight, video_weight, definition, estimator, num_samples, seed):
-        return torch.empty_like(sim), torch.empty_like(text_weight), torch.empty_like(video_weight)
-
 
 if _extension.LOAD_ERROR is None:
     _register()

@@ -1,6 +1,6 @@
 // banzhaf_interaction on CUDA: forward and backward of the paired and msr estimators and of the exact
-// reference definition, the same function as csrc/banzhaf/banzhaf_cpu.cpp (same Philox coalitions, same
-// per-pair game of banzhaf_game.h, transliterated onto compact real-player indices) up to float rounding.
+// reference definition, the same function as csrc/banzhaf/banzhaf_cpu.cpp (same Philox coalitions, the same
+// per-pair game code, which the CPU runs with one lane: banzhaf_sampled_cpu.cpp) up to float rounding.
 // The exact textbook index goes to its closed form (closed_form_cuda.cu). This file: the launch heuristics
 // (units, chunks, warps), the two ops and their registration. The rest, by role:
 //   banzhaf_device_cuda.cuh   constants, warp primitives, the lane policy CudaLane;
@@ -8,8 +8,8 @@
 //   banzhaf_pair_cuda.cuh     the pair into shared memory;
 //   banzhaf_warp_side.h, banzhaf_warp_game.h, banzhaf_warp_unit.h  the game of a pair for a warp's
 //                             coalition (WarpGame) and one unit of the cells kernel, host and device code
-//                             over a lane policy: the CPU runs them with one lane (banzhaf_warp_game_cpu.cpp,
-//                             hbi_ops::banzhaf_warp_game_*, for the tests);
+//                             over a lane policy: the cpu backend runs them with one lane
+//                             (banzhaf_sampled_cpu.cpp);
 //   banzhaf_cells_cuda.cu, banzhaf_value_cuda.cu  the kernels and their launchers (banzhaf_kernels_cuda.h);
 //   banzhaf_finalize_cuda.cuh the reductions over chunks.
 //
@@ -20,8 +20,7 @@
 //   than an H100's), so the forward is deterministic on a card, and across cards up to rounding.
 // * Block prologue: warp 0 compacts the real words/frames (ballots), the pair's R and weight logits go to
 //   shared memory in compact form (real players only, row stride odd to avoid bank conflicts).
-// * Softmax weights are taken per coalition relative to its own largest logit (DevSide, as
-//   banzhaf_game.h's Side): exact for any finite logits.
+// * Softmax weights are taken per coalition relative to its own largest logit (DevSide): exact for any finite logits.
 // * "Cells" kernel (paired forward/backward, exact-reference, msr backward): one warp per
 //   coalition. Lanes draw the Philox block(s), set the membership, warp-reduce |S_t|, |S_v|, the softmax state,
 //   compute the row top-2 over S_v of every real word and the column top-2 over S_t of every real frame

@@ -80,7 +80,7 @@ __global__ void __launch_bounds__(kValueThreads)
         if ((r.v[(pos >> 5) & 3] >> (pos & 31)) & 1u) memb[(p >> 5) * MS + tid] |= 1u << (p & 31);
       }
     }
-    // f(S), as PairGame::value_of(-1, -1, false, false, false): sums in increasing player order.
+    // f(S), as WarpGame::value_of(-1, -1, false, false, false): sums in increasing player order.
     // The first 64 players' bits in registers; the others are read from shared memory.
     const uint32_t m0 = memb[tid], m1 = nmw > 1 ? memb[MS + tid] : 0u;
     auto member = [&](int p) -> uint32_t {

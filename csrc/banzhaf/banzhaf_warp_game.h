@@ -166,7 +166,7 @@ struct WarpGame {
       }
       return m;
     };
-    // The members of c (S minus i) weigh E[t] g / Z, the added i weighs e / Z (as PairGame::value_of).
+    // The members of c (S minus i) weigh E[t] g / Z, the added i weighs e / Z.
     acc_t text_part = 0, video_part = 0;
     int arg;
     for (int t = 0; t < nw; ++t)
@@ -305,7 +305,7 @@ struct WarpGame {
   }
 
   // ---- fast path (textbook forward) ----------------------------------------------------------------
-  // As PairGame::prepare_cells / cell_delta_fast: sums over S_t (scale E1) and over S_t minus its top
+  // Sums over S_t (scale E1) and over S_t minus its top
   // word (scale E2), likewise for frames.
   HBI_WARP_FN void prepare_cells(int lane) {
     const acc_t neg_inf = static_cast<acc_t>(-INFINITY);

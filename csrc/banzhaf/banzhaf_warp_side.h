@@ -1,7 +1,7 @@
 // The compact pair, the gradient sinks and one side's softmax state of a warp's coalition, written once for
 // the CUDA kernels and the CPU: `Lane` is the warp's policy (width, reductions, the sinks' add):
 //   CudaLane   (banzhaf_device_cuda.cuh): 32 lanes, shuffles, shared-memory atomics;
-//   SerialLane (banzhaf_warp_game_cpu.cpp): one lane, reductions are identities, `+=`;
+//   SerialLane (banzhaf_sampled_cpu.cpp, the cpu backend): one lane, reductions are identities, `+=`;
 // so that hbi_ops::banzhaf_warp_game_* runs the GPU's per-coalition code on the CPU (the tests).
 #pragma once
 #include <climits>
@@ -40,18 +40,18 @@ struct DevGrads {
   acc_t *sim, *text_weight, *video_weight;  // compact: sim [nw * ld]
 };
 
-// Per-warp coalition state, the device twin of PairGame (banzhaf_game.h) on compact indices:
+// Per-warp coalition state on compact indices:
 // words a in [0, nw), frames b in [0, nf); i / j below are compact indices too (or -1).
 // Softmax weights of one side of a value, k the player removed and possibly re-added: the other members t
-// weigh E[t] g / Z, k itself (when added) e / Z. As PairGame::Weights.
+// weigh E[t] g / Z, k itself (when added) e / Z.
 template <typename acc_t>
 struct DevWeights {
   const acc_t* E;
   acc_t g, e, Z;
 };
 
-// One side's softmax state for the warp's coalition, relative to the coalition's own largest logit: the
-// device twin of PairGame::Side (E1, E2, join factors per player; Z1, Z2, top warp-uniform).
+// One side's softmax state for the warp's coalition, relative to the coalition's own largest logit
+// (E1, E2, join factors per player; Z1, Z2, top warp-uniform).
 template <typename acc_t, typename Lane>
 struct DevSide {
   acc_t *E1, *E2, *join_g, *join_e;

@@ -1,6 +1,6 @@
 // One coalition ("unit") of the cells kernel for one warp: membership, state, then the mode's loop over the
-// lane's cells. Written over the lane policy of banzhaf_warp_side.h, so that the CPU test ops
-// (banzhaf_warp_game_cpu.cpp) run the kernel's per-unit code with one lane.
+// lane's cells. Written over the lane policy of banzhaf_warp_side.h, so that the cpu backend
+// (banzhaf_sampled_cpu.cpp) runs the kernel's per-unit code with one lane.
 #pragma once
 #include <cstdint>
 

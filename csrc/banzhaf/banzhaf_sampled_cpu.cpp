@@ -1,8 +1,9 @@
-// hbi_ops::banzhaf_warp_game_{forward,backward} on CPU tensors: the cells kernel's per-coalition code
-// (banzhaf_warp_unit.h, WarpGame of banzhaf_warp_game.h) run with one lane a pair, so that the tests check
-// the GPU's game of a pair (membership, softmax state, top-2s, cell deltas, gradients) without a GPU. Only
-// the parallel execution (lanes, warps, chunks, atomics) is left to the device. The msr forward's f(S) is
-// WarpGame's value (the GPU's value kernel computes it per thread); its strata are summed here.
+// The CPU kernel of the sampled estimators (paired, msr) and of the exact reference definition: the CUDA
+// cells kernel's per-coalition code (banzhaf_warp_unit.h, WarpGame of banzhaf_warp_game.h) run with one lane
+// a pair, in parallel over pairs, so that every CPU test of these estimators runs the GPU's game of a pair
+// (membership, softmax state, top-2s, cell deltas, gradients). Only the parallel execution (lanes, warps,
+// chunks, atomics) is the device's own. The msr forward's f(S) is WarpGame's value (the GPU's value kernel
+// computes it per thread); the strata and the finishing steps follow the finalize kernels' formulas.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -13,7 +14,7 @@
 #include <tuple>
 #include <vector>
 
-#include "banzhaf/banzhaf_args.h"
+#include "banzhaf/banzhaf_sampled_cpu.h"
 #include "banzhaf/banzhaf_warp_unit.h"
 
 namespace hbi {
@@ -21,7 +22,6 @@ namespace banzhaf_cuda {
 namespace {
 
 using banzhaf::Estimator;
-using banzhaf::kMaxExactPlayers;
 using banzhaf::Settings;
 
 // The lane policy of banzhaf_warp_side.h with one lane: reductions are identities, the sinks plain adds.
@@ -256,24 +256,6 @@ struct Inputs {
   int T, V;
 };
 
-Inputs prepare(const at::Tensor& sim, const at::Tensor& tm, const at::Tensor& vm, const at::Tensor& wt,
-               const at::Tensor& wv, const Settings& s) {
-  banzhaf::check_shapes(sim, tm, vm, wt, wv);
-  for (const auto* t : {&sim, &tm, &vm, &wt, &wv})
-    TORCH_CHECK(t->device().is_cpu(), "banzhaf_warp_game: every input must be a CPU tensor");
-  TORCH_CHECK(!(s.estimator == Estimator::kExact && !s.reference),
-              "banzhaf_warp_game: the exact textbook index is the closed form (closed_form_block_*)");
-  Inputs in{
-      sim.contiguous(), tm.to(at::kBool).contiguous(), vm.to(at::kBool).contiguous(), wt.contiguous(), wv.contiguous(),
-      sim.size(0),      static_cast<int>(sim.size(1)), static_cast<int>(sim.size(2))};
-  if (s.estimator == Estimator::kExact && in.B > 0) {
-    const int64_t worst = (in.tm.sum(1) + in.vm.sum(1)).max().item<int64_t>();
-    TORCH_CHECK(worst <= kMaxExactPlayers, "banzhaf_warp_game: exact takes at most ", kMaxExactPlayers,
-                " players per pair, got ", worst);
-  }
-  return in;
-}
-
 // body(pair_state, b) for every pair with a real word and a real frame, in parallel over pairs.
 template <typename scalar_t, typename Body>
 void for_each_pair(const Inputs& in, Body&& body) {
@@ -288,14 +270,14 @@ void for_each_pair(const Inputs& in, Body&& body) {
   });
 }
 
-at::Tensor warp_game_forward(const at::Tensor& sim, const at::Tensor& tm, const at::Tensor& vm, const at::Tensor& wt,
-                             const at::Tensor& wv, c10::string_view definition, c10::string_view estimator,
-                             int64_t num_samples, int64_t seed) {
-  const Settings s = banzhaf::parse_settings(definition, estimator, num_samples, seed);
-  const Inputs in = prepare(sim, tm, vm, wt, wv, s);
+}  // namespace
+
+at::Tensor sampled_forward(const at::Tensor& sim, const at::Tensor& tm, const at::Tensor& vm, const at::Tensor& wt,
+                           const at::Tensor& wv, const Settings& s) {
+  const Inputs in{sim, tm, vm, wt, wv, sim.size(0), static_cast<int>(sim.size(1)), static_cast<int>(sim.size(2))};
   auto out = at::zeros_like(in.sim);
   if (out.numel() == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.sim.scalar_type(), "banzhaf_warp_game_forward", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.sim.scalar_type(), "banzhaf_sampled_forward", [&] {
     scalar_t* o = out.data_ptr<scalar_t>();
     for_each_pair<scalar_t>(in, [&](auto& p, int64_t b) {
       const std::vector<double> acc = forward_pair(p, s, static_cast<uint32_t>(b));
@@ -307,18 +289,16 @@ at::Tensor warp_game_forward(const at::Tensor& sim, const at::Tensor& tm, const 
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> warp_game_backward(
-    const at::Tensor& grad_in, const at::Tensor& sim, const at::Tensor& tm, const at::Tensor& vm, const at::Tensor& wt,
-    const at::Tensor& wv, c10::string_view definition, c10::string_view estimator, int64_t num_samples, int64_t seed) {
-  TORCH_CHECK(grad_in.sizes() == sim.sizes(), "banzhaf_warp_game_backward: grad must be ", sim.sizes());
-  const Settings s = banzhaf::parse_settings(definition, estimator, num_samples, seed);
-  const Inputs in = prepare(sim, tm, vm, wt, wv, s);
-  const auto grad = grad_in.to(in.sim.scalar_type()).contiguous();
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sampled_backward(const at::Tensor& grad, const at::Tensor& sim,
+                                                                const at::Tensor& tm, const at::Tensor& vm,
+                                                                const at::Tensor& wt, const at::Tensor& wv,
+                                                                const Settings& s) {
+  const Inputs in{sim, tm, vm, wt, wv, sim.size(0), static_cast<int>(sim.size(1)), static_cast<int>(sim.size(2))};
   auto grad_sim = at::zeros_like(in.sim);
   auto grad_wt = at::zeros_like(in.wt);
   auto grad_wv = at::zeros_like(in.wv);
   if (in.sim.numel() == 0) return {grad_sim, grad_wt, grad_wv};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.sim.scalar_type(), "banzhaf_warp_game_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.sim.scalar_type(), "banzhaf_sampled_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* g_in = grad.data_ptr<scalar_t>();
     scalar_t *gs = grad_sim.data_ptr<scalar_t>(), *gt = grad_wt.data_ptr<scalar_t>();
@@ -342,11 +322,5 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> warp_game_backward(
   return {grad_sim, grad_wt, grad_wv};
 }
 
-}  // namespace
 }  // namespace banzhaf_cuda
 }  // namespace hbi
-
-TORCH_LIBRARY_IMPL(hbi_ops, CPU, m) {
-  m.impl("banzhaf_warp_game_forward", &hbi::banzhaf_cuda::warp_game_forward);
-  m.impl("banzhaf_warp_game_backward", &hbi::banzhaf_cuda::warp_game_backward);
-}
