@@ -7,19 +7,29 @@ import triton.language as tl
 from . import _jit
 from .banzhaf_game import (
     _NEG_INF,
+    _add_grads,
     _coalition_state,
-    _cols,
+    _cols_of,
     _kind_grad,
     _kind_value,
     _load_pair,
     _ref_value1_grad,
     _ref_value1_parts,
-    _rows,
+    _rows_of,
     _sample_range,
     _side_value,
 )
 
-_sum = _jit.sum_
+_sum, _helper = _jit.sum_, _jit.helper
+
+
+@_helper
+def _add_smaller_kinds_grad(grads, G, R, without, text, video, members, real, T, V, ZF: tl.constexpr):
+    """grads plus the gradients of the other three terms of the cell delta: - value(c + i) - value(c + j)
+    + value(c) (the first term, value(c + i + j), is the caller's: value1 for the reference)."""
+    grads = _add_grads(grads, _kind_grad(G, R, without, text, video, members, real, T, V, 1, 0, ZF, -1))
+    grads = _add_grads(grads, _kind_grad(G, R, without, text, video, members, real, T, V, 0, 1, ZF, -1))
+    return _add_grads(grads, _kind_grad(G, R, without, text, video, members, real, T, V, 0, 0, ZF, 1))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -59,128 +69,17 @@ def _cells_fwd_kernel(
     k1 = seed_hi.to(tl.uint32)
     acc = tl.zeros([BT, BV], ACC)
     for s in range(start, end):
-        (
-            it,
-            iv,
-            itf,
-            ivf,
-            nct,
-            ncv,
-            tE1,
-            tE2,
-            ttop,
-            town,
-            tZc,
-            tg,
-            te,
-            vE1,
-            vE2,
-            vtop,
-            vown,
-            vZc,
-            vg,
-            ve,
-            W,
-            cW,
-            X,
-            cX,
-            rb,
-            is_ra,
-            kb,
-            is_ka,
-        ) = _coalition_state(s, b, k0, k1, pt, pv, tidx, vidx, tm, vm, R, wt, wv, T, EXACT, NBLK, ACC, BT, BV)
+        members, text, video, without, _rows2, _cols2 = _coalition_state(
+            s, b, k0, k1, pt, pv, tidx, vidx, tm, vm, R, wt, wv, T, EXACT, NBLK, ACC, BT, BV
+        )
+        it, iv, _itf, _ivf, nct, ncv = members
+        W, _cW, X, _cX = without
         if REFERENCE:
-            text1, video1, _Wr, _Xr, _Dt, _Dv, _EP, _EQ, _A1, _A2, _ht, _hv, _ri, _cj, _st, _sv = _ref_value1_parts(
-                R, W, X, tE1, tE2, ttop, tZc, vE1, vE2, vtop, vZc, itf, ivf, wt, wv, nct, ncv, tidx, vidx, T, V
-            )
-            delta = 0.5 * (text1 + video1)
-            delta -= _kind_value(
-                R,
-                W,
-                cW,
-                X,
-                cX,
-                tE1,
-                tE2,
-                ttop,
-                town,
-                tZc,
-                tg,
-                te,
-                vE1,
-                vE2,
-                vtop,
-                vown,
-                vZc,
-                vg,
-                ve,
-                nct,
-                ncv,
-                real,
-                T,
-                V,
-                1,
-                0,
-                True,
-            )
-            delta -= _kind_value(
-                R,
-                W,
-                cW,
-                X,
-                cX,
-                tE1,
-                tE2,
-                ttop,
-                town,
-                tZc,
-                tg,
-                te,
-                vE1,
-                vE2,
-                vtop,
-                vown,
-                vZc,
-                vg,
-                ve,
-                nct,
-                ncv,
-                real,
-                T,
-                V,
-                0,
-                1,
-                True,
-            )
-            delta += _kind_value(
-                R,
-                W,
-                cW,
-                X,
-                cX,
-                tE1,
-                tE2,
-                ttop,
-                town,
-                tZc,
-                tg,
-                te,
-                vE1,
-                vE2,
-                vtop,
-                vown,
-                vZc,
-                vg,
-                ve,
-                nct,
-                ncv,
-                real,
-                T,
-                V,
-                0,
-                0,
-                True,
-            )
+            text_part, video_part = _ref_value1_parts(R, W, X, text, video, members, wt, wv, tidx, vidx, T, V)
+            delta = 0.5 * (text_part[0] + video_part[0])
+            delta -= _kind_value(R, without, text, video, members, real, T, V, 1, 0, True)
+            delta -= _kind_value(R, without, text, video, members, real, T, V, 0, 1, True)
+            delta += _kind_value(R, without, text, video, members, real, T, V, 0, 0, True)
         else:
             # Textbook fast path: the four values share two row-max tiles (without / with frame j)
             # and two column-max tiles.
@@ -188,16 +87,16 @@ def _cells_fwd_kernel(
             M1 = tl.maximum(W, R)
             N0 = tl.where(X == _NEG_INF, 0.0, X)
             N1 = tl.maximum(X, R)
-            ts = (_rows(tE1), _rows(tE2), _rows(ttop), _rows(town), _rows(tZc), _rows(tg), _rows(te))
-            vs = (_cols(vE1), _cols(vE2), _cols(vtop), _cols(vown), _cols(vZc), _cols(vg), _cols(ve))
-            t0M0, _m = _side_value(M0, ts[0], ts[1], ts[2], ts[3], ts[4], ts[5], ts[6], 0, 0)
-            t1M0, _m = _side_value(M0, ts[0], ts[1], ts[2], ts[3], ts[4], ts[5], ts[6], 1, 0)
-            t0M1, _m = _side_value(M1, ts[0], ts[1], ts[2], ts[3], ts[4], ts[5], ts[6], 0, 0)
-            t1M1, _m = _side_value(M1, ts[0], ts[1], ts[2], ts[3], ts[4], ts[5], ts[6], 1, 0)
-            v0N0, _n = _side_value(N0, vs[0], vs[1], vs[2], vs[3], vs[4], vs[5], vs[6], 0, 1)
-            v1N0, _n = _side_value(N0, vs[0], vs[1], vs[2], vs[3], vs[4], vs[5], vs[6], 1, 1)
-            v0N1, _n = _side_value(N1, vs[0], vs[1], vs[2], vs[3], vs[4], vs[5], vs[6], 0, 1)
-            v1N1, _n = _side_value(N1, vs[0], vs[1], vs[2], vs[3], vs[4], vs[5], vs[6], 1, 1)
+            ts = _rows_of(text)
+            vs = _cols_of(video)
+            t0M0, _m = _side_value(M0, ts, 0, 0)
+            t1M0, _m = _side_value(M0, ts, 1, 0)
+            t0M1, _m = _side_value(M1, ts, 0, 0)
+            t1M1, _m = _side_value(M1, ts, 1, 0)
+            v0N0, _n = _side_value(N0, vs, 0, 1)
+            v1N0, _n = _side_value(N0, vs, 1, 1)
+            v0N1, _n = _side_value(N1, vs, 0, 1)
+            v1N1, _n = _side_value(N1, vs, 1, 1)
             has_t = (nct > 0)[:, None]
             has_v = (ncv > 0)[None, :]
             delta = t1M1 + v1N1
@@ -261,212 +160,21 @@ def _cells_bwd_kernel(
     gwt = tl.zeros([BT], ACC)
     gwv = tl.zeros([BV], ACC)
     for s in range(start, end):
-        (
-            it,
-            iv,
-            itf,
-            ivf,
-            nct,
-            ncv,
-            tE1,
-            tE2,
-            ttop,
-            town,
-            tZc,
-            tg,
-            te,
-            vE1,
-            vE2,
-            vtop,
-            vown,
-            vZc,
-            vg,
-            ve,
-            W,
-            cW,
-            X,
-            cX,
-            rb,
-            is_ra,
-            kb,
-            is_ka,
-        ) = _coalition_state(s, b, k0, k1, pt, pv, tidx, vidx, tm, vm, R, wt, wv, T, EXACT, NBLK, ACC, BT, BV)
+        members, text, video, without, rows, cols = _coalition_state(
+            s, b, k0, k1, pt, pv, tidx, vidx, tm, vm, R, wt, wv, T, EXACT, NBLK, ACC, BT, BV
+        )
+        it, iv, _itf, _ivf, _nct, _ncv = members
         G = g
         if EXACT:
             G = tl.where((~it)[:, None] & (~iv)[None, :], G, 0.0)
         if REFERENCE:
-            own, at, bt, av, bv, dwt, dwv = _ref_value1_grad(
-                G,
-                R,
-                W,
-                X,
-                cW,
-                cX,
-                tE1,
-                tE2,
-                ttop,
-                tZc,
-                vE1,
-                vE2,
-                vtop,
-                vZc,
-                itf,
-                ivf,
-                wt,
-                wv,
-                nct,
-                ncv,
-                tidx,
-                vidx,
-                T,
-                V,
-            )
+            grads = _ref_value1_grad(G, R, without, text, video, members, wt, wv, tidx, vidx, T, V)
         else:
-            own, at, bt, av, bv, dwt, dwv = _kind_grad(
-                G,
-                R,
-                W,
-                cW,
-                X,
-                cX,
-                tE1,
-                tE2,
-                ttop,
-                town,
-                tZc,
-                tg,
-                te,
-                vE1,
-                vE2,
-                vtop,
-                vown,
-                vZc,
-                vg,
-                ve,
-                nct,
-                ncv,
-                real,
-                T,
-                V,
-                1,
-                1,
-                False,
-                1,
-            )
-        o2, a2, b2, c2, d2, e2, f2 = _kind_grad(
-            G,
-            R,
-            W,
-            cW,
-            X,
-            cX,
-            tE1,
-            tE2,
-            ttop,
-            town,
-            tZc,
-            tg,
-            te,
-            vE1,
-            vE2,
-            vtop,
-            vown,
-            vZc,
-            vg,
-            ve,
-            nct,
-            ncv,
-            real,
-            T,
-            V,
-            1,
-            0,
-            REFERENCE,
-            -1,
-        )
-        own += o2
-        at += a2
-        bt += b2
-        av += c2
-        bv += d2
-        dwt += e2
-        dwv += f2
-        o2, a2, b2, c2, d2, e2, f2 = _kind_grad(
-            G,
-            R,
-            W,
-            cW,
-            X,
-            cX,
-            tE1,
-            tE2,
-            ttop,
-            town,
-            tZc,
-            tg,
-            te,
-            vE1,
-            vE2,
-            vtop,
-            vown,
-            vZc,
-            vg,
-            ve,
-            nct,
-            ncv,
-            real,
-            T,
-            V,
-            0,
-            1,
-            REFERENCE,
-            -1,
-        )
-        own += o2
-        at += a2
-        bt += b2
-        av += c2
-        bv += d2
-        dwt += e2
-        dwv += f2
-        o2, a2, b2, c2, d2, e2, f2 = _kind_grad(
-            G,
-            R,
-            W,
-            cW,
-            X,
-            cX,
-            tE1,
-            tE2,
-            ttop,
-            town,
-            tZc,
-            tg,
-            te,
-            vE1,
-            vE2,
-            vtop,
-            vown,
-            vZc,
-            vg,
-            ve,
-            nct,
-            ncv,
-            real,
-            T,
-            V,
-            0,
-            0,
-            REFERENCE,
-            1,
-        )
-        own += o2
-        at += a2
-        bt += b2
-        av += c2
-        bv += d2
-        dwt += e2
-        dwv += f2
+            grads = _kind_grad(G, R, without, text, video, members, real, T, V, 1, 1, False, 1)
+        grads = _add_smaller_kinds_grad(grads, G, R, without, text, video, members, real, T, V, REFERENCE)
+        own, at, bt, av, bv, dwt, dwv = grads
+        _r1, _r2, _ra, rb, is_ra = rows
+        _k1, _k2, _ka, kb, is_ka = cols
         # Scatter: row t's first / second argmax over S_v, column v's first / second argmax over S_t.
         gsim += own
         gsim += tl.where(is_ra, _sum(at, 1)[:, None], 0.0)

@@ -68,7 +68,8 @@ def _subset_coalition(code, pt, pv, tm, vm):
 
 @_helper
 def _top2(R, it, iv, tidx, vidx, BT: tl.constexpr, BV: tl.constexpr):
-    """Row top-2 over S_v and column top-2 over S_t (values; first indices; BV / BT when none)."""
+    """Row top-2 over S_v and column top-2 over S_t (values; first indices; BV / BT when none), as rows
+    = (r1, r2, ra, rb, is_ra) and cols = (k1, k2, ka, kb, is_ka)."""
     ivb = iv[None, :]
     itb = it[:, None]
     Rm = tl.where(ivb, R, _NEG_INF)
@@ -85,13 +86,15 @@ def _top2(R, it, iv, tidx, vidx, BT: tl.constexpr, BV: tl.constexpr):
     Cm2 = tl.where(is_ka, _NEG_INF, Cm)
     k2 = _max(Cm2, 0)
     kb = _min(tl.where((Cm2 == k2[None, :]) & itb & (~is_ka), tidx[:, None], BT), 0)
-    return r1, r2, ra, rb, is_ra, k1, k2, ka, kb, is_ka
+    return (r1, r2, ra, rb, is_ra), (k1, k2, ka, kb, is_ka)
 
 
 @_helper
-def _without(r1, r2, is_ra, k1, k2, is_ka, rest_t, rest_v):
+def _without(rows, cols, rest_t, rest_v):
     """W[t, j]: row t's max over S_v minus j (-inf if empty), code 1 = first argmax, 2 = second, 0 = none.
-    X[i, v]: column v's max over S_t minus i, same codes."""
+    X[i, v]: column v's max over S_t minus i, same codes. rows / cols: _top2's. Returns (W, cW, X, cX)."""
+    r1, r2, _ra, _rb, is_ra = rows
+    k1, k2, _ka, _kb, is_ka = cols
     W = tl.where(rest_v[None, :], tl.where(is_ra, r2[:, None], r1[:, None]), _NEG_INF)
     cW = tl.where(rest_v[None, :], tl.where(is_ra, 2, 1), 0)
     X = tl.where(rest_t[:, None], tl.where(is_ka, k2[None, :], k1[None, :]), _NEG_INF)
@@ -123,7 +126,8 @@ def _softmax_state(w, members, idx, BIG: tl.constexpr):
     largest member logit, of the first top member), E2 = exp(w - m2) at the members but the top one
     (m2: the largest of those), the top member's mask, and for every player k the coalition c = S minus
     k: own = k's term in E1's sum (0 for the top member, whose c uses E2), Zc = c's sum, and the join
-    factors of c + k (c's terms weigh g, k's weighs e: no overflow when k's logit exceeds c's)."""
+    factors of c + k (c's terms weigh g, k's weighs e: no overflow when k's logit exceeds c's). The side's
+    state is the tuple (E1, E2, top, own, Zc, g, e)."""
     wm = tl.where(members, w, _NEG_INF)
     m1 = _max(wm, 0)
     top = _min(tl.where(members & (wm == m1), idx, BIG), 0)
@@ -142,10 +146,11 @@ def _softmax_state(w, members, idx, BIG: tl.constexpr):
 
 
 @_helper
-def _side_value(M, E1, E2, top, own, Zc, g, e, ADD: tl.constexpr, AXIS: tl.constexpr):
+def _side_value(M, side, ADD: tl.constexpr, AXIS: tl.constexpr):
     """The softmax-weighted sum over the members t of X_t(i) of M[t, j] for every cell, X = c + i when
     ADD (c = S minus the cell's own player i); AXIS is the token axis (0: text side, tiles [t|i, j]; 1:
-    video side, tiles [i, v|j]) and the state vectors (_softmax_state) broadcast along it."""
+    video side, tiles [i, v|j]) and side, a _softmax_state, broadcasts along it (_rows_of / _cols_of)."""
+    E1, E2, top, own, Zc, g, e = side
     Ms = tl.where(M == _NEG_INF, 0.0, M)
     s1 = tl.expand_dims(_sum(E1 * Ms, AXIS), AXIS)
     s2 = tl.expand_dims(_sum(E2 * Ms, AXIS), AXIS)
@@ -157,10 +162,11 @@ def _side_value(M, E1, E2, top, own, Zc, g, e, ADD: tl.constexpr, AXIS: tl.const
 
 
 @_helper
-def _side_grad(G, Ms, TX, E1, E2, top, Zc, g, e, ADD: tl.constexpr, AXIS: tl.constexpr):
+def _side_grad(G, Ms, TX, side, ADD: tl.constexpr, AXIS: tl.constexpr):
     """Gradient of sum_cells G * _side_value: coefficient K of every (token, cell) entry of M (to be
     scattered to M's argmax) and the gradient of the token weight logits. Member t of c(i) weighs E1[t]
     (E2[t] when i is the top member) times g_i / Z(i); the joining player i weighs e_i / Z(i)."""
+    E1, E2, top, _own, Zc, g, e = side
     if ADD:
         Z = Zc * g + e
         gz = G * g / Z
@@ -196,107 +202,40 @@ def _cols(x):
 
 
 @_helper
-def _kind_sides(
-    R,
-    W,
-    cW,
-    X,
-    cX,
-    tE1,
-    tE2,
-    ttop,
-    town,
-    tZc,
-    tg,
-    te,
-    vE1,
-    vE2,
-    vtop,
-    vown,
-    vZc,
-    vg,
-    ve,
-    nct,
-    ncv,
-    real,
-    T,
-    V,
-    AI: tl.constexpr,
-    AJ: tl.constexpr,
-    ZF: tl.constexpr,
-):
+def _rows_of(side):
+    """The text side's _softmax_state as columns of [t|i, j] tiles."""
+    E1, E2, top, own, Zc, g, e = side
+    return _rows(E1), _rows(E2), _rows(top), _rows(own), _rows(Zc), _rows(g), _rows(e)
+
+
+@_helper
+def _cols_of(side):
+    """The video side's _softmax_state as rows of [i, v|j] tiles."""
+    E1, E2, top, own, Zc, g, e = side
+    return _cols(E1), _cols(E2), _cols(top), _cols(own), _cols(Zc), _cols(g), _cols(e)
+
+
+@_helper
+def _kind_sides(R, without, text, video, members, real, T, V, AI: tl.constexpr, AJ: tl.constexpr, ZF: tl.constexpr):
     """The text and video sides of the value of X = c (+ i if AI) (+ j if AJ) for every cell, with what
-    their gradients need: (valid, cM, cN, TX, Ms, VX, Ns). t* / v*: the sides' _softmax_state."""
+    their gradients need: (valid, cM, cN, TX, Ms, VX, Ns). text / video: the sides' _softmax_state;
+    without: _without's (W, cW, X, cX); members: _coalition_state's (membership and other members' counts)."""
+    W, cW, X, cX = without
+    _it, _iv, _itf, _ivf, nct, ncv = members
     nt = nct + AI
     nv = ncv + AJ
     valid = real & (nt > 0)[:, None] & (nv > 0)[None, :]
     M, cM = _kind_tile(W, cW, R, AJ, ZF, (nv < V)[None, :])
     N, cN = _kind_tile(X, cX, R, AI, ZF, (nt < T)[:, None])
-    TX, Ms = _side_value(M, _rows(tE1), _rows(tE2), _rows(ttop), _rows(town), _rows(tZc), _rows(tg), _rows(te), AI, 0)
-    VX, Ns = _side_value(N, _cols(vE1), _cols(vE2), _cols(vtop), _cols(vown), _cols(vZc), _cols(vg), _cols(ve), AJ, 1)
+    TX, Ms = _side_value(M, _rows_of(text), AI, 0)
+    VX, Ns = _side_value(N, _cols_of(video), AJ, 1)
     return valid, cM, cN, TX, Ms, VX, Ns
 
 
 @_helper
-def _kind_value(
-    R,
-    W,
-    cW,
-    X,
-    cX,
-    tE1,
-    tE2,
-    ttop,
-    town,
-    tZc,
-    tg,
-    te,
-    vE1,
-    vE2,
-    vtop,
-    vown,
-    vZc,
-    vg,
-    ve,
-    nct,
-    ncv,
-    real,
-    T,
-    V,
-    AI: tl.constexpr,
-    AJ: tl.constexpr,
-    ZF: tl.constexpr,
-):
+def _kind_value(R, without, text, video, members, real, T, V, AI: tl.constexpr, AJ: tl.constexpr, ZF: tl.constexpr):
     """Value of X = c (+ i if AI) (+ j if AJ) for every cell: f, or the reference's F when ZF."""
-    valid, _cM, _cN, TX, _Ms, VX, _Ns = _kind_sides(
-        R,
-        W,
-        cW,
-        X,
-        cX,
-        tE1,
-        tE2,
-        ttop,
-        town,
-        tZc,
-        tg,
-        te,
-        vE1,
-        vE2,
-        vtop,
-        vown,
-        vZc,
-        vg,
-        ve,
-        nct,
-        ncv,
-        real,
-        T,
-        V,
-        AI,
-        AJ,
-        ZF,
-    )
+    valid, _cM, _cN, TX, _Ms, VX, _Ns = _kind_sides(R, without, text, video, members, real, T, V, AI, AJ, ZF)
     return tl.where(valid, 0.5 * (TX + VX), 0.0)
 
 
@@ -304,26 +243,10 @@ def _kind_value(
 def _kind_grad(
     G,
     R,
-    W,
-    cW,
-    X,
-    cX,
-    tE1,
-    tE2,
-    ttop,
-    town,
-    tZc,
-    tg,
-    te,
-    vE1,
-    vE2,
-    vtop,
-    vown,
-    vZc,
-    vg,
-    ve,
-    nct,
-    ncv,
+    without,
+    text,
+    video,
+    members,
     real,
     T,
     V,
@@ -334,38 +257,10 @@ def _kind_grad(
 ):
     """Gradient of sum_cells SIGN * G * value(kind): (self, text first/second argmax, video first/second
     argmax) coefficient tiles and the weight-logit gradients. G includes the factor 1/2."""
-    valid, cM, cN, TX, Ms, VX, Ns = _kind_sides(
-        R,
-        W,
-        cW,
-        X,
-        cX,
-        tE1,
-        tE2,
-        ttop,
-        town,
-        tZc,
-        tg,
-        te,
-        vE1,
-        vE2,
-        vtop,
-        vown,
-        vZc,
-        vg,
-        ve,
-        nct,
-        ncv,
-        real,
-        T,
-        V,
-        AI,
-        AJ,
-        ZF,
-    )
+    valid, cM, cN, TX, Ms, VX, Ns = _kind_sides(R, without, text, video, members, real, T, V, AI, AJ, ZF)
     Gk = tl.where(valid, G * SIGN, 0.0)
-    Kt, dwt = _side_grad(Gk, Ms, TX, _rows(tE1), _rows(tE2), _rows(ttop), _rows(tZc), _rows(tg), _rows(te), AI, 0)
-    Kv, dwv = _side_grad(Gk, Ns, VX, _cols(vE1), _cols(vE2), _cols(vtop), _cols(vZc), _cols(vg), _cols(ve), AJ, 1)
+    Kt, dwt = _side_grad(Gk, Ms, TX, _rows_of(text), AI, 0)
+    Kv, dwv = _side_grad(Gk, Ns, VX, _cols_of(video), AJ, 1)
     own = tl.where(cM == 3, Kt, 0.0) + tl.where(cN == 3, Kv, 0.0)
     return (
         own,
@@ -379,9 +274,18 @@ def _kind_grad(
 
 
 @_helper
-def _value4_probability(sel, idx, E1, E2, top, Zc, itf):
+def _add_grads(acc, more):
+    """Sum of two gradient groups (own, text first / second, video first / second, dwt, dwv)."""
+    own, at, bt, av, bv, dwt, dwv = acc
+    o2, a2, b2, c2, d2, e2, f2 = more
+    return own + o2, at + a2, bt + b2, av + c2, bv + d2, dwt + e2, dwv + f2
+
+
+@_helper
+def _value4_probability(sel, idx, side, itf):
     """Player t's (sel) probability in value4's softmax over c(i) for every cell row i (a vector over i),
-    and whether t is a member of c(i) (t in S, t != i)."""
+    and whether t is a member of c(i) (t in S, t != i). side: the _softmax_state of t's side."""
+    E1, E2, top, _own, Zc, _g, _e = side
     e1 = _sum(tl.where(sel, E1, 0.0), 0)
     e2 = _sum(tl.where(sel, E2, 0.0), 0)
     in_s = _sum(tl.where(sel, itf, 0.0), 0)
@@ -390,10 +294,12 @@ def _value4_probability(sel, idx, E1, E2, top, Zc, itf):
 
 
 @_helper
-def _ref_value1_parts(R, W, X, tE1, tE2, ttop, tZc, vE1, vE2, vtop, vZc, itf, ivf, wt, wv, nct, ncv, tidx, vidx, T, V):
+def _ref_value1_parts(R, W, X, text, video, members, wt, wv, tidx, vidx, T, V):
     """The reference's value1 for every cell: text and video parts with what their gradients need. Its
     logits are value4's probabilities at members of c and the raw logit at i (j): shifted by a bound of
-    their maximum (probabilities are at most 1; without other members the raw logit is alone)."""
+    their maximum (probabilities are at most 1; without other members the raw logit is alone). Returns
+    the text part (text1, Wr, Dt, EP, A1, head_t, row_i, shift_t) and the video part, alike."""
+    _it, _iv, itf, ivf, nct, ncv = members
     Wr = tl.where(W < 0, 0.0, W)
     Xr = tl.where(X < 0, 0.0, X)
     shift_t = tl.where(nct > 0, tl.maximum(wt, 1.0), wt)
@@ -404,7 +310,7 @@ def _ref_value1_parts(R, W, X, tE1, tE2, ttop, tZc, vE1, vE2, vtop, vZc, itf, iv
     A1 = tl.zeros(R.shape, R.dtype)
     for t in range(0, T):
         sel = tidx == t
-        p, member = _value4_probability(sel, tidx, tE1, tE2, ttop, tZc, itf)
+        p, member = _value4_probability(sel, tidx, text, itf)
         row_t = _sum(tl.where(sel[:, None], Wr, 0.0), 0)
         e = tl.where(member, tl.exp(p - shift_t), 0.0)
         Dsum += e
@@ -417,7 +323,7 @@ def _ref_value1_parts(R, W, X, tE1, tE2, ttop, tZc, vE1, vE2, vtop, vZc, itf, iv
     A2 = tl.zeros(R.shape, R.dtype)
     for v in range(0, V):
         sel = vidx == v
-        q, member = _value4_probability(sel, vidx, vE1, vE2, vtop, vZc, ivf)
+        q, member = _value4_probability(sel, vidx, video, ivf)
         col_v = _sum(tl.where(sel[None, :], Xr, 0.0), 1)
         e = tl.where(member, tl.exp(q - shift_v), 0.0)
         Dvsum += e
@@ -432,17 +338,17 @@ def _ref_value1_parts(R, W, X, tE1, tE2, ttop, tZc, vE1, vE2, vtop, vZc, itf, iv
     col_j = tl.where((T > 1) & (R < 0), 0.0, R)
     text1 = (head_t[:, None] * row_i + S1) / Dt[:, None]
     video1 = (head_v[None, :] * col_j + S2) / Dv[None, :]
-    return text1, video1, Wr, Xr, Dt, Dv, EP, EQ, A1, A2, head_t, head_v, row_i, col_j, shift_t, shift_v
+    return (text1, Wr, Dt, EP, A1, head_t, row_i, shift_t), (video1, Xr, Dv, EQ, A2, head_v, col_j, shift_v)
 
 
 @_helper
-def _ref_value1_grad(
-    G1, R, W, X, cW, cX, tE1, tE2, ttop, tZc, vE1, vE2, vtop, vZc, itf, ivf, wt, wv, nct, ncv, tidx, vidx, T, V
-):
-    """Gradient of sum_cells G1 * value1 (G1 includes the factor 1/2)."""
-    text1, video1, Wr, Xr, Dt, Dv, EP, EQ, A1, A2, head_t, head_v, row_i, col_j, shift_t, shift_v = _ref_value1_parts(
-        R, W, X, tE1, tE2, ttop, tZc, vE1, vE2, vtop, vZc, itf, ivf, wt, wv, nct, ncv, tidx, vidx, T, V
-    )
+def _ref_value1_grad(G1, R, without, text, video, members, wt, wv, tidx, vidx, T, V):
+    """Gradient of sum_cells G1 * value1 (G1 includes the factor 1/2), grouped as _kind_grad's."""
+    W, cW, X, cX = without
+    _it, _iv, itf, ivf, _nct, _ncv = members
+    text_part, video_part = _ref_value1_parts(R, W, X, text, video, members, wt, wv, tidx, vidx, T, V)
+    text1, Wr, Dt, EP, A1, head_t, row_i, shift_t = text_part
+    video1, Xr, Dv, EQ, A2, head_v, col_j, shift_v = video_part
     alpha_i = head_t / Dt
     beta_j = head_v / Dv
     own = tl.where((V > 1) & (R < 0), 0.0, G1 * alpha_i[:, None])
@@ -454,7 +360,7 @@ def _ref_value1_grad(
     Kt = tl.zeros(R.shape, R.dtype)
     for t in range(0, T):
         sel = tidx == t
-        p, memb = _value4_probability(sel, tidx, tE1, tE2, ttop, tZc, itf)
+        p, memb = _value4_probability(sel, tidx, text, itf)
         row_t = _sum(tl.where(sel[:, None], Wr, 0.0), 0)
         p = tl.where(memb, p, 0.0)
         alpha = tl.where(memb, tl.exp(p - shift_t), 0.0) / Dt
@@ -464,7 +370,7 @@ def _ref_value1_grad(
     Kv = tl.zeros(R.shape, R.dtype)
     for v in range(0, V):
         sel = vidx == v
-        q, memb = _value4_probability(sel, vidx, vE1, vE2, vtop, vZc, ivf)
+        q, memb = _value4_probability(sel, vidx, video, ivf)
         col_v = _sum(tl.where(sel[None, :], Xr, 0.0), 1)
         q = tl.where(memb, q, 0.0)
         beta = tl.where(memb, tl.exp(q - shift_v), 0.0) / Dv
@@ -549,8 +455,9 @@ def _coalition_state(
     BV: tl.constexpr,
 ):
     """Coalition s of pair b (Philox sample, or subset code for the exact estimator) and what the cell
-    deltas and their gradients share: membership, the other members' counts, both sides' softmax state
-    (_softmax_state), and the row / column maxima over S without word i / frame j."""
+    deltas and their gradients share, in groups: members = (it, iv, itf, ivf, nct, ncv) (membership and
+    the other members' counts), text / video (the sides' _softmax_state), without = (W, cW, X, cX) (the
+    row / column maxima over S without word i / frame j) and rows / cols (_top2's)."""
     if EXACT:
         it, iv = _subset_coalition(s, pt, pv, tm, vm)
     else:
@@ -559,37 +466,8 @@ def _coalition_state(
     ivf = iv.to(ACC)
     nct = _sum(it.to(tl.int32), 0) - it.to(tl.int32)
     ncv = _sum(iv.to(tl.int32), 0) - iv.to(tl.int32)
-    tE1, tE2, ttop, town, tZc, tg, te = _softmax_state(wt, it, tidx, BT)
-    vE1, vE2, vtop, vown, vZc, vg, ve = _softmax_state(wv, iv, vidx, BV)
-    r1, r2, ra, rb, is_ra, k1_, k2_, ka, kb, is_ka = _top2(R, it, iv, tidx, vidx, BT, BV)
-    W, cW, X, cX = _without(r1, r2, is_ra, k1_, k2_, is_ka, nct > 0, ncv > 0)
-    return (
-        it,
-        iv,
-        itf,
-        ivf,
-        nct,
-        ncv,
-        tE1,
-        tE2,
-        ttop,
-        town,
-        tZc,
-        tg,
-        te,
-        vE1,
-        vE2,
-        vtop,
-        vown,
-        vZc,
-        vg,
-        ve,
-        W,
-        cW,
-        X,
-        cX,
-        rb,
-        is_ra,
-        kb,
-        is_ka,
-    )
+    text = _softmax_state(wt, it, tidx, BT)
+    video = _softmax_state(wv, iv, vidx, BV)
+    rows, cols = _top2(R, it, iv, tidx, vidx, BT, BV)
+    without = _without(rows, cols, nct > 0, ncv > 0)
+    return (it, iv, itf, ivf, nct, ncv), text, video, without, rows, cols
