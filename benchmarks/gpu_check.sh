@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The device check, in two commands of a few minutes each (run from the repository root on the GPU machine):
 #
-#   bash benchmarks/gpu_check.sh tests      # build for sm_90, then tests/gpu in parallel (pytest-xdist)
+#   bash benchmarks/gpu_check.sh tests      # build for sm_90, then every gpu-marked test in parallel (pytest-xdist)
 #   bash benchmarks/gpu_check.sh sanitize   # build if needed, compute-sanitizer memcheck (caching off),
 #                                           # racecheck and synccheck on every kernel, then the timing table
 #
@@ -65,15 +65,15 @@ build() {  # the CUDA kernels for sm_90; CUDA_HOME from the nvcc on PATH
 }
 
 run_tests() {
-  step "tests/gpu (pytest-xdist)"
+  step "gpu-marked tests: tests/gpu and the cuda rows of tests/ops (pytest-xdist)"
   local start=$SECONDS parallel=(-n "${WORKERS:-8}")
   $PY -c "import xdist" 2>/dev/null || parallel=()
   # From /tmp: the tests import the installed build (tests/conftest.py also guards a checkout run).
   local root=$PWD
-  (cd /tmp && $PY -m pytest "$root/tests/gpu" "$root/tests/test_dispatch.py" -q -rfE -p no:cacheprovider \
+  (cd /tmp && $PY -m pytest "$root/tests" -m gpu -q -rfE -p no:cacheprovider \
      "${parallel[@]}" --junitxml="$OUT/tests.xml") > "$OUT/tests.log" 2>&1
   local rc=$?
-  record "tests/gpu" $rc "$(tail -1 "$OUT/tests.log"), $((SECONDS - start)) s, log tests.log"
+  record "gpu tests" $rc "$(tail -1 "$OUT/tests.log"), $((SECONDS - start)) s, log tests.log"
   grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -40
 }
 
